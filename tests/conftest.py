@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOSTILE_ACCELERATE_DEFAULT = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+num_processes: 3
+gpu_ids: all
+mixed_precision: fp16
+num_machines: 1
+machine_rank: 0
+"""
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh workspace, and a user accelerate default config that must not win over the form."""
+    ws = tmp_path / "ws"
+    hf = tmp_path / "hf"
+    (hf / "accelerate").mkdir(parents=True)
+    (hf / "accelerate" / "default_config.yaml").write_text(HOSTILE_ACCELERATE_DEFAULT)
+    monkeypatch.setenv("TLAB_HOME", str(ws))
+    monkeypatch.setenv("HF_HOME", str(hf))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TLAB_STOP_GRACE", "5")
+    return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The embedded model built once per test session, for tests that load it directly."""
+    from tlab_gradio import tiny_model
+
+    return tiny_model.ensure(tmp_path_factory.mktemp("models") / tiny_model.NAME)

@@ -1,0 +1,91 @@
+import copy
+import json
+import shutil
+
+import pytest
+
+from tlab_gradio import manifests
+
+GOOD = json.loads((manifests.settings.MANIFEST_DIR / "llama_sft_multi_gpu.json").read_text())
+
+
+def test_shipped_manifests_load_without_errors():
+    found, errors = manifests.load_all()
+    assert errors == []
+    sft = found["llama_sft_multi_gpu"]
+    assert sft.name == "Llama SFT Trainer -- Huggingface TRL (Multi GPU Support)"
+    assert sft.train_type == "sft" and sft.multi_gpu and sft.trainer_path.is_file()
+    # Parameter names follow SFTConfig / LoraConfig
+    for name in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "max_length", "lora_r", "lora_alpha", "lora_dropout",
+                 "use_lora", "device", "gpu_ids"):
+        assert name in sft.parameters, name
+    assert sft.parameters["device"].title == "Training Device"
+    assert sft.parameters["gpu_ids"].title == "GPU IDs to Train"
+
+
+def _mutate(fn):
+    data = copy.deepcopy(GOOD)
+    fn(data)
+    return data
+
+
+BROKEN = {
+    "missing_name": (_mutate(lambda d: d.pop("name")), "name: Field required"),
+    "bad_type": (_mutate(lambda d: d["parameters"]["lora_r"].update(type="float")), "parameters.lora_r.type"),
+    "default_out_of_range": (
+        _mutate(lambda d: d["parameters"]["lora_r"].update(default=1000)),
+        "default 1000: 1000 is greater than the maximum of 512",
+    ),
+    "typo_key": (_mutate(lambda d: d["parameters"]["lora_r"].update(maximun=3)), "parameters.lora_r.maximun"),
+    "min_over_max": (
+        _mutate(lambda d: d["parameters"]["lora_r"].update(minimum=10, maximum=5, default=None)),
+        "minimum 10 is greater than maximum 5",
+    ),
+    "enum_type": (
+        _mutate(lambda d: d["parameters"]["device"].update(enum=["cuda", 3])),
+        "enum values [3] are not of type 'string'",
+    ),
+    "no_trainer_file": (_mutate(lambda d: d.update(trainer="nope.py")), "trainer program 'nope.py' does not exist"),
+    "ui_unknown": (
+        _mutate(lambda d: d["parameters_ui"].update(lora_rr={"ui:help": "x"})),
+        "parameters_ui names parameters that do not exist: lora_rr",
+    ),
+    "bad_requirement": (_mutate(lambda d: d.update(requirements=["trl>>1"])), "not a valid pip requirement"),
+    "no_gpu_ids": (_mutate(lambda d: d["parameters"].pop("gpu_ids")), "must declare the parameter 'gpu_ids'"),
+    "bad_hardware": (_mutate(lambda d: d.update(supported_hardware_architectures=["tpu"])),
+                     "supported_hardware_architectures.0"),
+}
+
+
+def test_each_broken_manifest_reports_its_problem_and_the_good_one_still_loads(tmp_path):
+    shutil.copy(manifests.settings.MANIFEST_DIR / "llama_sft_multi_gpu.json", tmp_path)
+    for stem, (data, _) in BROKEN.items():
+        data["uniqueId"] = stem
+        (tmp_path / f"{stem}.json").write_text(json.dumps(data))
+    (tmp_path / "not_json.json").write_text('{"name": "x",\n  oops}')
+    mismatch = copy.deepcopy(GOOD)
+    (tmp_path / "renamed.json").write_text(json.dumps(mismatch))
+    (tmp_path / "a_list.json").write_text("[1, 2]")
+
+    found, errors = manifests.load_all(tmp_path)
+    assert list(found) == ["llama_sft_multi_gpu"]
+    by_file = {e.file: e.message for e in errors}
+    assert len(by_file) == len(BROKEN) + 3
+    for stem, (_, expected) in BROKEN.items():
+        assert expected in by_file[f"{stem}.json"], (stem, by_file[f"{stem}.json"])
+    assert "not valid JSON" in by_file["not_json.json"] and "line 2" in by_file["not_json.json"]
+    assert "uniqueId 'llama_sft_multi_gpu' must equal the file name's stem 'renamed'" in by_file["renamed.json"]
+    assert "must be a JSON object" in by_file["a_list.json"]
+    assert str(errors[0]).startswith(errors[0].file + ": ")
+
+
+def test_readiness_names_missing_packages_and_cuda():
+    data = _mutate(lambda d: d.update(requirements=["surely-not-installed-pkg>=1", "pytest>=999"],
+                                      supported_hardware_architectures=["cuda"]))
+    m = manifests.Manifest.model_validate(data)
+    reasons = manifests.readiness(m, gpu_count=0)
+    assert "missing package surely-not-installed-pkg (surely-not-installed-pkg>=1)" in reasons
+    assert any(r.startswith("needs pytest>=999, found pytest ") for r in reasons)
+    assert "needs a CUDA GPU (none found on this machine)" in reasons
+    assert manifests.readiness(manifests.load_all()[0]["llama_sft_multi_gpu"], gpu_count=0) == []

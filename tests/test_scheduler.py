@@ -1,0 +1,85 @@
+"""The job store and GPU queue, with stand-in processes in place of training (fast).
+
+Real training through accelerate is in test_training.py; here the launcher's
+command is swapped for a sleeping Python process so the scheduling rules can be
+checked on a machine with no GPU.
+"""
+import json
+import sys
+
+import pytest
+
+from tlab_gradio import jobs as jobs_mod
+from tlab_gradio.jobs import JobError, JobManager
+
+
+@pytest.fixture
+def manager(home, monkeypatch):
+    def fake_launch_files(job_dir, placement, mp, trainer, python=None):
+        fake = json.loads((job_dir / "config.json").read_text())["fake"]
+        code = "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
+        return [sys.executable, "-c", code, str(fake["seconds"]), str(fake["exit"]), str(job_dir)]
+
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", fake_launch_files)
+    mgr = JobManager(home)
+    yield mgr
+    for job in mgr.list():
+        if job.state in jobs_mod.ACTIVE:
+            mgr.stop(job.id, grace=0.5)
+            mgr.wait(job.id, 10)
+
+
+def config(gpus, seconds=60, exit=0):
+    return {"device": "cuda" if gpus else "cpu", "num_processes": max(len(gpus), 1),
+            "mixed_precision": "no", "trainer": "x.py", "fake": {"seconds": seconds, "exit": exit}}
+
+
+def test_a_job_waits_for_its_gpus_and_reservations_keep_order(manager):
+    a = manager.create("a", "p", config(["0"]), ["0"])
+    b = manager.create("b", "p", config(["0", "1"]), ["0", "1"])
+    c = manager.create("c", "p", config(["1"]), ["1"])  # free GPU, but b is waiting for it
+    d = manager.create("d", "p", config(["2"]), ["2"])
+    cpu = manager.create("cpu", "p", config([]), [])
+    states = {j.name: j.state for j in manager.list()}
+    assert states == {"a": "RUNNING", "b": "QUEUED", "c": "QUEUED", "d": "RUNNING", "cpu": "RUNNING"}
+    manager.stop(a.id, grace=0.5)
+    assert manager.wait(a.id, 10).state == "STOPPED"
+    assert manager.wait(b.id, 10, until=lambda j: j.state == "RUNNING").state == "RUNNING"
+    assert manager.get(c.id).state == "QUEUED"
+    manager.stop(b.id, grace=0.5)
+    assert manager.wait(c.id, 10, until=lambda j: j.state == "RUNNING").state == "RUNNING"
+    stopped_queued = manager.create("e", "p", config(["1"]), ["1"])
+    assert manager.stop(stopped_queued.id).state == "STOPPED"  # never launched
+
+
+def test_exit_code_decides_the_end_state(manager):
+    ok = manager.create("ok", "p", config([], seconds=0.1, exit=0), [])
+    bad = manager.create("bad", "p", config([], seconds=0.1, exit=3), [])
+    assert manager.wait(ok.id, 10).state == "COMPLETE"
+    failed = manager.wait(bad.id, 10)
+    assert (failed.state, failed.exit_code, failed.reason) == ("FAILED", 3, "exited with code 3")
+    assert failed.started and failed.finished >= failed.started and failed.command[-1] == str(failed.job_dir)
+
+
+def test_stop_refuses_finished_jobs_and_resume_needs_a_checkpoint(manager):
+    job = manager.create("j", "p", config([]), [])
+    manager.stop(job.id, grace=0.5)
+    manager.wait(job.id, 10)
+    with pytest.raises(JobError, match="is STOPPED, not running"):
+        manager.stop(job.id)
+    with pytest.raises(JobError, match="saved no checkpoint to resume from"):
+        manager.resume(job.id)
+    with pytest.raises(JobError, match="no job with id 12345"):
+        manager.get(12345)
+
+
+def test_restart_marks_vanished_running_jobs_failed(home, manager):
+    job = manager.create("j", "p", config([]), [])
+    manager.stop(job.id, grace=0.5)
+    manager.wait(job.id, 10)
+    # Pretend the app died while the job ran: the row says RUNNING with a pid that is gone.
+    manager._update(job.id, state="RUNNING", pid=2**22 + 7, finished=None)
+    again = JobManager(home)
+    job = again.get(job.id)
+    assert job.state == "FAILED"
+    assert job.reason == "the app was restarted and the job's process is gone"

@@ -1,0 +1,83 @@
+"""Requests are checked in full before anything is created or launched."""
+import pytest
+
+from tlab_gradio import service as service_mod
+from tlab_gradio.service import RequestError, Service
+
+SFT = "llama_sft_multi_gpu"
+
+
+def refused(svc, request):
+    with pytest.raises(RequestError) as info:
+        svc.start_job(request)
+    assert svc.list_jobs() == []  # nothing created
+    assert not any((svc.home / "jobs").iterdir())  # no job folder either
+    return info.value.problems
+
+
+def test_bad_requests_are_refused_with_every_reason(home):
+    svc = Service()
+    assert refused(svc, {"plugin": "llama_sft_multi_gpus"}) == [
+        "unknown plugin 'llama_sft_multi_gpus' (did you mean `llama_sft_multi_gpu`?); plugins: llama_sft_multi_gpu"]
+    got = refused(svc, {"plugin": SFT, "modle": "x", "template": "{{nope}}",
+                        "params": {"device": "cuda", "max_step": 3, "lora_r": 0}})
+    assert "unknown request field `modle` (did you mean `model`?)" in got
+    assert "unknown parameter `max_step` (did you mean `max_steps`?)" in got
+    assert "`lora_r` (LoRA R): 0 is less than the minimum of 1" in got
+    assert any("data template uses `nope`" in p and "columns: instruction, input, output" in p for p in got)
+
+
+def test_device_and_gpu_problems(home):
+    svc = Service()
+    assert refused(svc, {"plugin": SFT, "params": {"device": "cuda"}}) == [
+        "device `cuda`: this machine has no CUDA GPU; choose device `cpu`"]
+    assert refused(svc, {"plugin": SFT, "params": {"device": "cpu", "mixed_precision": "fp16"}}) == [
+        "`mixed_precision` fp16 does not run on cpu; use `no` or bf16"]
+    got = refused(svc, {"plugin": SFT, "params": {"device": "cpu", "load_in_4bit": True, "use_lora": False}})
+    assert "`load_in_4bit` (QLoRA) needs `use_lora`: a 4-bit base cannot be fully fine-tuned" in got
+    assert "`load_in_4bit` (QLoRA) needs device `cuda`: bitsandbytes 4-bit runs on CUDA GPUs" in got
+
+
+def test_gpu_ids_checked_against_the_gpus_present(home, monkeypatch):
+    from tlab_gradio import gpus
+
+    fake = [gpus.GPU(i, str(i), "H100", 80000, 0, 0, 30, (9, 0)) for i in range(2)]
+    monkeypatch.setattr(service_mod.gpus, "list_gpus", lambda refresh=False: fake)
+    svc = Service()
+    assert refused(svc, {"plugin": SFT, "params": {"gpu_ids": "0,2"}}) == [
+        "gpu_ids '0,2': GPU 2 does not exist (GPUs on this machine: 0, 1)"]
+    assert refused(svc, {"plugin": SFT, "params": {"gpu_ids": "1,1"}}) == ["gpu_ids '1,1': GPU 1 is listed twice"]
+    config = svc.prepare({"plugin": SFT, "params": {"gpu_ids": "1"}})  # device defaults to cuda here
+    assert config["device"] == "cuda" and config["gpu_ids"] == ["1"] and config["num_processes"] == 1
+    assert config["mixed_precision"] == "bf16"
+    assert svc.prepare({"plugin": SFT})["num_processes"] == 2  # auto: every GPU
+
+
+def test_unsupported_architecture_is_refused_before_launch(home, tmp_path):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"architectures": ["BertForMaskedLM"]}')
+    got = refused(Service(), {"plugin": SFT, "model": str(bert), "params": {"device": "cpu"}})
+    assert len(got) == 1 and "is a BertForMaskedLM, which Llama SFT Trainer" in got[0]
+
+
+def test_a_good_request_becomes_a_complete_config(home):
+    config = Service().prepare({"plugin": SFT, "params": {"device": "cpu", "cpu_processes": 2}})
+    assert config["device"] == "cpu" and config["num_processes"] == 2 and config["mixed_precision"] == "no"
+    assert config["embedded_model"] and config["architecture"] == "LlamaForCausalLM"
+    assert config["dataset"] == {"source": "sample", "name": "sft_instructions", "subset": None, "split": None}
+    assert config["completion_template"] == "{{output}}"
+    assert config["params"]["lora_r"] == 16 and config["name"].startswith("sft-")
+
+
+def test_plugin_list_marks_broken_manifests(home, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copy(service_mod.settings.MANIFEST_DIR / "llama_sft_multi_gpu.json", tmp_path)
+    (tmp_path / "broken.json").write_text("{")
+    monkeypatch.setenv("TLAB_MANIFEST_DIR", str(tmp_path))
+    rows = {r["id"]: r for r in Service().plugin_list()}
+    assert rows[SFT]["ready"] and rows[SFT]["multi_gpu"] and rows[SFT]["devices"] == ["cuda", "cpu"]
+    assert not rows["broken"]["ready"] and rows["broken"]["error"].startswith("not valid JSON")
+    with pytest.raises(RequestError, match="plugin 'broken' failed to load: not valid JSON"):
+        Service().start_job({"plugin": "broken"})

@@ -1,0 +1,134 @@
+"""Real jobs: `accelerate launch` of the SFT trainer on the embedded tiny model, on CPU.
+
+Each test starts a job through the service, as the page and the API do, and
+checks what a user would: the end state, every rank, metrics, saved output, and
+that Stop / failure / resume behave. The `home` fixture plants a user accelerate
+default config asking for 3 fp16 processes: the job's own settings must win.
+"""
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tlab_gradio import launcher
+from tlab_gradio.service import Service
+
+SFT = "llama_sft_multi_gpu"
+TIMEOUT = 420
+
+
+def sft_request(**params):
+    base = {"device": "cpu", "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128,
+            "gradient_checkpointing": False}
+    return {"plugin": SFT, "name": "test", "params": {**base, **params}}
+
+
+def metrics(job):
+    path = Path(job["job_dir"]) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def processes_of(job_dir: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if job_dir.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_two_process_cpu_job_completes_with_both_ranks(home):
+    svc = Service()
+    job = svc.start_job(sft_request(cpu_processes=2, max_steps=4, fuse_model=True, learning_rate=0.003))
+    assert job["state"] in ("QUEUED", "RUNNING")
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(job["id"], 400))
+    assert done.state == "COMPLETE", log
+    assert done.exit_code == 0
+    assert "rank 0 of world size 2" in log and "rank 1 of world size 2" in log
+    assert "--multi_gpu" in done.command and done.command[done.command.index("--num_processes") + 1] == "2"
+
+    records = [r for r in metrics(svc.job(job["id"])) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["world_size"] == 2 and math.isfinite(r["loss"]) for r in records)
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert any("tokens_per_second" in r for r in records)
+    info = svc.job(job["id"])
+    assert info["progress"]["step"] == 4 and info["progress"]["max_steps"] == 4
+    assert info["result"]["world_size"] == 2
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = Path(done.output_dir) / "tlab-sft"
+    assert (out / "adapter_config.json").is_file() and (out / "tokenizer.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(done.config["model"])
+    adapted = PeftModel.from_pretrained(base, str(out))
+    assert any("lora_A" in name for name, _ in adapted.named_parameters())
+    fused = AutoModelForCausalLM.from_pretrained(Path(done.output_dir) / "tlab-sft-fused")
+    assert not any("lora" in name for name, _ in fused.named_parameters())
+    assert (Path(done.job_dir) / "tensorboard").is_dir()
+
+
+def test_stop_ends_every_rank_within_seconds(home):
+    svc = Service()
+    job = svc.start_job(sft_request(cpu_processes=2, max_steps=100000, save_steps=100000))
+    running = svc.jobs.wait(job["id"], TIMEOUT, until=lambda j: bool(metrics(j.as_dict())) or j.state != "RUNNING")
+    assert running.state == "RUNNING", "\n".join(svc.job_log(job["id"], 100))
+    assert len(processes_of(str(running.job_dir))) >= 3  # the launcher and both ranks
+
+    stopping = svc.stop_job(job["id"])
+    assert stopping["state"] == "STOPPING"  # the click is taken at once
+    stopped = svc.jobs.wait(job["id"], 30)
+    assert stopped.state == "STOPPED" and stopped.reason == "stopped by the user"
+    assert not launcher.group_alive(stopped.pid)
+    assert processes_of(str(stopped.job_dir)) == []
+
+
+def test_a_failing_trainer_is_failed_with_its_error_and_survives_a_restart(home, tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    svc = Service()
+    job = svc.start_job({**sft_request(max_steps=2), "model": str(broken)})  # config.json passes the checks
+    failed = svc.jobs.wait(job["id"], TIMEOUT)
+    assert failed.state == "FAILED" and failed.exit_code not in (0, None)
+    tail = "\n".join(svc.job_log(job["id"], 60))
+    assert "Error" in tail and "safetensors" in tail.lower()
+
+    again = Service(home)  # a restarted core reads the same store
+    same = again.job(job["id"])
+    assert same["state"] == "FAILED" and same["reason"] == failed.reason
+    assert again.job_log(job["id"], 60)[-1] == svc.job_log(job["id"], 60)[-1]
+
+
+def test_a_stopped_job_resumes_from_its_checkpoint(home):
+    svc = Service()
+    job = svc.start_job(sft_request(max_steps=150, save_steps=25, save_total_limit=3))
+    ckpt = Path(job["job_dir"]) / "checkpoints" / "checkpoint-25" / "trainer_state.json"
+    svc.jobs.wait(job["id"], TIMEOUT, until=lambda j: ckpt.is_file() or j.state != "RUNNING")
+    svc.stop_job(job["id"])
+    stopped = svc.jobs.wait(job["id"], 30)
+    assert stopped.state == "STOPPED", "\n".join(svc.job_log(job["id"], 80))
+    stopped_at = max(r["step"] for r in metrics(stopped.as_dict()))
+    assert stopped_at < 150
+
+    resumed = svc.resume_job(job["id"])
+    assert resumed["config"]["resume_from_checkpoint"].endswith("checkpoint-" + str(
+        max(int(p.name.split("-")[1]) for p in (Path(job["job_dir"]) / "checkpoints").glob("checkpoint-*"))))
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    assert done.state == "COMPLETE", "\n".join(svc.job_log(job["id"], 80))
+    assert done.attempts == 2
+    steps = [r["step"] for r in metrics(done.as_dict()) if "loss" in r]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    resumed_from = int(Path(resumed["config"]["resume_from_checkpoint"]).name.split("-")[1])
+    assert resumed_from >= 25
+    assert steps[restart] == resumed_from + 1  # continues the count, not from step 1
+    assert steps[-1] == 150 and svc.job(job["id"])["result"]["global_step"] == 150
+    assert "[tlab] resuming from" in "\n".join(svc.job_log(job["id"], 400))

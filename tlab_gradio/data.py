@@ -1,0 +1,213 @@
+"""Datasets and data templates.
+
+A dataset is a bundled sample, a local file (JSON, JSONL, CSV, Parquet) or a Hub
+id, all loaded through `datasets`. Conversational data (a `messages` column) is
+left to the tokenizer's chat template; anything else is rendered through data
+templates with `{{field}}` placeholders in jinja2's sandbox, so a template cannot
+reach Python objects. Used both before launch (checks, previews) and by the trainers.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from . import settings
+
+FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# Bundled samples: file in samples/, and the templates that suit it.
+SAMPLES: dict[str, dict[str, str]] = {
+    "sft_instructions": {
+        "file": "sft_instructions.jsonl",
+        "description": "320 small instruction tasks written for tlab-gradio (arithmetic, units, word games)",
+        "template": "### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n\n### Response:\n",
+        "completion_template": "{{output}}",
+    },
+}
+DEFAULT_SFT_SAMPLE = "sft_instructions"
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    source: str  # "sample" | "file" | "hub"
+    name: str  # sample name, file path or Hub id
+    subset: str | None = None  # Hub configuration name
+    split: str | None = None  # default: train, or the only split there is
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        return {"sample": "sample", "file": "file", "hub": "Hub"}[self.source] + f" {self.name}"
+
+
+def parse_spec(value: Any) -> DatasetSpec:
+    """Accept a spec dict, or a bare string: a sample name, an existing path, else a Hub id."""
+    if isinstance(value, DatasetSpec):
+        return value
+    if value is None or value == "":
+        return DatasetSpec("sample", DEFAULT_SFT_SAMPLE)
+    if isinstance(value, dict):
+        unknown = set(value) - {"source", "name", "subset", "split"}
+        if unknown:
+            raise DataError(f"dataset: unknown keys {sorted(unknown)} (expected source, name, subset, split)")
+        source = value.get("source")
+        if source not in ("sample", "file", "hub"):
+            raise DataError(f"dataset source {source!r}: must be 'sample', 'file' or 'hub'")
+        if not value.get("name"):
+            raise DataError("dataset: `name` is required (sample name, file path or Hub id)")
+        spec = DatasetSpec(source, str(value["name"]), value.get("subset") or None, value.get("split") or None)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text in SAMPLES:
+            spec = DatasetSpec("sample", text)
+        elif Path(text).expanduser().exists():
+            spec = DatasetSpec("file", text)
+        else:
+            spec = DatasetSpec("hub", text)
+    else:
+        raise DataError(f"dataset {value!r}: give a sample name, a file path, a Hub id or a spec object")
+    if spec.source == "sample" and spec.name not in SAMPLES:
+        raise DataError(f"no bundled sample {spec.name!r}; samples: {', '.join(SAMPLES)}")
+    if spec.source == "file":
+        path = Path(spec.name).expanduser().resolve()
+        if not path.exists():
+            raise DataError(f"dataset file {spec.name!r} does not exist")
+        if path.is_file() and path.suffix.lower() not in FILE_TYPES:
+            raise DataError(f"dataset file {path.name!r}: use JSON, JSONL, CSV or Parquet")
+        spec = DatasetSpec("file", str(path), spec.subset, spec.split)
+    return spec
+
+
+def _load_dict(spec: DatasetSpec):
+    import datasets  # heavy: only when a dataset is really needed
+
+    try:
+        if spec.source == "sample":
+            path = settings.SAMPLES_DIR / SAMPLES[spec.name]["file"]
+            return datasets.load_dataset("json", data_files={"train": str(path)})
+        if spec.source == "file":
+            path = Path(spec.name)
+            if path.is_dir():
+                return datasets.load_dataset(str(path))
+            kind = FILE_TYPES[path.suffix.lower()]
+            return datasets.load_dataset(kind, data_files={"train": str(path)})
+        return datasets.load_dataset(spec.name, spec.subset)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many kinds; the user needs the message, not the type
+        raise DataError(f"could not load dataset {spec.label}: {type(exc).__name__}: {exc}") from None
+
+
+def load(spec: DatasetSpec):
+    """The training split: the one asked for, else `train`, else the only split there is."""
+    splits = _load_dict(spec)
+    names = list(splits.keys())
+    if spec.split:
+        if spec.split not in splits:
+            raise DataError(f"dataset {spec.label} has no split {spec.split!r}; splits: {', '.join(names)}")
+        return splits[spec.split]
+    if "train" in splits:
+        return splits["train"]
+    if len(names) == 1:
+        return splits[names[0]]
+    raise DataError(f"dataset {spec.label} has no `train` split; choose one of: {', '.join(names)}")
+
+
+# --- templates -------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _env() -> SandboxedEnvironment:
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+def template_fields(template: str) -> set[str]:
+    try:
+        return meta.find_undeclared_variables(_env().parse(template))
+    except TemplateSyntaxError as exc:
+        raise DataError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+
+
+def render(template: str, row: dict[str, Any]) -> str:
+    return _env().from_string(template).render(**row)
+
+
+def is_conversational(columns: list[str]) -> bool:
+    return "messages" in columns
+
+
+@dataclass(frozen=True)
+class Templates:
+    """`template` renders the prompt (or the whole text); `completion_template`, when set,
+    renders the answer, giving TRL a prompt/completion dataset (loss on the completion only)."""
+
+    template: str = ""
+    completion_template: str = ""
+
+    def check(self, columns: list[str]) -> None:
+        if not self.template.strip():
+            if is_conversational(columns):
+                return
+            raise DataError(
+                "a data template is needed for non-conversational data, e.g. "
+                f"`{{{{{columns[0] if columns else 'text'}}}}}`; columns: {', '.join(columns)}"
+            )
+        for name, text in (("data template", self.template), ("completion template", self.completion_template)):
+            missing = sorted(template_fields(text) - set(columns))
+            if missing:
+                raise DataError(
+                    f"{name} uses {', '.join(f'`{m}`' for m in missing)}, which the dataset does not have; "
+                    f"columns: {', '.join(columns)}"
+                )
+
+    def format_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not self.template.strip():
+            return {"messages": row["messages"]}
+        if self.completion_template.strip():
+            return {"prompt": render(self.template, row), "completion": render(self.completion_template, row)}
+        return {"text": render(self.template, row)}
+
+
+def templates_for(spec: DatasetSpec, template: str | None, completion_template: str | None) -> Templates:
+    """Templates given by the user, or the sample's own when none are given."""
+    if template is None and spec.source == "sample":
+        sample = SAMPLES[spec.name]
+        return Templates(sample.get("template", ""), sample.get("completion_template", ""))
+    return Templates(template or "", completion_template or "")
+
+
+def formatted(dataset, templates: Templates):
+    """The dataset in TRL's format: `text`, `prompt`/`completion`, or `messages`."""
+    templates.check(list(dataset.column_names))
+    return dataset.map(templates.format_row, remove_columns=dataset.column_names)
+
+
+def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:
+    """Load, check the templates against the columns, and describe the data; raise DataError."""
+    dataset = load(spec)
+    columns = list(dataset.column_names)
+    if len(dataset) == 0:
+        raise DataError(f"dataset {spec.label} is empty")
+    templates.check(columns)
+    return {"rows": len(dataset), "columns": columns, "conversational": not templates.template.strip()}
+
+
+def preview(spec: DatasetSpec, templates: Templates | None = None, rows: int = 3) -> dict[str, Any]:
+    """The first rows as they are and, given templates, as the trainer will see them."""
+    dataset = load(spec)
+    head = [dict(r) for r in dataset.select(range(min(rows, len(dataset))))]
+    out: dict[str, Any] = {"columns": list(dataset.column_names), "num_rows": len(dataset), "rows": head}
+    if templates is not None:
+        templates.check(out["columns"])
+        out["rendered"] = [templates.format_row(r) for r in head]
+    return out

@@ -1,0 +1,71 @@
+"""A job's parameters checked against its manifest before anything is launched.
+
+Each parameter is turned into a JSON Schema and checked with `jsonschema`, so the
+rules are the standard ones users know from Transformer Lab's forms; the messages
+name the parameter, and an unknown name gets the nearest known one suggested.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
+
+if TYPE_CHECKING:
+    from .manifests import Manifest, Parameter
+
+_SCHEMA_KEYS = ("type", "minimum", "maximum", "multipleOf", "enum", "pattern")
+
+
+class ParamError(ValueError):
+    """One or more parameters are wrong; `problems` holds one readable line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _schema(param: "Parameter") -> dict[str, Any]:
+    return {k: getattr(param, k) for k in _SCHEMA_KEYS if getattr(param, k) is not None}
+
+
+def check_value(param: "Parameter", value: Any) -> str | None:
+    """The problem with one value, or None when it is valid."""
+    error = next(Draft202012Validator(_schema(param)).iter_errors(value), None)
+    return None if error is None else error.message
+
+
+def suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def validate(manifest: "Manifest", values: dict[str, Any]) -> dict[str, Any]:
+    """Return the complete parameter set (defaults filled in) or raise ParamError naming each bad one."""
+    problems: list[str] = []
+    known = list(manifest.parameters)
+    for name in values:
+        if name not in manifest.parameters:
+            problems.append(f"unknown parameter `{name}`{suggest(name, known)}")
+    clean: dict[str, Any] = {}
+    for name, param in manifest.parameters.items():
+        value = values.get(name)
+        if value is None or (param.type != "string" and isinstance(value, str) and not value.strip()):
+            value = param.default  # not given, or a cleared box: the manifest's default
+        if value is None or (param.required and isinstance(value, str) and not value.strip()):
+            if param.required:
+                problems.append(f"`{name}` ({param.title}) is required")
+            clean[name] = None
+            continue
+        problem = check_value(param, value)
+        if problem:
+            problems.append(f"`{name}` ({param.title}): {problem}")
+            continue
+        if param.type == "integer":
+            value = int(value)  # 3.0 from a number box is the integer 3
+        elif param.type == "number":
+            value = float(value)
+        clean[name] = value
+    if problems:
+        raise ParamError(problems)
+    return clean

@@ -1,0 +1,1 @@
+"""Trainer programs: plain scripts that `accelerate launch` runs on a job folder."""

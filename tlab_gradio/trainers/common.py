@@ -1,0 +1,152 @@
+"""What every trainer program shares: reading the job folder, announcing each rank,
+and a Trainer callback that writes metrics.jsonl and progress.json from rank 0.
+
+A job folder holds config.json (written by the app, or by hand); the program
+needs nothing else from the app, so `command.txt` reruns a job without it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+METRICS = "metrics.jsonl"
+PROGRESS = "progress.json"
+RESULT = "result.json"
+
+
+def parse_args(description: str) -> Path:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--job-dir", required=True, type=Path, help="job folder holding config.json")
+    return parser.parse_args().job_dir.resolve()
+
+
+def load_config(job_dir: Path) -> dict[str, Any]:
+    return json.loads((job_dir / "config.json").read_text())
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def announce(state) -> None:
+    """Every rank says who it is: the log then shows the world size really reached."""
+    print(
+        f"[tlab] rank {state.process_index} of world size {state.num_processes} "
+        f"(local rank {state.local_process_index}, device {state.device}, backend {state.backend})",
+        flush=True,
+    )
+
+
+def model_dtype(precision: str, use_lora: bool):
+    """LoRA keeps the frozen base in the training precision (half the memory); a full
+    fine-tune keeps fp32 master weights and lets autocast run the matmuls in bf16/fp16."""
+    import torch
+
+    if use_lora and precision == "bf16":
+        return torch.bfloat16
+    if use_lora and precision == "fp16":
+        return torch.float16
+    return torch.float32
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    # Explicit both ways: TRL's configs default bf16=True, which a CPU or an old GPU can't run.
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def checkpointing_kwargs(config_cls, enabled: bool) -> dict[str, Any]:
+    """Activation (gradient) checkpointing under whichever name this transformers has:
+    v5 renamed it, and TRL's configs default the old name to True."""
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+class MetricsCallback(TrainerCallback):
+    """metrics.jsonl: one JSON line per logging step; progress.json: step, total, ETA.
+
+    Rank 0 only (the Trainer already averages the loss across ranks). Tokens/s come
+    from TRL's running `num_tokens` count (real, non-padding tokens, all ranks).
+    """
+
+    def __init__(self, job_dir: Path, world_size: int):
+        self.job_dir = job_dir
+        self.world_size = world_size
+        self.start_time = time.time()
+        self.start_step = 0
+        self.last_progress = 0.0
+        self.last_tokens: tuple[float, float] | None = None  # (time, num_tokens)
+
+    def _progress(self, state, done: bool = False) -> None:
+        now = time.time()
+        steps_done = state.global_step - self.start_step
+        remaining = max(state.max_steps - state.global_step, 0)
+        eta = (now - self.start_time) / steps_done * remaining if steps_done > 0 else None
+        write_json_atomic(
+            self.job_dir / PROGRESS,
+            {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": state.epoch,
+                "percent": round(100.0 * state.global_step / state.max_steps, 1) if state.max_steps else 0.0,
+                "eta_seconds": 0.0 if done else eta,
+                "elapsed_seconds": now - self.start_time,
+                "world_size": self.world_size,
+                "updated": now,
+            },
+        )
+        self.last_progress = now
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.start_time = time.time()
+            self.start_step = state.global_step  # a resumed run starts part-way
+            self._progress(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and time.time() - self.last_progress >= 1.0:
+            self._progress(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        record: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": now}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                record[key] = value if math.isfinite(value) else str(value)
+        tokens = logs.get("num_tokens")
+        if isinstance(tokens, (int, float)):
+            if self.last_tokens and now > self.last_tokens[0]:
+                record["tokens_per_second"] = (tokens - self.last_tokens[1]) / (now - self.last_tokens[0])
+            self.last_tokens = (now, tokens)
+        record["world_size"] = self.world_size
+        with open(self.job_dir / METRICS, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._progress(state, done=True)
+
+
+def write_result(job_dir: Path, **info: Any) -> None:
+    write_json_atomic(job_dir / RESULT, {"finished": time.time(), **info})
+

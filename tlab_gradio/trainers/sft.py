@@ -1,0 +1,143 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: LoRA/QLoRA through PEFT, or the full model.
+
+Run by the app as `accelerate launch … sft.py --job-dir JOB`, one process per GPU
+(or several CPU processes on gloo). JOB/config.json holds the model, the dataset,
+the templates and the parameters named after SFTConfig / LoraConfig.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tlab_gradio.trainers import common  # noqa: E402
+
+SFT_KEYS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_length", "packing", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed",
+)
+
+
+def build_peft_config(p: dict):
+    from peft import LoraConfig
+
+    targets = (p.get("lora_target_modules") or "all-linear").strip()
+    return LoraConfig(
+        r=p["lora_r"],
+        lora_alpha=p["lora_alpha"],
+        lora_dropout=p["lora_dropout"],
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        task_type="CAUSAL_LM",
+    )
+
+
+def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) -> None:
+    """Merge the adapter into a fresh, unquantised copy of the base (a 4-bit base would
+    round the merged weights) and save it as a plain model beside the adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(fused_dir)
+
+
+def main() -> None:
+    job_dir = common.parse_args(__doc__.splitlines()[0])
+    cfg = common.load_config(job_dir)
+    p = cfg["params"]
+    on_cpu = cfg["device"] == "cpu"
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=on_cpu)
+    common.announce(state)
+
+    import torch
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tlab_gradio import data, tiny_model
+
+    model_path = cfg["model"]
+    with state.main_process_first():  # rank 0 builds / downloads / maps, the others reuse its cache
+        if cfg.get("embedded_model"):
+            tiny_model.ensure(Path(model_path))
+        spec = data.parse_spec(cfg["dataset"])
+        templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
+        train_dataset = data.formatted(data.load(spec), templates)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    precision = cfg["mixed_precision"]
+    use_lora = bool(p["use_lora"])
+    model_kwargs: dict = {"dtype": common.model_dtype(precision, use_lora)}
+    if p.get("load_in_4bit"):
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision == "bf16" else torch.float16
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        model_kwargs["device_map"] = {"": state.local_process_index}
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
+    report_to = p.get("report_to") or "none"
+    args = SFTConfig(
+        output_dir=str(job_dir / "checkpoints"),
+        use_cpu=on_cpu,
+        report_to=[] if report_to == "none" else [report_to],
+        run_name=cfg.get("name") or job_dir.name,
+        model_init_kwargs=model_kwargs,
+        completion_only_loss=bool(p.get("completion_only_loss")) if cfg.get("completion_template") else None,
+        assistant_only_loss=bool(p.get("assistant_only_loss")) and not cfg.get("template"),
+        **common.checkpointing_kwargs(SFTConfig, bool(p.get("gradient_checkpointing"))),
+        ddp_find_unused_parameters=False,
+        save_strategy="steps",
+        logging_first_step=True,
+        disable_tqdm=True,  # the log is read by people and by the app, not by a terminal
+        **common.precision_flags(precision),
+        **{k: p[k] for k in SFT_KEYS if p.get(k) is not None},
+    )
+    trainer = SFTTrainer(
+        model=model_path,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=build_peft_config(p) if use_lora else None,
+        callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
+    )
+    resume = cfg.get("resume_from_checkpoint")
+    if resume:
+        print(f"[tlab] resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume or None)
+
+    out_dir = job_dir / "output" / p["adaptor_name"]
+    trainer.save_model(str(out_dir))  # adapter only for LoRA; the whole model otherwise
+    if state.is_main_process:
+        tokenizer.save_pretrained(out_dir)
+        saved = {"adaptor" if use_lora else "model": str(out_dir)}
+        if use_lora and p.get("fuse_model"):
+            fused_dir = job_dir / "output" / f"{p['adaptor_name']}-fused"
+            fuse(model_path, out_dir, fused_dir, precision)
+            tokenizer.save_pretrained(fused_dir)
+            saved["fused_model"] = str(fused_dir)
+            print(f"[tlab] fused model saved to {fused_dir}", flush=True)
+        common.write_result(
+            job_dir, global_step=result.global_step, train_loss=result.training_loss,
+            world_size=state.num_processes, **saved,
+        )
+        print(f"[tlab] saved to {out_dir}", flush=True)
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
