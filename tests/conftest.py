@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +36,23 @@ def tiny_model_dir(tmp_path_factory):
     from tlab_gradio import tiny_model
 
     return tiny_model.ensure(tmp_path_factory.mktemp("models") / tiny_model.NAME)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium for the browser tests, installed here when missing (CI runs as root)."""
+    import shutil
+    import subprocess
+
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("Chromium is not installed and cannot be installed here (needs root and apt-get)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    ARTIFACTS.mkdir(exist_ok=True)
+    return str(CHROMIUM)

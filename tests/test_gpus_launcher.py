@@ -130,3 +130,12 @@ def test_launch_files_are_accepted_by_accelerate(tmp_path):
 
 def test_free_ports_differ():
     assert len({launcher.free_port() for _ in range(5)}) > 1
+
+
+def test_gpu_ids_are_checked_on_a_machine_without_gpus_too():
+    with pytest.raises(gpus.DeviceError, match="GPU 0 is listed twice"):
+        gpus.resolve("cuda", "0,0", None, [])
+    with pytest.raises(gpus.DeviceError, match=r"GPU 7 does not exist \(GPUs on this machine: none\)"):
+        gpus.resolve("cuda", "7", None, [])
+    with pytest.raises(gpus.DeviceError, match="'abc' is not a GPU number"):
+        gpus.resolve("cpu", "abc", 1, [])  # never valid, whatever the device

@@ -2,7 +2,6 @@ import copy
 import json
 import shutil
 
-import pytest
 
 from tlab_gradio import manifests
 

@@ -38,8 +38,8 @@ def test_a_job_waits_for_its_gpus_and_reservations_keep_order(manager):
     a = manager.create("a", "p", config(["0"]), ["0"])
     b = manager.create("b", "p", config(["0", "1"]), ["0", "1"])
     c = manager.create("c", "p", config(["1"]), ["1"])  # free GPU, but b is waiting for it
-    d = manager.create("d", "p", config(["2"]), ["2"])
-    cpu = manager.create("cpu", "p", config([]), [])
+    manager.create("d", "p", config(["2"]), ["2"])
+    manager.create("cpu", "p", config([]), [])
     states = {j.name: j.state for j in manager.list()}
     assert states == {"a": "RUNNING", "b": "QUEUED", "c": "QUEUED", "d": "RUNNING", "cpu": "RUNNING"}
     manager.stop(a.id, grace=0.5)

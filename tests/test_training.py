@@ -7,11 +7,9 @@ default config asking for 3 fp16 processes: the job's own settings must win.
 """
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
-import pytest
 
 from tlab_gradio import launcher
 from tlab_gradio.service import Service

@@ -92,6 +92,8 @@ def parse_spec(value: Any) -> DatasetSpec:
 def _load_dict(spec: DatasetSpec):
     import datasets  # heavy: only when a dataset is really needed
 
+    datasets.disable_progress_bars()  # \r-redrawn bars are noise in the app's output and in job logs
+
     try:
         if spec.source == "sample":
             path = settings.SAMPLES_DIR / SAMPLES[spec.name]["file"]

@@ -21,6 +21,8 @@ class GPU:
     utilization_pct: int | None
     temperature_c: int | None
     compute_capability: tuple[int, int] | None
+    power_w: float | None = None
+    power_limit_w: float | None = None
 
     @property
     def supports_bf16(self) -> bool:
@@ -81,6 +83,11 @@ def _from_nvml() -> list[GPU] | None:
                 cc = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))
             except Exception:
                 cc = None
+            try:
+                power = pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+                power_limit = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0
+            except Exception:
+                power = power_limit = None
             gpus.append(
                 GPU(
                     index=index,
@@ -91,6 +98,8 @@ def _from_nvml() -> list[GPU] | None:
                     utilization_pct=util,
                     temperature_c=temp,
                     compute_capability=cc,
+                    power_w=power,
+                    power_limit_w=power_limit,
                 )
             )
         return gpus
@@ -151,10 +160,15 @@ class DeviceError(ValueError):
     pass
 
 
-def parse_gpu_ids(text: str | None, available: list[GPU]) -> list[GPU]:
-    """`auto` (or empty) = every visible GPU; `0,2` = exactly those. Raise DeviceError naming the bad value."""
+def parse_gpu_ids(text: str | None, available: list[GPU] | None = None) -> list[int] | list[GPU]:
+    """`auto` (or empty) = every visible GPU; `0,2` = exactly those, in that order.
+
+    Without `available`, only the syntax is checked and the indexes come back (None for `auto`).
+    With it, each index must exist, and the GPUs come back. Raises DeviceError naming the bad value."""
     text = (text or "auto").strip()
     if text.lower() in ("auto", "all"):
+        if available is None:
+            return None
         if not available:
             raise DeviceError("gpu_ids `auto`: no CUDA GPU is visible on this machine")
         return list(available)
@@ -170,10 +184,13 @@ def parse_gpu_ids(text: str | None, available: list[GPU]) -> list[GPU]:
             raise DeviceError(f"gpu_ids {text!r}: {index} is negative")
         if index in seen:
             raise DeviceError(f"gpu_ids {text!r}: GPU {index} is listed twice")
+        seen.append(index)
+    if available is None:
+        return seen
+    for index in seen:
         if index >= len(available):
             have = ", ".join(str(g.index) for g in available) or "none"
             raise DeviceError(f"gpu_ids {text!r}: GPU {index} does not exist (GPUs on this machine: {have})")
-        seen.append(index)
     return [available[i] for i in seen]
 
 
@@ -192,8 +209,9 @@ class Placement:
 
 def resolve(device: str | None, gpu_ids: str | None, cpu_processes: int | None, available: list[GPU]) -> Placement:
     device = (device or ("cuda" if available else "cpu")).strip().lower()
+    indexes = parse_gpu_ids(gpu_ids)  # the syntax is checked whatever the device: `abc` is never right
     if device == "cuda":
-        if not available:
+        if not available and indexes is None:
             raise DeviceError("device `cuda`: this machine has no CUDA GPU; choose device `cpu`")
         gpus = parse_gpu_ids(gpu_ids, available)
         return Placement("cuda", tuple(gpus), len(gpus))

@@ -12,7 +12,6 @@ results, so deleting the database loses the list, never the runs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import launcher, logs, settings
-from .trainers.common import RESULT, last_checkpoint
+from .jobfiles import CHECKPOINTS, CONFIG, LOG, METRICS, OUTPUT, RESULT, last_checkpoint
 
 QUEUED, RUNNING, STOPPING, COMPLETE, FAILED, STOPPED = "QUEUED", "RUNNING", "STOPPING", "COMPLETE", "FAILED", "STOPPED"
 ACTIVE = (RUNNING, STOPPING)
@@ -88,11 +87,11 @@ class Job:
 
     @property
     def log_path(self) -> Path:
-        return self.job_dir / "log.txt"
+        return self.job_dir / LOG
 
     @property
     def metrics_path(self) -> Path:
-        return self.job_dir / "metrics.jsonl"
+        return self.job_dir / METRICS
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -173,8 +172,8 @@ class JobManager:
             job_dir = self.jobs_root / str(job_id)
             job_dir.mkdir(parents=True, exist_ok=True)
             config = {**config, "job_id": job_id, "job_dir": str(job_dir)}
-            (job_dir / "config.json").write_text(json.dumps(config, indent=2))
-            self._update(job_id, config=config, job_dir=str(job_dir), output_dir=str(job_dir / "output"))
+            (job_dir / CONFIG).write_text(json.dumps(config, indent=2))
+            self._update(job_id, config=config, job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))
         self._schedule()
         return self.get(job_id)
 
@@ -188,17 +187,22 @@ class JobManager:
             ).fetchall()
             jobs = [Job.from_row(r) for r in rows]
             taken = {g for j in jobs if j.state in ACTIVE for g in j.gpus}
+            running = sum(j.state in ACTIVE for j in jobs)
+            cap = settings.max_concurrent_jobs()
             for job in jobs:
                 if job.state != QUEUED:
                     continue
+                if cap is not None and running >= cap:
+                    break
                 wanted = set(job.gpus)
                 if wanted & taken:
                     taken |= wanted
                     continue
                 taken |= wanted
-                self._launch(job)
+                if self._launch(job):
+                    running += 1
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> bool:
         from .gpus import GPU, Placement
 
         cfg = job.config
@@ -213,13 +217,24 @@ class JobManager:
             proc = launcher.spawn(argv, job.job_dir, job.log_path)
         except Exception as exc:  # e.g. accelerate missing from the environment
             self._finish(job.id, FAILED, None, f"could not start: {type(exc).__name__}: {exc}")
-            return
+            return False
         self._procs[job.id] = proc
         self._update(
             job.id, state=RUNNING, pid=proc.pid, command=argv, started=time.time(), finished=None,
             exit_code=None, reason=None, attempts=job.attempts + 1,
         )
         threading.Thread(target=self._watch, args=(job.id, proc), daemon=True, name=f"job-{job.id}").start()
+        limit = settings.max_job_seconds()
+        if limit:
+            timer = threading.Timer(limit, self._time_limit, args=(job.id, proc.pid, limit))
+            timer.daemon = True
+            timer.start()
+        return True
+
+    def _time_limit(self, job_id: int, pid: int, limit: float) -> None:
+        job = self.get(job_id)
+        if job.state == RUNNING and job.pid == pid:
+            self.stop(job_id, reason=f"stopped: ran past this server's limit of {limit:g} s per job")
 
     def _watch(self, job_id: int, proc) -> None:
         code = proc.wait()
@@ -227,7 +242,7 @@ class JobManager:
         self._procs.pop(job_id, None)
         job = self.get(job_id)
         if job.stop_requested:
-            self._finish(job_id, STOPPED, code, "stopped by the user")
+            self._finish(job_id, STOPPED, code, job.reason or "stopped by the user")
         elif code == 0:
             self._finish(job_id, COMPLETE, code, None)
         else:
@@ -239,7 +254,7 @@ class JobManager:
             time.sleep(1.0)
         job = self.get(job_id)
         if job.stop_requested:
-            self._finish(job_id, STOPPED, None, "stopped by the user")
+            self._finish(job_id, STOPPED, None, job.reason or "stopped by the user")
         elif (job.job_dir / RESULT).is_file():
             self._finish(job_id, COMPLETE, None, "finished while the app was restarting")
         else:
@@ -263,7 +278,7 @@ class JobManager:
                 )
 
     # --- user actions -------------------------------------------------------------
-    def stop(self, job_id: int, grace: float | None = None) -> Job:
+    def stop(self, job_id: int, grace: float | None = None, reason: str = "stopped by the user") -> Job:
         """Returns at once with the job STOPPING; SIGTERM then SIGKILL reach every rank."""
         grace = settings.stop_grace_seconds() if grace is None else grace
         with self._lock:
@@ -274,7 +289,7 @@ class JobManager:
                 return self.get(job_id)
             if job.state not in ACTIVE:
                 raise JobError(f"job {job_id} is {job.state}, not running")
-            self._update(job_id, state=STOPPING, stop_requested=1)
+            self._update(job_id, state=STOPPING, stop_requested=1, reason=reason)
         threading.Thread(target=launcher.terminate_group, args=(job.pid, grace), daemon=True).start()
         return self.get(job_id)
 
@@ -284,11 +299,11 @@ class JobManager:
             job = self.get(job_id)
             if job.state not in (STOPPED, FAILED):
                 raise JobError(f"job {job_id} is {job.state}; only a stopped or failed job can be resumed")
-            checkpoint = last_checkpoint(job.job_dir / "checkpoints")
+            checkpoint = last_checkpoint(job.job_dir / CHECKPOINTS)
             if checkpoint is None:
                 raise JobError(f"job {job_id} saved no checkpoint to resume from; start it again instead")
             config = {**job.config, "resume_from_checkpoint": str(checkpoint)}
-            (job.job_dir / "config.json").write_text(json.dumps(config, indent=2))
+            (job.job_dir / CONFIG).write_text(json.dumps(config, indent=2))
             (job.job_dir / RESULT).unlink(missing_ok=True)
             self._update(job_id, state=QUEUED, config=config, stop_requested=0, exit_code=None,
                          reason=f"resuming from {checkpoint.name}", finished=None, pid=None)

@@ -87,6 +87,7 @@ class Manifest(BaseModel):
     trainer: str  # program file in tlab_gradio/trainers/, run by `accelerate launch`
     multi_gpu: bool
     requirements: list[str] = Field(default_factory=list)  # pip requirement strings
+    sample_dataset: str | None = None  # bundled sample used when a job names no dataset
 
     @field_validator("requirements")
     @classmethod
@@ -105,6 +106,15 @@ class Manifest(BaseModel):
             raise ValueError(f"trainer {value!r} must be a file name like 'sft.py' in tlab_gradio/trainers/")
         if not (settings.TRAINERS_DIR / value).is_file():
             raise ValueError(f"trainer program {value!r} does not exist in tlab_gradio/trainers/")
+        return value
+
+    @field_validator("sample_dataset")
+    @classmethod
+    def _sample_exists(cls, value: str | None) -> str | None:
+        from .data import SAMPLES
+
+        if value is not None and value not in SAMPLES:
+            raise ValueError(f"sample_dataset {value!r} is not a bundled sample ({', '.join(SAMPLES)})")
         return value
 
     @model_validator(mode="after")

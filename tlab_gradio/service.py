@@ -6,15 +6,21 @@ anything is launched; problems come back together, each naming the bad value.
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, launcher, manifests, models, params, settings
+from . import data, gpus, jobfiles, launcher, logs, manifests, models, params, settings
+from .jobfiles import read_json
 from .jobs import Job, JobError, JobManager
 
-REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template", "params")
+REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template",
+                "device", "gpu_ids", "cpu_processes", "params")
+TOP_LEVEL_PARAMS = ("device", "gpu_ids", "cpu_processes")  # also accepted inside `params`
+PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,79}$")
 
 
 class RequestError(ValueError):
@@ -65,6 +71,7 @@ class Service:
                             f"plugins: {', '.join(found) or 'none'}"])
 
     def plugin_list(self) -> list[dict[str, Any]]:
+        """Every plugin with its readiness and parameters; broken manifests with their error."""
         found, errors = self.plugins()
         count = len(gpus.list_gpus())
         rows = []
@@ -72,11 +79,33 @@ class Service:
             reasons = manifests.readiness(m, count)
             rows.append({
                 "id": m.id, "name": m.name, "type": m.type, "train_type": m.train_type,
-                "description": m.description, "devices": m.supported_hardware_architectures,
-                "multi_gpu": m.multi_gpu, "ready": not reasons, "reasons": reasons,
+                "version": m.version, "description": m.description,
+                "devices": m.supported_hardware_architectures, "multi_gpu": m.multi_gpu,
+                "model_architectures": m.model_architectures, "requirements": m.requirements,
+                "ready": not reasons, "reason": "; ".join(reasons) or None, "reasons": reasons,
+                "parameters": self.parameter_specs(m),
             })
-        rows += [{"id": Path(e.file).stem, "file": e.file, "error": e.message, "ready": False} for e in errors]
+        rows += [{"id": Path(e.file).stem, "name": e.file, "file": e.file, "error": e.message,
+                  "ready": False, "reason": f"manifest error: {e.message}", "reasons": [e.message]}
+                 for e in errors]
         return rows
+
+    def parameter_specs(self, manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:
+        """Each parameter with its default for this machine, limits and help, in manifest order."""
+        machine = self.machine_defaults()
+        specs = {}
+        for name, p in manifest.parameters.items():
+            spec = p.model_dump(exclude_none=True)
+            if name in machine and (p.enum is None or machine[name] in p.enum):
+                spec["default"] = machine[name]
+            help_text = manifest.help(name)
+            if help_text:
+                spec["help"] = help_text
+            widget = manifest.parameters_ui.get(name, {}).get("ui:widget")
+            if widget:
+                spec["widget"] = widget
+            specs[name] = spec
+        return specs
 
     def gpu_info(self) -> list[dict]:
         return [g.as_dict() for g in gpus.list_gpus(refresh=True)]
@@ -87,20 +116,38 @@ class Service:
         return {"device": "cuda" if has_gpu else "cpu", "mixed_precision": "auto"}
 
     # --- checking a request -------------------------------------------------------
-    def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Check everything and return the job config, or raise RequestError listing every problem."""
+    def _values(self, request: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+        """The parameter values of a request: `params`, plus device/gpu_ids/cpu_processes given at the top."""
+        values = request.get("params") or {}
+        if not isinstance(values, dict):
+            problems.append("`params` must be an object of parameter names and values")
+            values = {}
+        values = dict(values)
+        for key in TOP_LEVEL_PARAMS:
+            if request.get(key) is not None:
+                if values.get(key) is not None and values[key] != request[key]:
+                    problems.append(f"`{key}` is given twice with different values ({request[key]!r}, {values[key]!r})")
+                values[key] = request[key]
+        if values.get("device") is None:
+            values["device"] = self.machine_defaults()["device"]
+        return values
+
+    def _check_request_shape(self, request: Any) -> list[str]:
         if not isinstance(request, dict):
-            raise RequestError(["the request must be an object with plugin, name, model, dataset, params"])
-        problems: list[str] = []
-        for key in request:
-            if key not in REQUEST_KEYS:
-                problems.append(f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}")
+            raise RequestError(["the request must be a JSON object with plugin, name, model, dataset, params"])
+        return [f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}"
+                for key in request if key not in REQUEST_KEYS]
+
+    def prepare(self, request: dict[str, Any], check_data: bool = True) -> dict[str, Any]:
+        """Check everything and return the job config, or raise RequestError listing every problem.
+
+        `check_data=False` skips loading the dataset (the live command preview does that)."""
+        problems = self._check_request_shape(request)
         manifest = self.plugin(str(request.get("plugin") or ""))
         available = gpus.list_gpus()
         problems += [f"plugin {manifest.name} is not ready: {r}" for r in manifests.readiness(manifest, len(available))]
 
-        values = dict(request.get("params") or {})
-        values.setdefault("device", self.machine_defaults()["device"])
+        values = self._values(request, problems)
         clean: dict[str, Any] = {}
         try:
             clean = params.validate(manifest, values)
@@ -128,6 +175,8 @@ class Service:
 
         model_ref = None
         try:
+            if settings.hosted() and (request.get("model") or "").strip() and _looks_local(request["model"]):
+                raise models.ModelError("local model folders are turned off on this server; give a Hub id")
             model_ref = models.resolve(request.get("model"))
             models.check_supported(model_ref, manifest.model_architectures, manifest.name)
         except models.ModelError as exc:
@@ -136,9 +185,12 @@ class Service:
         spec = templates = None
         dataset_info: dict[str, Any] = {}
         try:
-            spec = data.parse_spec(request.get("dataset"))
+            spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
+            if settings.hosted() and spec.source == "file" and not _inside(spec.name, settings.uploads_dir()):
+                raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
             templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
-            dataset_info = data.check(spec, templates)
+            if check_data:
+                dataset_info = data.check(spec, templates)
         except data.DataError as exc:
             problems.append(str(exc))
 
@@ -165,6 +217,7 @@ class Service:
             "num_processes": placement.num_processes,
             "mixed_precision": precision,
             "params": clean,
+            "request": {k: v for k, v in request.items() if k in REQUEST_KEYS},  # for clone and presets
         }
 
     # --- jobs ---------------------------------------------------------------------
@@ -174,12 +227,102 @@ class Service:
         job = self.jobs.create(config["name"], config["plugin"], config, config["gpu_ids"])
         return job.as_dict()
 
+    def preview_data(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
+                     rows: int = 3) -> dict[str, Any]:
+        """First rows and columns of a dataset and, if the templates fit, the rendered examples.
+        A template that does not fit comes back as `template_error` next to the rows."""
+        try:
+            spec = data.parse_spec(dataset)
+            if settings.hosted() and spec.source == "file" and not _inside(spec.name, settings.uploads_dir()):
+                raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
+            out = data.preview(spec, None, rows)
+            templates = data.templates_for(spec, template, completion_template)
+            try:
+                templates.check(out["columns"])
+                out["rendered"] = [templates.format_row(r) for r in out["rows"]]
+            except data.DataError as exc:
+                out["template_error"] = str(exc)
+            out["templates"] = {"template": templates.template, "completion_template": templates.completion_template}
+            return out
+        except data.DataError as exc:
+            raise RequestError([str(exc)]) from None
+
+    def command_preview(self, request: dict[str, Any]) -> str:
+        """The `accelerate launch` command Start will run (job folder and port filled in at launch)."""
+        config = self.prepare(request, check_data=False)
+        placement = gpus.Placement(
+            config["device"],
+            tuple(g for g in gpus.list_gpus() if g.physical in config["gpu_ids"]),
+            config["num_processes"],
+        )
+        argv = launcher.build_argv(placement, Path(config["trainer"]), Path("$TLAB_HOME/jobs/<id>"),
+                                   config["mixed_precision"], 0)
+        argv[argv.index("--main_process_port") + 1] = "<free port>"
+        return " ".join(argv)
+
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.jobs.get(job_id)
         out = job.as_dict()
-        out["progress"] = _read_json(job.job_dir / "progress.json")
-        out["result"] = _read_json(job.job_dir / "result.json")
+        out["progress"] = read_json(job.job_dir / jobfiles.PROGRESS)
+        out["result"] = read_json(job.job_dir / jobfiles.RESULT)
         return out
+
+    def job_status(self, job_id: int) -> dict[str, Any]:
+        """The API's compact status: state, step/total, percent, ETA, last metrics, exit code, error."""
+        job = self.jobs.get(job_id)
+        progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
+        last = logs.last_metrics(job.metrics_path, 1)
+        error = None
+        if job.state == "FAILED":
+            tail = [line for line in logs.tail(job.log_path, 30) if line.strip()]
+            error = (job.reason or "failed") + ("\n" + "\n".join(tail[-15:]) if tail else "")
+        return {
+            "job_id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state,
+            "step": progress.get("step", 0), "total_steps": progress.get("max_steps"),
+            "progress": progress.get("percent", 100.0 if job.state == "COMPLETE" else 0.0),
+            "eta_s": progress.get("eta_seconds"), "world_size": progress.get("world_size"),
+            "last_metrics": last[0] if last else None, "exit_code": job.exit_code,
+            "reason": job.reason, "error": error, "attempts": job.attempts,
+            "created": job.created, "started": job.started, "finished": job.finished,
+        }
+
+    def clone_request(self, job_id: int) -> dict[str, Any]:
+        """The request that made a job, to start it again (the UI loads it into the form)."""
+        job = self.jobs.get(job_id)
+        request = dict(job.config.get("request") or {"plugin": job.plugin, "params": job.config.get("params", {})})
+        request["name"] = f"{job.name} (copy)"
+        return request
+
+    # --- presets ------------------------------------------------------------------
+    def _preset_path(self, name: str) -> Path:
+        name = (name or "").strip()
+        if not PRESET_NAME.match(name):
+            raise RequestError([f"preset name {name!r}: use letters, digits, spaces, '_', '.', '-' (up to 80)"])
+        return self.home / "presets" / f"{name}.json"
+
+    def save_preset(self, name: str, request: dict[str, Any]) -> list[str]:
+        problems = self._check_request_shape(request)
+        if problems:
+            raise RequestError(problems)
+        self.plugin(str(request.get("plugin") or ""))  # a preset names a real plugin
+        path = self._preset_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobfiles.write_json_atomic(path, {k: v for k, v in request.items() if k in REQUEST_KEYS})
+        return self.list_presets()
+
+    def list_presets(self) -> list[str]:
+        folder = self.home / "presets"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def load_preset(self, name: str) -> dict[str, Any]:
+        path = self._preset_path(name)
+        if not path.is_file():
+            raise RequestError([f"no preset named {name!r}; presets: {', '.join(self.list_presets()) or 'none'}"])
+        return json.loads(path.read_text())
+
+    def delete_preset(self, name: str) -> list[str]:
+        self._preset_path(name).unlink(missing_ok=True)
+        return self.list_presets()
 
     def list_jobs(self, limit: int = 200) -> list[dict[str, Any]]:
         return [j.as_dict() for j in self.jobs.list(limit)]
@@ -194,13 +337,17 @@ class Service:
         return self.jobs.resume(job_id).as_dict()
 
 
-def _read_json(path: Path) -> dict | None:
-    import json
+def _looks_local(text: str) -> bool:
+    text = text.strip()
+    return text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
 
+
+def _inside(path: str, folder: Path) -> bool:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 _SERVICES: dict[Path, Service] = {}

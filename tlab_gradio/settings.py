@@ -29,3 +29,52 @@ def manifest_dir() -> Path:
 def stop_grace_seconds() -> float:
     """How long Stop waits after SIGTERM before it sends SIGKILL to the job's group."""
     return float(os.environ.get("TLAB_STOP_GRACE", "10"))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hosted() -> bool:
+    """Hosted demo: no local-path inputs, no server paths shown (uploads only)."""
+    return _flag("TLAB_HOSTED")
+
+
+def auth() -> list[tuple[str, str]] | None:
+    """TLAB_AUTH=user:pass[,user2:pass2] turns on the page's login."""
+    raw = os.environ.get("TLAB_AUTH", "").strip()
+    if not raw:
+        return None
+    pairs = []
+    for item in raw.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError("TLAB_AUTH must be user:password (several separated by commas)")
+        pairs.append((user, password))
+    return pairs
+
+
+def _positive(name: str, kind=int):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    value = kind(raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw}")
+    return value
+
+
+def max_concurrent_jobs() -> int | None:
+    """TLAB_MAX_CONCURRENT_JOBS: at most this many jobs run at once; the rest wait QUEUED."""
+    return _positive("TLAB_MAX_CONCURRENT_JOBS")
+
+
+def max_job_seconds() -> float | None:
+    """TLAB_MAX_JOB_SECONDS: a job running longer is stopped, with that reason."""
+    return _positive("TLAB_MAX_JOB_SECONDS", float)
+
+
+def uploads_dir() -> Path:
+    path = home() / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -9,16 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-METRICS = "metrics.jsonl"
-PROGRESS = "progress.json"
-RESULT = "result.json"
+from tlab_gradio.jobfiles import METRICS, PROGRESS, RESULT, last_checkpoint, write_json_atomic  # noqa: F401
 
 
 def parse_args(description: str) -> Path:
@@ -29,12 +26,6 @@ def parse_args(description: str) -> Path:
 
 def load_config(job_dir: Path) -> dict[str, Any]:
     return json.loads((job_dir / "config.json").read_text())
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def announce(state) -> None:
@@ -69,15 +60,6 @@ def checkpointing_kwargs(config_cls, enabled: bool) -> dict[str, Any]:
     fields = getattr(config_cls, "__dataclass_fields__", {})
     name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
-
-
-def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = []
-    for path in checkpoint_dir.glob("checkpoint-*"):
-        suffix = path.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(suffix), path))
-    return max(found)[1] if found else None
 
 
 class MetricsCallback(TrainerCallback):

@@ -1,37 +1,69 @@
-"""The web page. The only package that imports gradio; it calls tlab_gradio.service."""
+"""The web page: one module per tab, plus the named API. The only package that imports gradio;
+every handler calls tlab_gradio.service, the same functions scripts use."""
 from __future__ import annotations
 
 import os
+
+CSS = """
+.gradio-container {max-width: 1500px !important}
+#tl-header h1 {margin-bottom: 0}
+.tl-muted {color: var(--body-text-color-subdued); font-size: 0.92em}
+.tl-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px}
+.tl-section h3 {margin: 4px 0 !important}
+.tl-badge {color: white; border-radius: 999px; padding: 2px 10px; font-size: 0.8em; font-weight: 600;
+           margin-left: 8px; vertical-align: middle}
+.tl-job-title {font-size: 1.25em; font-weight: 600}
+.tl-progress {background: var(--neutral-200); border-radius: 6px; height: 14px; overflow: hidden; margin-top: 6px}
+.tl-progress-fill {background: linear-gradient(90deg, #2563eb, #7c3aed); height: 100%; transition: width .5s}
+.tl-progress-label {font-size: 0.9em; margin-top: 4px}
+.tl-log textarea {font-family: ui-monospace, SFMono-Regular, Menlo, monospace !important; font-size: 12px !important;
+                  white-space: pre-wrap !important; overflow-wrap: anywhere}
+.tl-gpus {display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 12px}
+.tl-gpu {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px}
+.tl-gpu-title {font-weight: 700} .tl-gpu-name {margin-bottom: 6px}
+.tl-gpu ul {margin: 8px 0 0 0; padding-left: 18px}
+.tl-kv {border-collapse: collapse; min-width: 420px} .tl-kv th {text-align: left; padding: 4px 16px 4px 0;
+        font-weight: 600; color: var(--body-text-color-subdued)} .tl-kv td {padding: 4px 0}
+.tl-ok {color: #059669; font-weight: 600} .tl-warn {color: #b45309; font-weight: 600}
+"""
 
 
 def build_app():
     import gradio as gr
 
+    from .. import settings
     from ..service import get_service
+    from . import api, computer_tab, plugins_tab, train_tab
 
     svc = get_service()
-
-    def plugin_rows():
-        return [[r["id"], r.get("name", ""), "ready" if r["ready"] else "; ".join(r.get("reasons") or [r.get("error", "")])]
-                for r in svc.plugin_list()]
-
-    def job_rows():
-        return [[j["id"], j["name"], j["plugin"], j["state"], j["reason"] or ""] for j in svc.list_jobs()]
-
+    hosted = settings.hosted()
     with gr.Blocks(title="tlab-gradio") as demo:
-        gr.Markdown("# tlab-gradio")
-        with gr.Tab("Plugins"):
-            gr.Dataframe(plugin_rows, headers=["id", "name", "status"])
-        with gr.Tab("Train"):
-            gr.Dataframe(job_rows, headers=["id", "name", "plugin", "state", "reason"], every=2)
-        with gr.Tab("Computer"):
-            gr.JSON(lambda: svc.gpu_info())
+        with gr.Row(elem_id="tl-header"):
+            gr.Markdown("# tlab-gradio\nFine-tune language models on every GPU of this machine.")
+        with gr.Tabs():
+            with gr.Tab("Plugins", id="plugins"):
+                plugins_tab.build(svc, demo)
+            with gr.Tab("Train", id="train"):
+                train_tab.build(svc, demo, hosted)
+            with gr.Tab("Computer", id="computer"):
+                computer_tab.build(svc, demo, hosted)
+        api.register(svc)
     return demo
 
 
 def main() -> None:
-    app = build_app()
-    app.queue().launch(
+    import gradio as gr
+
+    from .. import settings
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=8).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        auth=settings.auth(),
+        allowed_paths=[str(settings.home() / "jobs")],  # output files offered for download
+        theme=gr.themes.Soft(primary_hue="indigo"),
+        css=CSS,
+        show_error=True,
+        footer_links=["api", "gradio"],
     )

@@ -1,0 +1,150 @@
+"""The real app: `python app.py` on a free port, driven through gradio_client like a script would."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from gradio_client import Client
+
+from conftest import REPO
+
+SFT = "llama_sft_multi_gpu"
+ENDPOINTS = {"/list_plugins", "/start_job", "/job_status", "/job_log", "/stop_job", "/resume_job",
+             "/list_jobs", "/gpu_info"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(env_extra, tmp_path):
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
+    log = open(tmp_path / f"app-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError((tmp_path / f"app-{port}.log").read_text())
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the app did not answer within 120 s")
+
+
+@pytest.fixture
+def app_url(home, tmp_path):
+    proc, url = start_app({}, tmp_path)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def wait_state(client, job_id, states, timeout=420):
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.predict(job_id, api_name="/job_status")
+        if status["state"] in states or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def test_the_api_lists_the_designed_endpoints_only(app_url):
+    api = Client(app_url, verbose=False).view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == ENDPOINTS
+    assert not api["unnamed_endpoints"]
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/job_log"]["parameters"]]
+    assert params == ["job_id", "lines"]
+
+
+def test_a_script_trains_watches_and_stops_jobs(app_url):
+    client = Client(app_url, verbose=False)
+    plugins = client.predict(api_name="/list_plugins")
+    sft = next(p for p in plugins if p["id"] == SFT)
+    assert sft["ready"] and sft["reason"] is None
+    assert sft["parameters"]["device"]["default"] == "cpu"  # this machine has no GPU
+    assert sft["parameters"]["max_steps"]["type"] == "integer"
+
+    job = client.predict({"plugin": SFT, "name": "api-run", "device": "cpu", "cpu_processes": 2,
+                          "params": {"max_steps": 3, "logging_steps": 1, "max_length": 128}},
+                         api_name="/start_job")
+    assert job["state"] in ("QUEUED", "RUNNING")
+    status = wait_state(client, job["job_id"], ("COMPLETE", "FAILED"))
+    log = client.predict(job["job_id"], 400, api_name="/job_log")
+    assert status["state"] == "COMPLETE", log
+    assert status["step"] == 3 and status["total_steps"] == 3 and status["progress"] == 100.0
+    assert status["exit_code"] == 0 and status["error"] is None
+    assert status["last_metrics"]["world_size"] == 2
+    assert "rank 1 of world size 2" in log
+    assert client.predict(job["job_id"], 2, api_name="/job_log").count("\n") == 1
+    listed = client.predict(api_name="/list_jobs")
+    assert listed[0]["job_id"] == job["job_id"] and listed[0]["state"] == "COMPLETE"
+
+    long_job = client.predict({"plugin": SFT, "device": "cpu", "params": {"max_steps": 100000}},
+                              api_name="/start_job")
+    running = wait_state(client, long_job["job_id"], ("RUNNING",), timeout=60)
+    assert running["state"] == "RUNNING"
+    assert client.predict(long_job["job_id"], api_name="/stop_job")["state"] == "STOPPING"
+    assert wait_state(client, long_job["job_id"], ("STOPPED",), timeout=60)["state"] == "STOPPED"
+    assert client.predict(api_name="/gpu_info") == []
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"plugin": "nope"}, "unknown plugin 'nope'"),
+    ({"plugin": SFT, "device": "cuda", "gpu_ids": "0,0"}, "gpu_ids '0,0': GPU 0 is listed twice"),
+    ({"plugin": SFT, "device": "cuda", "gpu_ids": "abc"}, "gpu_ids 'abc': 'abc' is not a GPU number"),
+    ({"plugin": SFT, "device": "cuda", "gpu_ids": "3"}, "gpu_ids '3': GPU 3 does not exist"),
+    ({"plugin": SFT, "device": "cpu", "template": "{{question}}"},
+     "data template uses `question`, which the dataset does not have; columns: instruction, input, output"),
+    ({"plugin": SFT, "params": {"max_step": 3}}, "did you mean `max_steps`?"),
+])
+def test_bad_requests_come_back_as_errors_and_create_nothing(app_url, request_, message):
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(AppError) as info:
+        client.predict(request_, api_name="/start_job")
+    assert message in str(info.value)
+    assert client.predict(api_name="/list_jobs") == []
+    with pytest.raises(AppError, match="no job with id 99"):
+        client.predict(99, api_name="/job_status")
+
+
+def test_hosted_mode_hides_server_paths_and_local_inputs(home, tmp_path):
+    proc, url = start_app({"TLAB_HOSTED": "1", "TLAB_AUTH": "demo:secret"}, tmp_path)
+    try:
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(Exception):
+            Client(url, verbose=False)  # login required
+        client = Client(url, auth=("demo", "secret"), verbose=False)
+        with pytest.raises(AppError, match="local model folders are turned off"):
+            client.predict({"plugin": SFT, "model": str(tmp_path)}, api_name="/start_job")
+        with pytest.raises(AppError, match="local dataset paths are turned off"):
+            client.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(REPO / "samples" /
+                                                       "sft_instructions.jsonl")}}, api_name="/start_job")
+        job = client.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+        listed = client.predict(api_name="/list_jobs")
+        assert "job_dir" not in listed[0] and str(home) not in str(listed)
+        client.predict(job["job_id"], api_name="/stop_job")
+        assert wait_state(client, job["job_id"], ("STOPPED",), timeout=60)["state"] == "STOPPED"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_the_web_process_does_not_import_training_libraries(home):
+    code = ("import sys; from tlab_gradio.ui import build_app; build_app(); "
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

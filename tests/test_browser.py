@@ -1,0 +1,72 @@
+"""A person's path through the page, in headless Chromium: the three tabs, the Train form, a job
+started from the page and watched to COMPLETE. Screenshots of each tab go to tests/artifacts/."""
+import re
+
+import pytest
+
+from conftest import ARTIFACTS
+from test_app import start_app
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture
+def page(home, tmp_path, chromium):
+    proc, url = start_app({}, tmp_path)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        yield page
+        browser.close()
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_train_a_job_from_the_page(page):
+    expect = playwright.expect
+    tabs = page.get_by_role("tab")
+    expect(tabs).to_have_text(["Plugins", "Train", "Computer"])
+
+    expect(page.locator("#plugins-table")).to_contain_text("Llama SFT Trainer")
+    expect(page.locator("#plugins-table")).to_contain_text("ready")
+    page.locator("#plugins-table span").filter(has_text="Llama SFT Trainer").first.click()
+    expect(page.locator("#plugin-details")).to_contain_text("learning_rate")
+    page.screenshot(path=str(ARTIFACTS / "plugins.png"), full_page=True)
+
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#new-task").click()
+    expect(page.locator("#task-form")).to_be_visible()
+    expect(page.locator("#ds-info")).to_contain_text("320 rows")  # the sample's preview
+    expect(page.locator("#rendered")).to_contain_text("### Instruction:")
+    page.locator("#task-name textarea, #task-name input").first.fill("browser-run")
+
+    # A value outside the limits is flagged while typing, before Start.
+    steps = page.locator("#param-max_steps input").first
+    steps.fill("-5")
+    steps.press("Tab")
+    expect(page.locator("#form-checks")).to_contain_text("-5 is less than the minimum of -1")
+    steps.fill("4")
+    steps.press("Tab")
+    expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+    expect(page.locator("#command-preview")).to_contain_text("accelerate")
+    page.screenshot(path=str(ARTIFACTS / "train-form.png"), full_page=True)
+
+    page.locator("#start").click()
+    expect(page.locator("#start-msg")).to_contain_text(re.compile(r"Started job \d+"))
+    header = page.locator("#job-header")
+    expect(header).to_contain_text("browser-run")
+    expect(header).to_contain_text("COMPLETE", timeout=300_000)
+    expect(page.locator("#job-progress")).to_contain_text("step 4 / 4")
+    expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"\[tlab\] saved to"))
+    expect(page.locator("#job-files")).to_contain_text("adapter_model")
+    page.screenshot(path=str(ARTIFACTS / "train-job.png"), full_page=True)
+
+    page.get_by_role("tab", name="Computer").click()
+    expect(page.locator("#gpu-specs")).to_contain_text("GPU Specs (0)")
+    expect(page.locator("#system-info")).to_contain_text("transformers")
+    page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)

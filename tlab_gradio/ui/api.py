@@ -1,0 +1,88 @@
+"""The automation API: named endpoints for gradio_client, over the same Service the page uses.
+
+    from gradio_client import Client
+    c = Client("http://127.0.0.1:7860/")
+    job = c.predict({"plugin": "llama_sft_multi_gpu", "device": "cpu"}, api_name="/start_job")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .. import settings
+from ..service import Service
+from .common import as_int, checked
+
+HIDDEN_PATH_KEYS = ("job_dir", "output_dir", "command", "config", "pid")
+
+
+def _public(job: dict[str, Any]) -> dict[str, Any]:
+    """In hosted mode the server's paths are not shown."""
+    if not settings.hosted():
+        return job
+    return {k: v for k, v in job.items() if k not in HIDDEN_PATH_KEYS}
+
+
+def job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    return _public({
+        "job_id": job["id"], "name": job["name"], "plugin": job["plugin"], "state": job["state"],
+        "gpus": job["gpus"], "created": job["created"], "started": job["started"], "finished": job["finished"],
+        "reason": job["reason"], "job_dir": job["job_dir"],
+    })
+
+
+def register(svc: Service) -> None:
+    """Define the endpoints inside the current gr.Blocks."""
+
+    @checked
+    def list_plugins() -> list[dict]:
+        """Every plugin: id, name, ready, reason (why not ready), parameters (type, default, limits, help)."""
+        return [
+            {k: p.get(k) for k in ("id", "name", "train_type", "description", "devices", "multi_gpu",
+                                   "ready", "reason", "parameters")}
+            for p in svc.plugin_list()
+        ]
+
+    @checked
+    def start_job(request: dict) -> dict:
+        """Start a training job. request: {plugin, name, model, dataset, template, completion_template,
+        device, gpu_ids, cpu_processes, params}. Omitted fields take the manifest's defaults, the
+        embedded model and the plugin's sample dataset. Returns {job_id, state}."""
+        job = svc.start_job(request if isinstance(request, dict) else {"_": request})
+        return {"job_id": job["id"], "state": job["state"], "name": job["name"]}
+
+    @checked
+    def job_status(job_id: int) -> dict:
+        """{state, step, total_steps, progress (percent), eta_s, last_metrics, exit_code, error, ...}"""
+        return svc.job_status(as_int(job_id))
+
+    @checked
+    def job_log(job_id: int, lines: int = 100) -> str:
+        """The last `lines` lines of the job's log (stdout and stderr of every rank)."""
+        return "\n".join(svc.job_log(as_int(job_id), max(1, min(int(lines or 100), 10000))))
+
+    @checked
+    def stop_job(job_id: int) -> dict:
+        """Stop every process of the job. Returns {state}: STOPPING at once, STOPPED when they are gone."""
+        job = svc.stop_job(as_int(job_id))
+        return {"job_id": job["id"], "state": job["state"]}
+
+    @checked
+    def resume_job(job_id: int) -> dict:
+        """Resume a stopped or failed job from its last checkpoint. Returns {job_id, state}."""
+        job = svc.resume_job(as_int(job_id))
+        return {"job_id": job["id"], "state": job["state"]}
+
+    @checked
+    def list_jobs() -> list[dict]:
+        """Every job, newest first: job_id, name, plugin, state, gpus, created, started, finished, reason."""
+        return [job_summary(j) for j in svc.list_jobs()]
+
+    @checked
+    def gpu_info() -> list[dict]:
+        """Each GPU: index, name, memory used/total (MB), utilisation %, temperature C, power W."""
+        return [{k: v for k, v in g.items() if k != "physical"} for g in svc.gpu_info()]
+
+    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, list_jobs, gpu_info):
+        gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)

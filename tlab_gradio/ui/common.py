@@ -1,0 +1,81 @@
+"""Small helpers the tabs share: errors for the page and the API, formatting."""
+from __future__ import annotations
+
+import functools
+import html
+import time
+from typing import Any, Callable
+
+import gradio as gr
+
+from ..jobs import JobError
+from ..service import RequestError
+
+PRIVATE = {"api_visibility": "private"}  # page handlers stay out of the API the client sees
+
+
+def user_error(exc: Exception) -> gr.Error:
+    """A gr.Error whose message a page user and a gradio_client script both see."""
+    if isinstance(exc, RequestError):
+        message = exc.problems[0] if len(exc.problems) == 1 else "\n".join(f"- {p}" for p in exc.problems)
+    else:
+        message = str(exc)
+    return gr.Error(message, print_exception=False)
+
+
+def checked(fn: Callable) -> Callable:
+    """Turn the core's input errors into gr.Error; anything else is a bug and stays a traceback."""
+    @functools.wraps(fn)  # keeps the signature: gradio builds the API's parameters from it
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RequestError, JobError, ValueError) as exc:
+            raise user_error(exc) from None
+    return wrapper
+
+
+def problems_md(exc: Exception) -> str:
+    problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
+    return "\n".join(f'- <span class="tl-warn">✗</span> {html.escape(p)}' for p in problems)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
+
+
+STATE_COLORS = {
+    "QUEUED": "#6b7280", "RUNNING": "#2563eb", "STOPPING": "#d97706", "COMPLETE": "#059669",
+    "FAILED": "#dc2626", "STOPPED": "#d97706",
+}
+
+
+def state_badge(state: str) -> str:
+    color = STATE_COLORS.get(state, "#6b7280")
+    return f'<span class="tl-badge" style="background:{color}">{html.escape(state)}</span>'
+
+
+def progress_bar(percent: float, label: str) -> str:
+    percent = max(0.0, min(100.0, float(percent or 0)))
+    return (
+        f'<div class="tl-progress" role="progressbar" aria-valuenow="{percent:.0f}" aria-valuemin="0" '
+        f'aria-valuemax="100"><div class="tl-progress-fill" style="width:{percent:.1f}%"></div></div>'
+        f'<div class="tl-progress-label">{html.escape(label)}</div>'
+    )
+
+
+def as_int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"job_id must be a whole number, got {value!r}", print_exception=False) from None

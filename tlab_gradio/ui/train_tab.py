@@ -1,0 +1,368 @@
+"""Train tab: `+ New` task form (Name, Dataset, Data Template, Plugin Config), presets, the
+jobs list. The form's Plugin Config section is built from the selected manifest with
+gr.render, so switching plugin rebuilds it."""
+from __future__ import annotations
+
+import hashlib
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import data, settings
+from ..service import RequestError, Service
+from . import jobs_view
+from .common import PRIVATE, problems_md
+
+SOURCES = ["Bundled sample", "Upload", "Local path", "Hugging Face Hub"]
+STATIC_FIELDS = ("plugin", "name", "model", "source", "sample", "upload", "path", "hub", "subset", "split",
+                 "template", "completion_template")
+
+
+_SAVED: dict[tuple, str] = {}
+
+
+def save_upload(path: str) -> str:
+    """Copy an upload into the workspace: gradio's cache may be cleaned, and a resumed job needs it.
+    Remembered by (path, size, mtime), so the live checks do not hash the file on every keystroke."""
+    src = Path(path)
+    stat = src.stat()
+    memo = (str(src), stat.st_size, stat.st_mtime_ns)
+    if memo in _SAVED:
+        return _SAVED[memo]
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    dest = settings.uploads_dir() / digest / src.name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    _SAVED[memo] = str(dest)
+    return str(dest)
+
+
+def dataset_value(source, sample, upload, path, hub, subset, split) -> Any:
+    if source == "Upload":
+        if not upload:
+            raise RequestError(["dataset: choose a JSON, JSONL, CSV or Parquet file to upload"])
+        return {"source": "file", "name": save_upload(upload)}
+    if source == "Local path":
+        if not (path or "").strip():
+            raise RequestError(["dataset: give the path of a local file or folder"])
+        return {"source": "file", "name": path.strip()}
+    if source == "Hugging Face Hub":
+        if not (hub or "").strip():
+            raise RequestError(["dataset: give a Hub dataset id, like org/name"])
+        return {"source": "hub", "name": hub.strip(), "subset": (subset or "").strip() or None,
+                "split": (split or "").strip() or None}
+    return {"source": "sample", "name": sample or data.DEFAULT_SFT_SAMPLE}
+
+
+def build_request(static: dict[str, Any], names: list[str], values: list[Any]) -> dict[str, Any]:
+    request = {
+        "plugin": static["plugin"],
+        "name": (static["name"] or "").strip(),
+        "model": (static["model"] or "").strip(),
+        "dataset": dataset_value(static["source"], static["sample"], static["upload"], static["path"],
+                                 static["hub"], static["subset"], static["split"]),
+        "template": static["template"] or "",
+        "completion_template": static["completion_template"] or "",
+        "params": dict(zip(names, values)),
+    }
+    return request
+
+
+def form_from_request(request: dict[str, Any], version: int) -> list[Any]:
+    """Values for the static fields and the config seed, from a preset or a past job's request."""
+    ds = request.get("dataset") or {"source": "sample", "name": data.DEFAULT_SFT_SAMPLE}
+    if isinstance(ds, str):
+        ds = data.parse_spec(ds).as_dict()
+    source = {"sample": "Bundled sample", "file": "Local path", "hub": "Hugging Face Hub"}[ds["source"]]
+    if source == "Local path" and settings.hosted():
+        source = "Upload"
+    params = dict(request.get("params") or {})
+    for key in ("device", "gpu_ids", "cpu_processes"):
+        if request.get(key) is not None:
+            params[key] = request[key]
+    template = request.get("template")
+    completion = request.get("completion_template")
+    if template is None and ds["source"] == "sample":
+        sample = data.SAMPLES[ds["name"]]
+        template, completion = sample.get("template", ""), sample.get("completion_template", "")
+    return [
+        request.get("plugin"), request.get("name") or "", request.get("model") or "",
+        source,
+        ds["name"] if ds["source"] == "sample" else data.DEFAULT_SFT_SAMPLE,
+        ds["name"] if ds["source"] == "file" and source == "Local path" else "",
+        ds["name"] if ds["source"] == "hub" else "", ds.get("subset") or "", ds.get("split") or "",
+        template or "", completion or "",
+        {"plugin": request.get("plugin"), "values": params, "version": version},
+    ]
+
+
+def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
+    """The input for one manifest parameter: checkbox, dropdown, slider, number or text box."""
+    kind = spec["type"]
+    lo, hi = spec.get("minimum"), spec.get("maximum")
+    limits = []
+    if lo is not None:
+        limits.append(f"min {lo:g}")
+    if hi is not None:
+        limits.append(f"max {hi:g}")
+    if spec.get("multipleOf"):
+        limits.append(f"multiple of {spec['multipleOf']:g}")
+    info = " · ".join(filter(None, [spec.get("help"), ", ".join(limits)])) or None
+    common = {"label": spec["title"], "info": info, "key": key, "elem_id": f"param-{name}", "interactive": True}
+    if kind == "boolean":
+        return gr.Checkbox(value=bool(value), **common)
+    if "enum" in spec:
+        return gr.Dropdown(choices=spec["enum"], value=value, allow_custom_value=False, **common)
+    if kind in ("integer", "number"):
+        step = spec.get("multipleOf") or (1 if kind == "integer" else None)
+        if spec.get("widget") == "range" and lo is not None and hi is not None:
+            return gr.Slider(minimum=lo, maximum=hi, step=step or 1, value=value, **common)
+        # Limits are not handed to gr.Number: its own check would reject a value before ours runs,
+        # with a message that does not name the parameter. Ours runs on every change instead.
+        extra = {"precision": 0} if kind == "integer" else {}
+        if step:
+            extra["step"] = step
+        return gr.Number(value=value, **extra, **common)
+    return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+DEVICE_GROUP = ("device", "gpu_ids", "cpu_processes", "mixed_precision")
+
+
+def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
+    trainers = [(p["name"], p["id"]) for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer"]
+    first = trainers[0][1] if trainers else None
+    sample0 = data.SAMPLES[data.DEFAULT_SFT_SAMPLE]
+
+    refs: dict[str, Any] = {}  # components the Plugin Config section wires up when it renders
+    seed = gr.State({"plugin": first, "values": {}, "version": 0})
+    with gr.Row(elem_classes="tl-toolbar"):
+        new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
+        preset_pick = gr.Dropdown(choices=svc.list_presets(), label="Presets", scale=2, elem_id="preset-pick",
+                                  value=None, interactive=True)
+        load_btn = gr.Button("Load preset", size="md", scale=0, min_width=130, elem_id="load-preset")
+
+    start_msg = gr.Markdown(elem_id="start-msg")  # outside the form: still seen once Start closes it
+    with gr.Column(visible=False, elem_id="task-form", elem_classes="tl-card") as form:
+        gr.Markdown("## New training task")
+        with gr.Group():
+            gr.Markdown("### Name", elem_classes="tl-section")
+            with gr.Row():
+                plugin_dd = gr.Dropdown(choices=trainers, value=first, label="Plugin", elem_id="plugin",
+                                        info="Only trainer plugins are listed", scale=2)
+                name_tb = gr.Textbox(label="Task name", placeholder="e.g. alpaca-lora-run-1", elem_id="task-name",
+                                     scale=2)
+                model_tb = gr.Textbox(label="Model", elem_id="model", scale=3,
+                                      placeholder=("Hub id (empty: the embedded tiny Llama)" if hosted else
+                                                   "Hub id or local folder (empty: the embedded tiny Llama, offline)"))
+        with gr.Group():
+            gr.Markdown("### Dataset", elem_classes="tl-section")
+            sources = [s for s in SOURCES if not (hosted and s == "Local path")]
+            source = gr.Radio(sources, value="Bundled sample", label="Source", elem_id="ds-source")
+            with gr.Row():
+                sample = gr.Dropdown(choices=[(f"{k}: {v['description']}", k) for k, v in data.SAMPLES.items()],
+                                     value=data.DEFAULT_SFT_SAMPLE, label="Bundled sample", elem_id="ds-sample")
+                upload = gr.File(label="Upload JSON / JSONL / CSV / Parquet", type="filepath", visible=False,
+                                 file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="ds-upload")
+                path_tb = gr.Textbox(label="Local file or folder", visible=False, elem_id="ds-path")
+                hub_tb = gr.Textbox(label="Hub dataset id", placeholder="org/name", visible=False, elem_id="ds-hub")
+                subset_tb = gr.Textbox(label="Subset (config)", visible=False, elem_id="ds-subset")
+                split_tb = gr.Textbox(label="Split", placeholder="train, or the only split", visible=False,
+                                      elem_id="ds-split")
+            ds_info = gr.Markdown(elem_id="ds-info")
+            ds_table = gr.Dataframe(visible=False, interactive=False, wrap=True, max_height=260, elem_id="ds-table")
+        with gr.Group():
+            gr.Markdown("### Data Template", elem_classes="tl-section")
+            with gr.Row():
+                template_tb = gr.Textbox(label="Data template (the prompt, or the whole text)", lines=6,
+                                         value=sample0["template"], elem_id="template",
+                                         info="{{column}} placeholders; empty for chat data with a `messages` column")
+                completion_tb = gr.Textbox(label="Completion template (optional)", lines=6,
+                                           value=sample0["completion_template"], elem_id="completion-template",
+                                           info="With it, the loss covers only the completion")
+            preview_btn = gr.Button("Preview data and template", size="sm", elem_id="preview-data")
+            rendered = gr.Code(label="First rendered examples", language="markdown", interactive=False,
+                               elem_id="rendered", max_lines=16)
+        with gr.Group():
+            gr.Markdown("### Plugin Config", elem_classes="tl-section")
+            with gr.Column(elem_id="plugin-config"):
+                # The static fields are inputs (their current values) but not triggers: typing in
+                # them does not rebuild the form.
+                @gr.render(inputs=[plugin_dd, seed, name_tb, model_tb, source, sample, upload, path_tb, hub_tb,
+                                   subset_tb, split_tb, template_tb, completion_tb],
+                           triggers=[plugin_dd.change, seed.change, demo.load])
+                def plugin_config(plugin_id, seed_value, *static_values):
+                    config_section(svc, refs, hosted, plugin_id, seed_value, static_values)
+
+        with gr.Row():
+            preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="preset name",
+                                     scale=3, elem_id="preset-name")
+            save_btn = gr.Button("Save preset", size="md", scale=1, elem_id="save-preset")
+            cancel_btn = gr.Button("Cancel", size="md", scale=1)
+            start_btn = gr.Button("Start", variant="primary", size="lg", scale=2, elem_id="start")
+
+    jobs_view_parts = jobs_view.build(svc, demo, hosted)
+
+    static = [plugin_dd, name_tb, model_tb, source, sample, upload, path_tb, hub_tb, subset_tb, split_tb,
+              template_tb, completion_tb]
+    form_outputs = static[:5] + [path_tb, hub_tb, subset_tb, split_tb, template_tb, completion_tb, seed]
+    refs.update(static=static, start_btn=start_btn, save_btn=save_btn,
+                preset_name=preset_name, preset_pick=preset_pick, start_msg=start_msg, form=form,
+                selected=jobs_view_parts.selected)
+
+    # --- dataset source and previews ------------------------------------------------
+    def show_source(src):
+        return [gr.update(visible=src == "Bundled sample"), gr.update(visible=src == "Upload"),
+                gr.update(visible=src == "Local path")] + [gr.update(visible=src == "Hugging Face Hub")] * 3
+
+    source.change(show_source, source, [sample, upload, path_tb, hub_tb, subset_tb, split_tb], **PRIVATE)
+
+    def sample_templates(name):
+        s = data.SAMPLES.get(name) or {}
+        return s.get("template", ""), s.get("completion_template", "")
+
+    sample.input(sample_templates, sample, [template_tb, completion_tb], **PRIVATE)
+
+    def preview(src, smp, up, path, hub, subset, split, template, completion):
+        try:
+            out = svc.preview_data(dataset_value(src, smp, up, path, hub, subset, split), template, completion, 5)
+        except RequestError as exc:
+            return problems_md(exc), gr.update(visible=False), ""
+        head = f"**{out['num_rows']} rows** · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
+        table = [[_cell(r.get(c)) for c in out["columns"]] for r in out["rows"]]
+        if "template_error" in out:
+            text = f"✗ {out['template_error']}"
+        else:
+            text = "\n\n".join(_render_example(i, ex) for i, ex in enumerate(out["rendered"][:3], 1))
+        return head, gr.update(value=table, headers=out["columns"], visible=True), text
+
+    preview_inputs = [source, sample, upload, path_tb, hub_tb, subset_tb, split_tb, template_tb, completion_tb]
+    preview_btn.click(preview, preview_inputs, [ds_info, ds_table, rendered], **PRIVATE)
+
+    # --- open / close the form, presets, clone --------------------------------------
+    def open_new(current):
+        version = current.get("version", 0) + 1
+        return [gr.update(visible=True), {"plugin": current.get("plugin") or first, "values": {},
+                                          "version": version}, ""]
+
+    new_btn.click(open_new, seed, [form, seed, start_msg], **PRIVATE).then(
+        preview, preview_inputs, [ds_info, ds_table, rendered], **PRIVATE)
+    cancel_btn.click(lambda: gr.update(visible=False), None, form, **PRIVATE)
+
+    def load_preset(name, current):
+        if not name:
+            raise gr.Error("Choose a preset to load", print_exception=False)
+        try:
+            request = svc.load_preset(name)
+        except RequestError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
+            f"Loaded preset **{html.escape(name)}**."]
+
+    load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE)
+
+    def clone(job_id, current):
+        if job_id is None:
+            raise gr.Error("Select a job to clone", print_exception=False)
+        request = svc.clone_request(int(job_id))
+        return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
+            f"Cloned the settings of job {int(job_id)}. Change what you like and press Start."]
+
+    jobs_view_parts.clone_btn.click(clone, [jobs_view_parts.selected, seed], [form] + form_outputs + [start_msg],
+                                    **PRIVATE)
+
+
+
+def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: str | None,
+                   seed_value: dict[str, Any], static_values: tuple) -> None:
+    """The Plugin Config fields of one manifest, and the listeners that read them (check, Start, save)."""
+    if not plugin_id:
+        gr.Markdown("No trainer plugin is available.")
+        return
+    try:
+        manifest = svc.plugin(plugin_id)
+    except RequestError as exc:
+        gr.Markdown(problems_md(exc))
+        return
+    specs = svc.parameter_specs(manifest)
+    seeded = seed_value.get("values", {}) if seed_value.get("plugin") == plugin_id else {}
+    version = seed_value.get("version", 0)
+    names, comps = [], []
+    ordered = [n for n in DEVICE_GROUP if n in specs] + [n for n in specs if n not in DEVICE_GROUP]
+    for start in range(0, len(ordered), 4):
+        with gr.Row(equal_height=True):
+            for name in ordered[start:start + 4]:
+                spec = specs[name]
+                value = seeded.get(name, spec.get("default"))
+                # A new key per seed version: a loaded preset replaces what the fields held.
+                comps.append(param_component(name, spec, value, key=f"{plugin_id}-{name}-{version}"))
+                names.append(name)
+
+    def split(values):
+        return dict(zip(STATIC_FIELDS, values[:len(STATIC_FIELDS)])), list(values[len(STATIC_FIELDS):])
+
+    def check(*values):
+        fields, params = split(values)
+        try:
+            text = svc.command_preview(build_request(fields, names, params))
+        except RequestError as exc:
+            return problems_md(exc), gr.skip()
+        return '<span class="tl-ok">✓ Settings look good.</span>', _redact(text, svc) if hosted else text
+
+    # Checked now, and again whenever a field changes: problems show while the user types.
+    first_check, first_command = check(plugin_id, *static_values, *[c.value for c in comps])
+    checks = gr.Markdown(first_check, elem_id="form-checks")
+    command = gr.Code(value=first_command if isinstance(first_command, str) else None, label="Command Start will run (copy it to run the job by hand)",
+                      language="shell", interactive=False, elem_id="command-preview", visible=not hosted,
+                      max_lines=6)
+
+    def start(*values):
+        fields, params = split(values)
+        try:
+            job = svc.start_job(build_request(fields, names, params))
+        except RequestError as exc:
+            gr.Warning("The job was not started: " + "; ".join(exc.problems))
+            return problems_md(exc), gr.skip(), gr.skip()
+        return (f"Started job **{job['id']}** ({html.escape(job['name'])}): {job['state']}.",
+                gr.update(visible=False), job["id"])
+
+    def save(preset, *values):
+        fields, params = split(values)
+        try:
+            presets = svc.save_preset(preset, build_request(fields, names, params))
+        except RequestError as exc:
+            raise gr.Error("; ".join(exc.problems), print_exception=False) from None
+        gr.Info(f"Saved preset {preset}")
+        return gr.update(choices=presets, value=preset.strip())
+
+    static = refs["static"]
+    inputs = static + comps
+    outputs = [checks, command]
+    watched = [static[i] for i in (0, 2, 3, 4, 6, 7, 10, 11)]  # plugin, model, dataset fields, templates
+    for comp in comps + watched:
+        comp.change(check, inputs, outputs, show_progress="hidden", **PRIVATE)
+    refs["start_btn"].click(start, inputs, [refs["start_msg"], refs["form"], refs["selected"]], **PRIVATE)
+    refs["save_btn"].click(save, [refs["preset_name"]] + inputs, refs["preset_pick"], **PRIVATE)
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def _render_example(i: int, example: dict[str, Any]) -> str:
+    if "messages" in example:
+        body = "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in example["messages"])
+    elif "prompt" in example:
+        body = f"{example['prompt']}<completion>{example['completion']}</completion>"
+    else:
+        body = example["text"]
+    return f"--- example {i} ---\n{body}"
+
+
+def _redact(text: str, svc: Service) -> str:
+    return text.replace(str(settings.REPO_DIR), "<app>").replace(str(svc.home), "$TLAB_HOME")
