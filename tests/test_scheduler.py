@@ -83,3 +83,20 @@ def test_restart_marks_vanished_running_jobs_failed(home, manager):
     job = again.get(job.id)
     assert job.state == "FAILED"
     assert job.reason == "the app was restarted and the job's process is gone"
+
+
+def test_concurrency_cap_keeps_jobs_queued(manager, monkeypatch):
+    monkeypatch.setenv("TLAB_MAX_CONCURRENT_JOBS", "1")
+    first = manager.create("a", "p", config([]), [])
+    second = manager.create("b", "p", config([], seconds=0.1), [])
+    assert manager.get(first.id).state == "RUNNING" and manager.get(second.id).state == "QUEUED"
+    manager.stop(first.id, grace=0.5)
+    assert manager.wait(second.id, 15).state == "COMPLETE"
+
+
+def test_time_limit_stops_a_job_with_that_reason(manager, monkeypatch):
+    monkeypatch.setenv("TLAB_MAX_JOB_SECONDS", "0.5")
+    job = manager.create("slow", "p", config([]), [])
+    done = manager.wait(job.id, 15)
+    assert done.state == "STOPPED"
+    assert done.reason == "stopped: ran past this server's limit of 0.5 s per job"

@@ -81,3 +81,31 @@ def test_plugin_list_marks_broken_manifests(home, tmp_path, monkeypatch):
     assert not rows["broken"]["ready"] and rows["broken"]["error"].startswith("not valid JSON")
     with pytest.raises(RequestError, match="plugin 'broken' failed to load: not valid JSON"):
         Service().start_job({"plugin": "broken"})
+
+
+def test_presets_save_load_and_clone_a_past_job(home, monkeypatch):
+    import sys
+
+    from tlab_gradio import jobs as jobs_mod
+
+    # A stand-in process instead of training: this test is about the settings round trip.
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files",
+                        lambda job_dir, *a, **k: [sys.executable, "-c", "pass", str(job_dir)])
+    svc = Service()
+    request = {"plugin": SFT, "name": "mine", "device": "cpu", "template": "{{instruction}}",
+               "completion_template": "{{output}}", "params": {"lora_r": 8, "max_steps": 7}}
+    assert svc.save_preset("small lora", request) == ["small lora"]
+    assert svc.load_preset("small lora") == request
+    with pytest.raises(RequestError, match="no preset named 'other'; presets: small lora"):
+        svc.load_preset("other")
+    with pytest.raises(RequestError, match="preset name '../x'"):
+        svc.save_preset("../x", request)
+    with pytest.raises(RequestError, match="unknown request field `parms`"):
+        svc.save_preset("bad", {"plugin": SFT, "parms": {}})
+
+    job = svc.start_job(request)
+    clone = svc.clone_request(job["id"])
+    assert clone == {**request, "name": "mine (copy)"}
+    again = svc.prepare(clone)
+    assert again["params"]["lora_r"] == 8 and again["params"]["max_steps"] == 7
+    assert svc.delete_preset("small lora") == []
