@@ -109,3 +109,23 @@ def test_presets_save_load_and_clone_a_past_job(home, monkeypatch):
     again = svc.prepare(clone)
     assert again["params"]["lora_r"] == 8 and again["params"]["max_steps"] == 7
     assert svc.delete_preset("small lora") == []
+
+
+def test_grpo_batch_must_hold_whole_prompt_groups(home):
+    got = refused(Service(), {"plugin": "grpo_multi_gpu", "device": "cpu", "cpu_processes": 2,
+                              "params": {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 1,
+                                         "num_generations": 4}})
+    assert got == ["2 processes x batch 3 x accumulation 1 = 6 completions per step is not divisible by "
+                   "num_generations 4: each prompt's 4 completions are generated in the same step "
+                   "(num_generations 2 or 3 or 6 would fit)"]
+    got = refused(Service(), {"plugin": "grpo_multi_gpu", "device": "cpu", "template": "{{q}}",
+                              "completion_template": "{{answer}}",
+                              "params": {"generation_batch_size": 12, "reward_correctness": False,
+                                         "reward_integer": False, "reward_strict_format": False,
+                                         "reward_soft_format": False, "reward_tag_count": False}})
+    assert "choose at least one reward function" in got
+    assert "generation_batch_size 12 must be a multiple of processes x batch = 32" in got
+    assert any("data template uses `q`" in p and "columns: question, answer" in p for p in got)
+    assert "GRPO needs an input template" in refused(Service(), {"plugin": "grpo_multi_gpu", "device": "cpu",
+                                                                 "template": "{{question}}",
+                                                                 "completion_template": ""})[0]

@@ -130,3 +130,27 @@ def test_a_stopped_job_resumes_from_its_checkpoint(home):
     assert steps[restart] == resumed_from + 1  # continues the count, not from step 1
     assert steps[-1] == 150 and svc.job(job["id"])["result"]["global_step"] == 150
     assert "[tlab] resuming from" in "\n".join(svc.job_log(job["id"], 400))
+
+
+def test_grpo_two_processes_with_rewards(home):
+    svc = Service()
+    job = svc.start_job({"plugin": "grpo_multi_gpu", "name": "grpo", "device": "cpu", "cpu_processes": 2,
+                         "params": {"max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                                    "num_generations": 4, "max_completion_length": 24, "report_to": "none"}})
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(job["id"], 300))
+    assert done.state == "COMPLETE", log
+    assert "rank 0 of world size 2" in log and "rank 1 of world size 2" in log
+    records = [r for r in metrics(svc.job(job["id"])) if "reward" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["world_size"] == 2 and math.isfinite(r["reward"])
+        for name in ("correctness", "integer", "strict_format", "soft_format", "tag_count"):
+            assert math.isfinite(r[f"rewards/{name}/mean"])
+        assert r["completion_tokens_per_second"] > 0
+
+    from transformers import AutoModelForCausalLM
+
+    out = Path(done.output_dir) / "tlab-grpo"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(out).config.architectures == ["LlamaForCausalLM"]

@@ -28,6 +28,12 @@ SAMPLES: dict[str, dict[str, str]] = {
         "template": "### Instruction:\n{{instruction}}\n\n### Input:\n{{input}}\n\n### Response:\n",
         "completion_template": "{{output}}",
     },
+    "grpo_arithmetic": {
+        "file": "grpo_arithmetic.jsonl",
+        "description": "360 word problems with numeric answers (GSM8K style, #### N), written for tlab-gradio",
+        "template": "{{question}}",
+        "completion_template": "{{answer}}",
+    },
 }
 DEFAULT_SFT_SAMPLE = "sft_instructions"
 
@@ -192,6 +198,26 @@ def formatted(dataset, templates: Templates):
     """The dataset in TRL's format: `text`, `prompt`/`completion`, or `messages`."""
     templates.check(list(dataset.column_names))
     return dataset.map(templates.format_row, remove_columns=dataset.column_names)
+
+
+def grpo_formatted(dataset, templates: Templates, system_prompt: str):
+    """GRPO's format: a chat `prompt` (system + the rendered input) and the reference `answer`
+    (the text after `####` in GSM8K-style answers)."""
+    from .rewards import reference_answer
+
+    columns = list(dataset.column_names)
+    if not templates.template.strip() or not templates.completion_template.strip():
+        raise DataError("GRPO needs an input template (e.g. `{{question}}`) and an answer template "
+                        f"(e.g. `{{{{answer}}}}`); columns: {', '.join(columns)}")
+    templates.check(columns)
+
+    def row(example):
+        messages = [{"role": "user", "content": render(templates.template, example)}]
+        if system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return {"prompt": messages, "answer": reference_answer(render(templates.completion_template, example))}
+
+    return dataset.map(row, remove_columns=columns)
 
 
 def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:

@@ -48,7 +48,41 @@ def _sft_checks(p: dict, placement: gpus.Placement) -> list[str]:
     return problems
 
 
-PLUGIN_CHECKS = {"sft": _sft_checks}
+def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
+    from .rewards import SCORERS
+
+    problems = []
+    if not any(p.get(f"reward_{name}") for name in SCORERS):
+        problems.append("choose at least one reward function")
+    n, batch, accum, gens = placement.num_processes, p["per_device_train_batch_size"], \
+        p["gradient_accumulation_steps"], p["num_generations"]
+    step = n * batch * accum
+    if step % gens:
+        divisors = [str(d) for d in range(2, min(step, 64) + 1) if step % d == 0]
+        hint = (f"num_generations {' or '.join(divisors[-3:])} would fit" if divisors
+                else "raise the batch or the accumulation")
+        problems.append(
+            f"{n} process{'es' if n > 1 else ''} x batch {batch} x accumulation {accum} = {step} completions per "
+            f"step is not divisible by num_generations {gens}: each prompt's {gens} completions are generated "
+            f"in the same step ({hint})")
+    chosen = p.get("generation_batch_size") or 0
+    if chosen:
+        if chosen % (n * batch):
+            problems.append(f"generation_batch_size {chosen} must be a multiple of processes x batch = {n * batch}")
+        if chosen % gens:
+            problems.append(f"generation_batch_size {chosen} must be a multiple of num_generations {gens}")
+    if p.get("use_vllm"):
+        if placement.device != "cuda":
+            problems.append("`use_vllm` needs device `cuda`")
+        if importlib.util.find_spec("vllm") is None:
+            problems.append("`use_vllm` needs the vllm package (an optional extra): pip install vllm")
+    report_to = p.get("report_to")
+    if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
+        problems.append(f"`report_to` {report_to} needs the {report_to} package: pip install {report_to}")
+    return problems
+
+
+PLUGIN_CHECKS = {"sft": _sft_checks, "grpo": _grpo_checks}
 
 
 class Service:
@@ -189,6 +223,10 @@ class Service:
             if settings.hosted() and spec.source == "file" and not _inside(spec.name, settings.uploads_dir()):
                 raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
             templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
+            if manifest.train_type == "grpo" and not (templates.template.strip() and
+                                                      templates.completion_template.strip()):
+                raise data.DataError("GRPO needs an input template (e.g. `{{question}}`) and an answer template "
+                                     "(e.g. `{{answer}}`)")
             if check_data:
                 dataset_info = data.check(spec, templates)
         except data.DataError as exc:

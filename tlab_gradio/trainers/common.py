@@ -69,9 +69,10 @@ class MetricsCallback(TrainerCallback):
     from TRL's running `num_tokens` count (real, non-padding tokens, all ranks).
     """
 
-    def __init__(self, job_dir: Path, world_size: int):
+    def __init__(self, job_dir: Path, world_size: int, completions_per_step: int | None = None):
         self.job_dir = job_dir
         self.world_size = world_size
+        self.completions_per_step = completions_per_step  # GRPO: for completion tokens/s
         self.start_time = time.time()
         self.start_step = 0
         self.last_progress = 0.0
@@ -120,13 +121,27 @@ class MetricsCallback(TrainerCallback):
             if self.last_tokens and now > self.last_tokens[0]:
                 record["tokens_per_second"] = (tokens - self.last_tokens[1]) / (now - self.last_tokens[0])
             self.last_tokens = (now, tokens)
+        mean_length, step_time = logs.get("completions/mean_length"), logs.get("step_time")
+        if self.completions_per_step and mean_length and step_time:
+            record["completion_tokens_per_second"] = mean_length * self.completions_per_step / step_time
         record["world_size"] = self.world_size
+        peak = _peak_gpu_memory_gb()
+        if peak is not None:
+            record["peak_memory_gb"] = peak
         with open(self.job_dir / METRICS, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self._progress(state, done=True)
+
+
+def _peak_gpu_memory_gb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def write_result(job_dir: Path, **info: Any) -> None:

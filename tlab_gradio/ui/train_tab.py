@@ -227,6 +227,28 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     sample.input(sample_templates, sample, [template_tb, completion_tb], **PRIVATE)
 
+    def template_labels(plugin_id):
+        """GRPO maps an input and a reference answer; SFT a prompt (or whole text) and a completion."""
+        grpo = plugin_id and svc.plugin(plugin_id).train_type == "grpo"
+        if grpo:
+            return (gr.update(label="Input template (the question)", info="{{column}} placeholders, e.g. {{question}}"),
+                    gr.update(label="Answer template (the reference)",
+                              info="e.g. {{answer}}; GSM8K answers: the reference is the text after ####"))
+        return (gr.update(label="Data template (the prompt, or the whole text)",
+                          info="{{column}} placeholders; empty for chat data with a `messages` column"),
+                gr.update(label="Completion template (optional)", info="With it, the loss covers only the completion"))
+
+    def plugin_defaults(plugin_id):
+        """A newly picked plugin starts on its own sample data and templates."""
+        name = svc.plugin(plugin_id).sample_dataset if plugin_id else None
+        if not name:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        template, completion = sample_templates(name)
+        return "Bundled sample", name, template, completion
+
+    plugin_dd.change(template_labels, plugin_dd, [template_tb, completion_tb], **PRIVATE)
+    plugin_dd.input(plugin_defaults, plugin_dd, [source, sample, template_tb, completion_tb], **PRIVATE)
+
     def preview(src, smp, up, path, hub, subset, split, template, completion):
         try:
             out = svc.preview_data(dataset_value(src, smp, up, path, hub, subset, split), template, completion, 5)

@@ -1,0 +1,178 @@
+"""GRPO speed on one GPU: plain TRL (defaults, and the best plain setting) against the
+GRPO Trainer (Multi GPU) plugin launched through the project's own launcher, same model,
+prompts and reward. Prints and saves completion tokens/s, steps/s, peak memory, mean reward.
+
+    python bench/grpo_bench.py --shape qwen2-0.5b --out bench/results/grpo-DATE-GPU.json
+
+Each setting runs a warm-up step first; only the steps after it are timed. TRL settings run
+in this process, one after another; the plugin runs as the app runs it (accelerate launch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import shapes  # noqa: E402
+
+COMPLETION_LEN = 512
+NUM_GENERATIONS = 8
+
+
+def prompts_file(folder: Path, rows: int = 2048) -> Path:
+    """Question/answer rows from the bundled GRPO sample, repeated; the prompts are ~64-token questions."""
+    src = [json.loads(line) for line in (REPO / "samples" / "grpo_arithmetic.jsonl").read_text().splitlines()]
+    path = folder / "prompts.jsonl"
+    with path.open("w") as fh:
+        for i in range(rows):
+            row = src[i % len(src)]
+            fh.write(json.dumps({"question": row["question"][:64], "answer": row["answer"]}) + "\n")
+    return path
+
+
+def plain_dataset(path: Path):
+    """What the plugin builds, done by hand for plain TRL: the format instructions, then the question."""
+    import datasets
+
+    from tlab_gradio.rewards import Markers
+
+    instructions = Markers().format_instructions()
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    return ds.map(lambda r: {"prompt": f"{instructions}\n\n{r['question']}\n\n"}, remove_columns=["question"])
+
+
+def summarise(records: list[dict], completions_per_step: int, skip: int) -> dict:
+    """Tokens/s and steps/s over the logged steps after the first `skip` (warm-up)."""
+    timed = records[skip:]
+    if len(timed) < 2:
+        return {"error": f"only {len(timed)} timed steps"}
+    seconds = timed[-1]["time"] - timed[0]["time"]
+    tokens = sum(r["completions/mean_length"] * completions_per_step for r in timed[1:])
+    steps = len(timed) - 1
+    return {
+        "completion_tokens_per_s": tokens / seconds, "steps_per_s": steps / seconds, "timed_steps": steps,
+        "seconds": seconds, "mean_reward": sum(r.get("reward", 0.0) for r in timed[1:]) / steps,
+        "mean_completion_length": sum(r["completions/mean_length"] for r in timed[1:]) / steps,
+    }
+
+
+def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overrides) -> dict:
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tlab_gradio import rewards
+
+    records: list[dict] = []
+
+    class Clock(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                records.append({**logs, "time": time.time()})
+
+    tok = AutoTokenizer.from_pretrained(model, padding_side="left")
+    config = dict(output_dir=str(out / name), max_completion_length=COMPLETION_LEN, num_generations=NUM_GENERATIONS,
+                  max_steps=steps, logging_steps=1, report_to=[], bf16=True, save_strategy="no",
+                  disable_tqdm=True, seed=0)
+    config.update(overrides)
+    args = GRPOConfig(**config)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    trainer = GRPOTrainer(model=str(model), reward_funcs=rewards.trl_reward_funcs(["correctness"], rewards.Markers()),
+                          args=args, train_dataset=plain_dataset(data), processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    result = summarise(records, per_step, skip=1)
+    result.update(peak_gib=torch.cuda.max_memory_allocated() / 2**30, settings=overrides,
+                  completions_per_step=per_step)
+    del trainer
+    torch.cuda.empty_cache()
+    return result
+
+
+def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, **params) -> dict:
+    os.environ["TLAB_HOME"] = str(home / name)
+    from tlab_gradio.service import Service
+
+    svc = Service()
+    request = {"plugin": "grpo_multi_gpu", "name": name, "model": str(model), "device": "cuda", "gpu_ids": "0",
+               "dataset": {"source": "file", "name": str(data)}, "template": "{{question}}",
+               "completion_template": "{{answer}}",
+               "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none", "system_template": "",
+                          "max_completion_length": COMPLETION_LEN, "num_generations": NUM_GENERATIONS,
+                          "reward_integer": False, "reward_strict_format": False, "reward_soft_format": False,
+                          "reward_tag_count": False, "save_steps": 100000, **params}}
+    job = svc.start_job(request)
+    done = svc.jobs.wait(job["id"], 3600)
+    metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = [m for m in metrics if "completions/mean_length" in m]
+    if done.state != "COMPLETE":
+        return {"error": done.reason, "log_tail": svc.job_log(job["id"], 40)}
+    p = done.config["params"]
+    per_step = p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]
+    result = summarise(records, per_step, skip=1)
+    result.update(peak_gib=max(m.get("peak_memory_gb", 0) for m in records), settings=params,
+                  completions_per_step=per_step, command=" ".join(done.command))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen2-0.5b", choices=sorted(shapes.SHAPES))
+    parser.add_argument("--settings", default="trl_defaults,trl_best,plugin_defaults")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
+    model = shapes.build(args.shape, work / args.shape)
+    data = prompts_file(work)
+    settings = {
+        # TRL's defaults: batch 8, accumulation 1, gradient checkpointing on.
+        "trl_defaults": lambda: run_plain("trl_defaults", model, data, work, steps=4),
+        # The best plain-TRL setting found before: no checkpointing, batch 32 x accumulation 8.
+        "trl_best": lambda: run_plain("trl_best", model, data, work, steps=3, per_device_train_batch_size=32,
+                                      gradient_accumulation_steps=8, gradient_checkpointing=False),
+        "plugin_defaults": lambda: run_plugin("plugin_defaults", model, data, work, steps=3),
+        "plugin_static": lambda: run_plugin("plugin_static", model, data, work, steps=3,
+                                            cache_implementation="static"),
+        "plugin_gen1024": lambda: run_plugin("plugin_gen1024", model, data, work, steps=8,
+                                             generation_batch_size=1024),
+    }
+    results = {"shape": args.shape, "gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
+               "completion_length": COMPLETION_LEN, "num_generations": NUM_GENERATIONS, "settings": {}}
+    for name in args.settings.split(","):
+        started = time.time()
+        try:
+            results["settings"][name] = settings[name]()
+        except Exception as exc:  # one failing setting must not lose the others' figures
+            results["settings"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results["settings"][name]["wall_s"] = time.time() - started
+        print(name, json.dumps(results["settings"][name]), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+    s = results["settings"]
+
+    def rate(k):
+        return s.get(k, {}).get("completion_tokens_per_s")
+
+    for k in s:
+        if rate(k) and rate("trl_defaults"):
+            s[k]["x_trl_defaults"] = rate(k) / rate("trl_defaults")
+        if rate(k) and rate("trl_best"):
+            s[k]["x_trl_best"] = rate(k) / rate("trl_best")
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Reward functions on hand-written completions."""
+import pytest
+
+from tlab_gradio import rewards
+from tlab_gradio.rewards import Markers
+
+GOOD = "<reasoning>\nThere are 40 and 2 more.\n40 + 2 = 42\n</reasoning>\n<answer>\n42\n</answer>\n"
+WRONG = "<reasoning>\n40 + 2 = 43\n</reasoning>\n<answer>\n43\n</answer>\n"
+NO_MARKERS = "The answer is 42."
+EXTRA = GOOD + "And some chatter after the answer."
+INLINE = "<reasoning>think</reasoning> <answer>42</answer>"
+
+
+def test_reference_answer_understands_gsm8k():
+    assert rewards.reference_answer("Natalia sold 48/2 = 24 clips.\n#### 72") == "72"
+    assert rewards.reference_answer(" 15 ") == "15"
+
+
+@pytest.mark.parametrize("answer", ["42", "42.0", " 42 ", "+42", "42.", "$42", "4.2e1"])
+def test_numbers_compare_as_numbers(answer):
+    completion = f"<reasoning>\nx\n</reasoning>\n<answer>\n{answer}\n</answer>"
+    assert rewards.correctness(completion, "work...\n#### 42") == 1.0
+
+
+def test_correctness():
+    assert rewards.correctness(GOOD, "#### 42") == 1.0
+    assert rewards.correctness(WRONG, "#### 42") == 0.0
+    assert rewards.correctness(NO_MARKERS, "42") == 0.0
+    assert rewards.correctness("<reasoning>\nx\n</reasoning>\n<answer>\n1,000\n</answer>", "1000") == 1.0
+    assert rewards.correctness("<answer>Paris</answer>", "paris") == 1.0  # text: case and spaces ignored
+    assert rewards.correctness("<answer>42", "42") == 0.0  # unterminated answer
+
+
+def test_integer():
+    assert rewards.integer(GOOD) == 1.0
+    assert rewards.integer("<answer>\n42.0\n</answer>") == 1.0
+    assert rewards.integer("<answer>\n4.5\n</answer>") == 0.0
+    assert rewards.integer("<answer>\nforty\n</answer>") == 0.0
+    assert rewards.integer(NO_MARKERS) == 0.0
+
+
+def test_strict_and_soft_format():
+    assert rewards.strict_format(GOOD) == 1.0
+    assert rewards.strict_format(EXTRA) == 0.0  # text after the answer
+    assert rewards.strict_format(INLINE) == 0.0  # markers not on their own lines
+    assert rewards.soft_format(INLINE) == 1.0
+    assert rewards.soft_format(EXTRA) == 1.0
+    assert rewards.soft_format("<answer>42</answer><reasoning>late</reasoning>") == 0.0  # wrong order
+    assert rewards.soft_format(NO_MARKERS) == 0.0 and rewards.strict_format(NO_MARKERS) == 0.0
+
+
+def test_tag_count_rewards_markers_and_penalises_trailing_text():
+    assert rewards.tag_count(GOOD) == pytest.approx(0.5)
+    assert rewards.tag_count(NO_MARKERS) == 0.0
+    extra = rewards.tag_count(EXTRA)
+    assert extra == pytest.approx(0.5 - 0.001 * len("And some chatter after the answer."))
+    doubled = GOOD + GOOD  # every marker twice: none counts
+    assert rewards.tag_count(doubled) == 0.0
+
+
+def test_custom_markers():
+    m = Markers("<think>", "</think>", "<final>", "</final>")
+    text = "<think>\nhmm\n</think>\n<final>\n7\n</final>"
+    assert rewards.correctness(text, "7", m) == 1.0 and rewards.strict_format(text, m) == 1.0
+    assert rewards.correctness(GOOD, "42", m) == 0.0
+    assert "<final>" in m.format_instructions()
+
+
+def test_trl_reward_funcs_handle_chat_completions():
+    funcs = rewards.trl_reward_funcs(["correctness", "tag_count"], Markers())
+    assert [f.__name__ for f in funcs] == ["correctness", "tag_count"]
+    chat = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": WRONG}]]
+    assert funcs[0](prompts=[None, None], completions=chat, answer=["#### 42", "#### 42"]) == [1.0, 0.0]
+    assert funcs[1](prompts=[None], completions=[GOOD]) == [pytest.approx(0.5)]

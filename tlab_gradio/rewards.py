@@ -1,0 +1,142 @@
+"""GRPO reward functions: the set GRPO users know from the common recipes.
+
+Each scorer takes one completion's text (and the reference answer where it needs
+one) and returns an unweighted score; the weights come from the form and are
+applied by TRL (`reward_weights`), so metrics show each reward's own mean.
+
+    correctness   1 if the answer between the answer markers equals the reference
+                  (numbers compared as numbers: 42 == 42.0 == " 42 " == "1,000"/1000)   weight 2.0
+    integer       1 if the answer is a whole number                                        weight 0.5
+    strict_format 1 if the whole completion is exactly the reasoning block then the
+                  answer block, each marker on its own line                                weight 0.5
+    soft_format   1 if a reasoning block is followed by an answer block, anywhere          weight 0.5
+    tag_count     0.125 per marker present once and well placed, minus 0.001 per
+                  character after the answer's end marker                                 weight 1.0
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Markers:
+    reasoning_start: str = "<reasoning>"
+    reasoning_end: str = "</reasoning>"
+    answer_start: str = "<answer>"
+    answer_end: str = "</answer>"
+
+    def format_instructions(self) -> str:
+        return (f"Respond in the following format:\n{self.reasoning_start}\n...\n{self.reasoning_end}\n"
+                f"{self.answer_start}\n...\n{self.answer_end}")
+
+
+DEFAULT_WEIGHTS = {"correctness": 2.0, "integer": 0.5, "strict_format": 0.5, "soft_format": 0.5, "tag_count": 1.0}
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def reference_answer(text: str) -> str:
+    """GSM8K style: the reference is what follows `####`; otherwise the whole text."""
+    text = str(text)
+    return text.split("####")[-1].strip() if "####" in text else text.strip()
+
+
+def extract_answer(completion: str, markers: Markers = Markers()) -> str | None:
+    """The text between the last answer start marker and the answer end marker after it."""
+    start = completion.rfind(markers.answer_start)
+    if start < 0:
+        return None
+    rest = completion[start + len(markers.answer_start):]
+    end = rest.find(markers.answer_end)
+    if end < 0:
+        return None
+    return rest[:end].strip()
+
+
+def as_number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    cleaned = text.strip().replace(",", "").replace("$", "").rstrip(".").strip()
+    if not _NUMBER.match(cleaned):
+        return None
+    value = float(cleaned)
+    return value if math.isfinite(value) else None
+
+
+def answers_match(answer: str | None, reference: str) -> bool:
+    if answer is None:
+        return False
+    a, b = as_number(answer), as_number(reference)
+    if a is not None and b is not None:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return " ".join(answer.split()).lower() == " ".join(reference.split()).lower()
+
+
+def correctness(completion: str, reference: str, markers: Markers = Markers()) -> float:
+    return 1.0 if answers_match(extract_answer(completion, markers), reference_answer(reference)) else 0.0
+
+
+def integer(completion: str, markers: Markers = Markers()) -> float:
+    value = as_number(extract_answer(completion, markers))
+    return 1.0 if value is not None and value.is_integer() else 0.0
+
+
+def strict_format(completion: str, markers: Markers = Markers()) -> float:
+    m = markers
+    pattern = (rf"^{re.escape(m.reasoning_start)}\n.+?\n{re.escape(m.reasoning_end)}\n"
+               rf"{re.escape(m.answer_start)}\n.+?\n{re.escape(m.answer_end)}\n?$")
+    return 1.0 if re.match(pattern, completion, re.DOTALL) else 0.0
+
+
+def soft_format(completion: str, markers: Markers = Markers()) -> float:
+    m = markers
+    pattern = (rf"{re.escape(m.reasoning_start)}.*?{re.escape(m.reasoning_end)}\s*"
+               rf"{re.escape(m.answer_start)}.*?{re.escape(m.answer_end)}")
+    return 1.0 if re.search(pattern, completion, re.DOTALL) else 0.0
+
+
+def tag_count(completion: str, markers: Markers = Markers()) -> float:
+    m = markers
+    score = 0.0
+    if completion.count(f"{m.reasoning_start}\n") == 1:
+        score += 0.125
+    if completion.count(f"\n{m.reasoning_end}\n") == 1:
+        score += 0.125
+    if completion.count(f"\n{m.answer_start}\n") == 1:
+        score += 0.125
+    if completion.count(f"\n{m.answer_end}") == 1:
+        score += 0.125
+        score -= 0.001 * len(completion.split(f"\n{m.answer_end}")[-1].strip("\n"))
+    return score
+
+
+SCORERS: dict[str, Callable[..., float]] = {
+    "correctness": correctness, "integer": integer, "strict_format": strict_format,
+    "soft_format": soft_format, "tag_count": tag_count,
+}
+
+
+def completion_text(completion: Any) -> str:
+    """TRL hands a conversational completion as a list of messages, a plain one as a string."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def trl_reward_funcs(names: list[str], markers: Markers) -> list[Callable]:
+    """The chosen scorers as TRL reward functions, named so TRL logs `rewards/<name>/mean`."""
+    funcs = []
+    for name in names:
+        scorer = SCORERS[name]
+
+        def reward(prompts, completions, _scorer=scorer, _name=name, **kwargs):
+            texts = [completion_text(c) for c in completions]
+            if _name == "correctness":
+                return [_scorer(t, ref, markers) for t, ref in zip(texts, kwargs["answer"])]
+            return [_scorer(t, markers) for t in texts]
+
+        reward.__name__ = name
+        funcs.append(reward)
+    return funcs

@@ -1,0 +1,161 @@
+"""GRPO on the whole model (no PEFT) with TRL's GRPOTrainer and the project's reward functions.
+
+Run by the app as `accelerate launch … grpo.py --job-dir JOB`, one process per GPU
+(or several CPU processes on gloo). JOB/config.json holds the model, the dataset,
+the input/answer templates and the parameters named after GRPOConfig.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tlab_gradio.trainers import common  # noqa: E402
+
+GRPO_KEYS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_generations", "max_completion_length", "temperature", "top_p", "beta", "loss_type", "epsilon",
+    "num_iterations", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "logging_steps",
+    "save_steps", "save_total_limit", "seed",
+)
+
+
+def system_prompt(p: dict, markers) -> str:
+    """The instruction (system) template with the format the markers ask for."""
+    return "\n\n".join(t for t in ((p.get("system_template") or "").strip(), markers.format_instructions()) if t)
+
+
+def as_text_prompts(dataset, tokenizer):
+    """Without a chat template, prompts are plain text: system, question, then the answer's opening."""
+    if tokenizer.chat_template:
+        return dataset
+
+    def flatten(row):
+        return {"prompt": "\n\n".join(m["content"] for m in row["prompt"]) + "\n\n"}
+
+    return dataset.map(flatten)
+
+
+def drop_long_prompts(dataset, tokenizer, limit: int, is_main: bool):
+    """max_prompt_length: prompts longer than this are left out (cut prompts would lose the question)."""
+    def length(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict):
+                ids = ids["input_ids"]
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        return {"_len": len(ids)}
+
+    measured = dataset.map(length)
+    kept = measured.filter(lambda r: r["_len"] <= limit).remove_columns("_len")
+    if is_main and len(kept) < len(dataset):
+        print(f"[tlab] max_prompt_length {limit}: left out {len(dataset) - len(kept)} of {len(dataset)} prompts",
+              flush=True)
+    if len(kept) == 0:
+        raise SystemExit(f"[tlab] every prompt is longer than max_prompt_length {limit}")
+    return kept
+
+
+def generation_batch(p: dict) -> int | None:
+    """Completions generated together across all processes. 0 (default) = one optimisation step's
+    worth (per-device batch x processes x accumulation): every step trains on completions from the
+    current weights, as TRL does by default. A larger multiple reuses them over several steps."""
+    return int(p.get("generation_batch_size") or 0) or None
+
+
+def main() -> None:
+    job_dir = common.parse_args(__doc__.splitlines()[0])
+    cfg = common.load_config(job_dir)
+    p = cfg["params"]
+    on_cpu = cfg["device"] == "cpu"
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=on_cpu)
+    common.announce(state)
+
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tlab_gradio import data, rewards, tiny_model
+
+    model_path = cfg["model"]
+    markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
+    with state.main_process_first():
+        if cfg.get("embedded_model"):
+            tiny_model.ensure(Path(model_path))
+        tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
+        dataset = data.grpo_formatted(data.load(data.parse_spec(cfg["dataset"])), templates, system_prompt(p, markers))
+        dataset = as_text_prompts(dataset, tokenizer)
+        dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
+
+    names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]  # the form's checkboxes
+    weights = [float(p[f"reward_{n}_weight"]) for n in names]
+    precision = cfg["mixed_precision"]
+    gen_batch = generation_batch(p)
+    if state.is_main_process:
+        engine = "vLLM (colocate)" if p.get("use_vllm") else f"transformers generate ({p['cache_implementation']} cache)"
+        per_gen = gen_batch or (p["per_device_train_batch_size"] * state.num_processes
+                                * p["gradient_accumulation_steps"])
+        print(f"[tlab] rewards {dict(zip(names, weights))}; generation: {engine}, "
+              f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "
+              f"{p['num_generations']})", flush=True)
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
+    report_to = p.get("report_to") or "none"
+    extra = {}
+    if p.get("cache_implementation") and p["cache_implementation"] != "dynamic":
+        extra["cache_implementation"] = p["cache_implementation"]
+    if p.get("use_vllm"):
+        extra.update(use_vllm=True, vllm_mode="colocate")
+    args = GRPOConfig(
+        output_dir=str(job_dir / "checkpoints"),
+        use_cpu=on_cpu,
+        report_to=[] if report_to == "none" else [report_to],
+        run_name=cfg.get("name") or job_dir.name,
+        model_init_kwargs={"dtype": common.model_dtype(precision, use_lora=False)},
+        reward_weights=weights,
+        generation_batch_size=gen_batch,
+        save_strategy="steps",
+        logging_first_step=True,
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+        **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing"))),
+        **common.precision_flags(precision),
+        **{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},
+        **extra,
+    )
+    trainer = GRPOTrainer(
+        model=model_path,
+        reward_funcs=rewards.trl_reward_funcs(names, markers),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[common.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
+            p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]))],
+    )
+    resume = cfg.get("resume_from_checkpoint")
+    if resume:
+        print(f"[tlab] resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume or None)
+
+    out_dir = job_dir / "output" / p["output_name"]
+    trainer.save_model(str(out_dir))  # the whole model, safetensors
+    if state.is_main_process:
+        tokenizer.save_pretrained(out_dir)
+        common.write_result(job_dir, global_step=result.global_step, train_loss=result.training_loss,
+                            world_size=state.num_processes, model=str(out_dir))
+        print(f"[tlab] saved to {out_dir}", flush=True)
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
