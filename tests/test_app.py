@@ -13,7 +13,7 @@ from conftest import REPO
 
 SFT = "llama_sft_multi_gpu"
 ENDPOINTS = {"/list_plugins", "/start_job", "/job_status", "/job_log", "/stop_job", "/resume_job",
-             "/list_jobs", "/gpu_info"}
+             "/list_jobs", "/gpu_info", "/install_plugin"}
 
 
 def free_port():

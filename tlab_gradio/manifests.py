@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +87,8 @@ class Manifest(BaseModel):
     multi_gpu: bool
     requirements: list[str] = Field(default_factory=list)  # pip requirement strings
     sample_dataset: str | None = None  # bundled sample used when a job names no dataset
+    environment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # own venv under the workspace
+    requirements_file: str | None = None  # pinned requirements in the repo, for `environment`
 
     @field_validator("requirements")
     @classmethod
@@ -106,6 +107,13 @@ class Manifest(BaseModel):
             raise ValueError(f"trainer {value!r} must be a file name like 'sft.py' in tlab_gradio/trainers/")
         if not (settings.TRAINERS_DIR / value).is_file():
             raise ValueError(f"trainer program {value!r} does not exist in tlab_gradio/trainers/")
+        return value
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not (settings.REPO_DIR / value).is_file():
+            raise ValueError(f"requirements_file {value!r} does not exist in the repository")
         return value
 
     @field_validator("sample_dataset")
@@ -189,24 +197,11 @@ def load_all(directory: Path | None = None) -> tuple[dict[str, Manifest], list[M
     return plugins, errors
 
 
-def missing_requirements(manifest: Manifest) -> list[str]:
-    """Requirements not satisfied in this Python environment, each as a readable reason."""
-    problems = []
-    for text in manifest.requirements:
-        req = Requirement(text)
-        try:
-            installed = metadata.version(req.name)
-        except metadata.PackageNotFoundError:
-            problems.append(f"missing package {req.name} ({text})")
-            continue
-        if req.specifier and not req.specifier.contains(installed, prereleases=True):
-            problems.append(f"needs {text}, found {req.name} {installed}")
-    return problems
-
-
 def readiness(manifest: Manifest, gpu_count: int) -> list[str]:
     """Why the plugin cannot run on this machine; empty when it is ready."""
-    reasons = missing_requirements(manifest)
+    from .installer import missing
+
+    reasons = missing(manifest)
     if "cpu" not in manifest.supported_hardware_architectures and gpu_count == 0:
         reasons.append("needs a CUDA GPU (none found on this machine)")
     return reasons

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, jobfiles, launcher, logs, manifests, models, params, settings
+from . import data, gpus, installer, jobfiles, launcher, logs, manifests, models, params, settings
 from .jobfiles import read_json
 from .jobs import Job, JobError, JobManager
 
@@ -117,6 +117,7 @@ class Service:
                 "devices": m.supported_hardware_architectures, "multi_gpu": m.multi_gpu,
                 "model_architectures": m.model_architectures, "requirements": m.requirements,
                 "ready": not reasons, "reason": "; ".join(reasons) or None, "reasons": reasons,
+                "installable": bool(installer.missing(m)), "environment": m.environment,
                 "parameters": self.parameter_specs(m),
             })
         rows += [{"id": Path(e.file).stem, "name": e.file, "file": e.file, "error": e.message,
@@ -141,6 +142,16 @@ class Service:
             specs[name] = spec
         return specs
 
+    def install_plugin(self, plugin_id: str):
+        """Install what the plugin needs; yields pip's output lines, raises installer.InstallError."""
+        manifest = self.plugin(plugin_id)
+        if settings.hosted():
+            raise RequestError(["installing packages is turned off on this server"])
+        if not installer.missing(manifest):
+            yield f"[tlab] {manifest.name}: every requirement is already installed"
+            return
+        yield from installer.install(manifest)
+
     def gpu_info(self) -> list[dict]:
         return [g.as_dict() for g in gpus.list_gpus(refresh=True)]
 
@@ -150,7 +161,7 @@ class Service:
         return {"device": "cuda" if has_gpu else "cpu", "mixed_precision": "auto"}
 
     # --- checking a request -------------------------------------------------------
-    def _values(self, request: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    def _values(self, request: dict[str, Any], problems: list[str], manifest: manifests.Manifest) -> dict[str, Any]:
         """The parameter values of a request: `params`, plus device/gpu_ids/cpu_processes given at the top."""
         values = request.get("params") or {}
         if not isinstance(values, dict):
@@ -163,8 +174,13 @@ class Service:
                     problems.append(f"`{key}` is given twice with different values ({request[key]!r}, {values[key]!r})")
                 values[key] = request[key]
         if values.get("device") is None:
-            values["device"] = self.machine_defaults()["device"]
+            values["device"] = self._device_default(manifest)
         return values
+
+    def _device_default(self, manifest: manifests.Manifest) -> str:
+        spec = manifest.parameters["device"]
+        machine = self.machine_defaults()["device"]
+        return machine if spec.enum is None or machine in spec.enum else spec.default
 
     def _check_request_shape(self, request: Any) -> list[str]:
         if not isinstance(request, dict):
@@ -179,9 +195,11 @@ class Service:
         problems = self._check_request_shape(request)
         manifest = self.plugin(str(request.get("plugin") or ""))
         available = gpus.list_gpus()
-        problems += [f"plugin {manifest.name} is not ready: {r}" for r in manifests.readiness(manifest, len(available))]
+        not_ready = manifests.readiness(manifest, len(available))
+        if not_ready:  # nothing else matters until it can run at all
+            raise RequestError([f"plugin {manifest.name} is not ready: {r}" for r in not_ready])
 
-        values = self._values(request, problems)
+        values = self._values(request, problems, manifest)
         clean: dict[str, Any] = {}
         try:
             clean = params.validate(manifest, values)
@@ -256,6 +274,8 @@ class Service:
             "mixed_precision": precision,
             "params": clean,
             "request": {k: v for k, v in request.items() if k in REQUEST_KEYS},  # for clone and presets
+            # A plugin with its own environment runs with that environment's python and accelerate.
+            "python": str(installer.env_python(manifest.environment)) if manifest.environment else None,
         }
 
     # --- jobs ---------------------------------------------------------------------
@@ -294,7 +314,7 @@ class Service:
             config["num_processes"],
         )
         argv = launcher.build_argv(placement, Path(config["trainer"]), Path("$TLAB_HOME/jobs/<id>"),
-                                   config["mixed_precision"], 0)
+                                   config["mixed_precision"], 0, config["python"])
         argv[argv.index("--main_process_port") + 1] = "<free port>"
         return " ".join(argv)
 

@@ -42,7 +42,7 @@ def build_app():
             gr.Markdown("# tlab-gradio\nFine-tune language models on every GPU of this machine.")
         with gr.Tabs():
             with gr.Tab("Plugins", id="plugins"):
-                plugins_tab.build(svc, demo)
+                plugins_tab.build(svc, demo, hosted)
             with gr.Tab("Train", id="train"):
                 train_tab.build(svc, demo, hosted)
             with gr.Tab("Computer", id="computer"):

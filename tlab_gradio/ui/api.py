@@ -84,5 +84,21 @@ def register(svc: Service) -> None:
         """Each GPU: index, name, memory used/total (MB), utilisation %, temperature C, power W."""
         return [{k: v for k, v in g.items() if k != "physical"} for g in svc.gpu_info()]
 
-    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, list_jobs, gpu_info):
+    @checked
+    def install_plugin(plugin_id: str) -> dict:
+        """Install what a not-ready plugin needs (pip, in its own environment where it has one).
+        Returns {plugin_id, ready, reasons, output}; a failed install is an error saying why."""
+        from ..installer import InstallError
+
+        lines: list[str] = []
+        try:
+            for line in svc.install_plugin(plugin_id):
+                lines.append(line)
+        except InstallError as exc:
+            raise gr.Error(f"install failed: {exc}\n" + "\n".join(lines[-20:]), print_exception=False) from None
+        row = next(p for p in svc.plugin_list() if p["id"] == plugin_id)
+        return {"plugin_id": plugin_id, "ready": row["ready"], "reasons": row["reasons"], "output": "\n".join(lines)}
+
+    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, list_jobs, gpu_info,
+               install_plugin):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)

@@ -56,18 +56,45 @@ def details(p: dict) -> str:
     return "\n".join(lines)
 
 
-def build(svc: Service, demo: gr.Blocks) -> None:
+def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     gr.Markdown("Training plugins, one JSON manifest each in `plugin_manifests/`. Select a row for its details.")
     table = gr.Dataframe(
         headers=HEADERS, interactive=False, wrap=True,
         column_widths=["22%", "9%", "37%", "8%", "8%", "16%"], elem_id="plugins-table",
     )
+    selected = gr.State(None)
     info = gr.Markdown(elem_id="plugin-details")
+    install_btn = gr.Button("Install requirements", variant="primary", visible=False, elem_id="install-plugin")
+    install_log = gr.Textbox(label="pip output", lines=12, max_lines=12, autoscroll=True, interactive=False,
+                             visible=False, elem_id="install-log", elem_classes="tl-log")
 
     def select(evt: gr.SelectData):
         plugins = svc.plugin_list()  # the table was built from the same list, in the same order
         row = evt.index[0]
-        return details(plugins[row]) if row < len(plugins) else ""
+        if row >= len(plugins):
+            return None, "", gr.update(visible=False)
+        p = plugins[row]
+        can_install = bool(p.get("installable")) and not hosted
+        return p["id"], details(p), gr.update(visible=can_install)
 
-    table.select(select, None, info, **PRIVATE)
+    table.select(select, None, [selected, info, install_btn], **PRIVATE)
+
+    def install(plugin_id):
+        """Streams pip's output into the page; the table and details refresh when it ends."""
+        from ..installer import InstallError
+
+        text = ""
+        try:
+            for line in svc.install_plugin(plugin_id):
+                text += line + "\n"
+                yield gr.update(value=text, visible=True), gr.skip(), gr.skip()
+        except InstallError as exc:
+            text += f"\n[tlab] install failed: {exc}\n"
+            gr.Warning(f"Install failed: {exc}")
+        plugins = svc.plugin_list()
+        p = next((x for x in plugins if x["id"] == plugin_id), None)
+        yield gr.update(value=text, visible=True), rows(plugins), details(p) if p else ""
+
+    install_btn.click(lambda: gr.update(value="", visible=True), None, install_log, **PRIVATE).then(
+        install, selected, [install_log, table, info], **PRIVATE)
     demo.load(lambda: rows(svc.plugin_list()), None, table, **PRIVATE)

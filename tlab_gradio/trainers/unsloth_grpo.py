@@ -1,0 +1,105 @@
+"""GRPO on a LoRA (PEFT) model through Unsloth's FastLanguageModel, on one GPU.
+
+The prompts, answers and reward functions are the GRPO Trainer's own (trainers/grpo.py,
+rewards.py); what differs is the model: Unsloth loads it (optionally 4-bit), attaches a
+LoRA adapter and patches training and generation for speed. Runs in its own virtual
+environment (requirements-unsloth.txt), as `accelerate launch … unsloth_grpo.py --job-dir JOB`.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tlab_gradio.trainers import common  # noqa: E402
+
+
+def main() -> None:
+    job_dir = common.parse_args(__doc__.splitlines()[0])
+    cfg = common.load_config(job_dir)
+    p = cfg["params"]
+
+    import unsloth  # noqa: F401  (first: it patches transformers and trl as it is imported)
+    from unsloth import FastLanguageModel
+
+    from accelerate import PartialState
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tlab_gradio import data, rewards, tiny_model
+    from tlab_gradio.trainers import grpo
+
+    state = PartialState()
+    common.announce(state)
+    model_path = cfg["model"]
+    if cfg.get("embedded_model"):
+        tiny_model.ensure(Path(model_path))
+
+    load_kwargs = dict(model_name=model_path, max_seq_length=p["max_seq_length"], load_in_4bit=p["load_in_4bit"],
+                       max_lora_rank=p["lora_r"])
+    fast = bool(p.get("fast_inference"))
+    if fast:
+        supported = "fast_inference" in inspect.signature(FastLanguageModel.from_pretrained).parameters
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            supported = False
+        if supported:
+            load_kwargs.update(fast_inference=True, gpu_memory_utilization=p["gpu_memory_utilization"])
+        else:
+            fast = False
+            print("[tlab] fast_inference needs vLLM and an Unsloth that offers it: generating with transformers",
+                  flush=True)
+    model, tokenizer = FastLanguageModel.from_pretrained(**load_kwargs)
+    targets = [t.strip() for t in p["lora_target_modules"].split(",") if t.strip()]
+    model = FastLanguageModel.get_peft_model(
+        model, r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=0, target_modules=targets,
+        use_gradient_checkpointing="unsloth" if p.get("gradient_checkpointing") else False, random_state=p["seed"],
+    )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
+    templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
+    dataset = data.grpo_formatted(data.load(data.parse_spec(cfg["dataset"])), templates, grpo.system_prompt(p, markers))
+    dataset = grpo.as_text_prompts(dataset, tokenizer)
+    dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
+    names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
+    print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} 4-bit={p['load_in_4bit']}; "
+          f"generation: {'vLLM (fast_inference)' if fast else 'transformers'}; rewards {names}", flush=True)
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
+    report_to = p.get("report_to") or "none"
+    args = GRPOConfig(
+        output_dir=str(job_dir / "checkpoints"),
+        report_to=[] if report_to == "none" else [report_to],
+        run_name=cfg.get("name") or job_dir.name,
+        reward_weights=[float(p[f"reward_{n}_weight"]) for n in names],
+        use_vllm=fast,
+        save_strategy="steps",
+        logging_first_step=True,
+        disable_tqdm=True,
+        **common.precision_flags(cfg["mixed_precision"]),
+        **{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},
+    )
+    trainer = GRPOTrainer(
+        model=model, processing_class=tokenizer, reward_funcs=rewards.trl_reward_funcs(names, markers), args=args,
+        train_dataset=dataset, callbacks=[common.MetricsCallback(job_dir, 1, completions_per_step=(
+            p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
+    )
+    resume = cfg.get("resume_from_checkpoint")
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    out_dir = job_dir / "output" / p["adaptor_name"]
+    model.save_pretrained(str(out_dir))  # the LoRA adapter
+    tokenizer.save_pretrained(str(out_dir))
+    common.write_result(job_dir, global_step=result.global_step, train_loss=result.training_loss, world_size=1,
+                        adaptor=str(out_dir))
+    print(f"[tlab] saved to {out_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
