@@ -112,10 +112,10 @@ def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, **par
                           "reward_tag_count": False, "save_steps": 100000, **params}}
     job = svc.start_job(request)
     done = svc.jobs.wait(job["id"], 3600)
+    if done.state != "COMPLETE":  # a failed job may have written no metrics.jsonl: report its log instead
+        return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
     metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
     records = [m for m in metrics if "completions/mean_length" in m]
-    if done.state != "COMPLETE":
-        return {"error": done.reason, "log_tail": svc.job_log(job["id"], 40)}
     p = done.config["params"]
     per_step = p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]
     result = summarise(records, per_step, skip=1)

@@ -114,8 +114,8 @@ def test_a_stopped_job_resumes_from_its_checkpoint(home):
     svc.stop_job(job["id"])
     stopped = svc.jobs.wait(job["id"], 30)
     assert stopped.state == "STOPPED", "\n".join(svc.job_log(job["id"], 80))
-    stopped_at = max(r["step"] for r in metrics(stopped.as_dict()))
-    assert stopped_at < 150
+    before = [r for r in metrics(stopped.as_dict()) if "loss" in r]
+    assert max(r["step"] for r in before) < 150
 
     resumed = svc.resume_job(job["id"])
     assert resumed["config"]["resume_from_checkpoint"].endswith("checkpoint-" + str(
@@ -124,11 +124,12 @@ def test_a_stopped_job_resumes_from_its_checkpoint(home):
     assert done.state == "COMPLETE", "\n".join(svc.job_log(job["id"], 80))
     assert done.attempts == 2
     steps = [r["step"] for r in metrics(done.as_dict()) if "loss" in r]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    second_attempt = steps[len(before):]
     resumed_from = int(Path(resumed["config"]["resume_from_checkpoint"]).name.split("-")[1])
     assert resumed_from >= 25
-    assert steps[restart] == resumed_from + 1  # continues the count, not from step 1
-    assert steps[-1] == 150 and svc.job(job["id"])["result"]["global_step"] == 150
+    assert second_attempt[0] == resumed_from + 1  # continues the count, not from step 1
+    assert second_attempt == list(range(resumed_from + 1, 151))
+    assert svc.job(job["id"])["result"]["global_step"] == 150
     assert "[tlab] resuming from" in "\n".join(svc.job_log(job["id"], 400))
 
 

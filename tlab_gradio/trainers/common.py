@@ -144,6 +144,17 @@ def _peak_gpu_memory_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
+def finish(state) -> None:
+    """Wait for every rank, then close the process group: a rank whose gloo/NCCL threads are
+    still up at interpreter exit can abort ("terminate called without an active exception"),
+    turning a finished training into a failed exit code."""
+    state.wait_for_everyone()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def write_result(job_dir: Path, **info: Any) -> None:
     write_json_atomic(job_dir / RESULT, {"finished": time.time(), **info})
 

@@ -154,7 +154,7 @@ def main() -> None:
         common.write_result(job_dir, global_step=result.global_step, train_loss=result.training_loss,
                             world_size=state.num_processes, model=str(out_dir))
         print(f"[tlab] saved to {out_dir}", flush=True)
-    state.wait_for_everyone()
+    common.finish(state)
 
 
 if __name__ == "__main__":

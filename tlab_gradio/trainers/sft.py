@@ -136,7 +136,7 @@ def main() -> None:
             world_size=state.num_processes, **saved,
         )
         print(f"[tlab] saved to {out_dir}", flush=True)
-    state.wait_for_everyone()
+    common.finish(state)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,10 @@ DEVICE_GROUP = ("device", "gpu_ids", "cpu_processes", "mixed_precision")
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
-    trainers = [(p["name"], p["id"]) for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer"]
+    # SFT first: the simplest run, and what a first-time user expects to find selected.
+    listed = [p for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer"]
+    listed.sort(key=lambda p: ({"sft": 0, "grpo": 1}.get(p["train_type"], 2), not p["ready"], p["name"]))
+    trainers = [(p["name"], p["id"]) for p in listed]
     first = trainers[0][1] if trainers else None
     sample0 = data.SAMPLES[data.DEFAULT_SFT_SAMPLE]
 
@@ -272,6 +275,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                                           "version": version}, ""]
 
     new_btn.click(open_new, seed, [form, seed, start_msg], **PRIVATE).then(
+        plugin_defaults, plugin_dd, [source, sample, template_tb, completion_tb], **PRIVATE).then(
         preview, preview_inputs, [ds_info, ds_table, rendered], **PRIVATE)
     cancel_btn.click(lambda: gr.update(visible=False), None, form, **PRIVATE)
 
