@@ -50,18 +50,34 @@ def plain_dataset(path: Path):
 
 
 def summarise(records: list[dict], completions_per_step: int, skip: int) -> dict:
-    """Tokens/s and steps/s over the logged steps after the first `skip` (warm-up)."""
+    """Tokens/s and steps/s over the logged steps after the first `skip` (warm-up).
+
+    `records` holds one log per optimisation step. With a generation batch larger than one step's
+    worth, TRL logs completion lengths and rewards only on the steps that generate: the others
+    train on the last generated completions, so their length is carried forward."""
+    length = None
+    for r in records:  # carry the last generation's mean length onto the steps that reuse it
+        length = r.get("completions/mean_length", length)
+        r["_length"] = length
     timed = records[skip:]
     if len(timed) < 2:
         return {"error": f"only {len(timed)} timed steps"}
     seconds = timed[-1]["time"] - timed[0]["time"]
-    tokens = sum(r["completions/mean_length"] * completions_per_step for r in timed[1:])
+    tokens = sum(r["_length"] * completions_per_step for r in timed[1:])
     steps = len(timed) - 1
+    rewards = [r["reward"] for r in timed[1:] if "reward" in r]
     return {
         "completion_tokens_per_s": tokens / seconds, "steps_per_s": steps / seconds, "timed_steps": steps,
-        "seconds": seconds, "mean_reward": sum(r.get("reward", 0.0) for r in timed[1:]) / steps,
-        "mean_completion_length": sum(r["completions/mean_length"] for r in timed[1:]) / steps,
+        "seconds": seconds, "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+        "mean_completion_length": sum(r["_length"] for r in timed[1:]) / steps,
     }
+
+
+def warmup_steps(completions_per_step: int, generation_batch: int | None) -> int:
+    """Logged steps left out of the timing: the first (warm-up) step, or with a generation batch
+    of c steps' worth, the first c - 1 so that the timed window is whole generate-and-train cycles."""
+    cycle = (generation_batch or completions_per_step) // completions_per_step
+    return max(1, cycle - 1)
 
 
 def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overrides) -> dict:
@@ -75,7 +91,7 @@ def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overr
 
     class Clock(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "completions/mean_length" in logs:
+            if logs and "loss" in logs:  # one per optimisation step (not the final summary)
                 records.append({**logs, "time": time.time()})
 
     tok = AutoTokenizer.from_pretrained(model, padding_side="left")
@@ -90,7 +106,7 @@ def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overr
                           args=args, train_dataset=plain_dataset(data), processing_class=tok, callbacks=[Clock()])
     trainer.train()
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-    result = summarise(records, per_step, skip=1)
+    result = summarise(records, per_step, skip=warmup_steps(per_step, args.generation_batch_size))
     result.update(peak_gib=torch.cuda.max_memory_allocated() / 2**30, settings=overrides,
                   completions_per_step=per_step)
     del trainer
@@ -115,10 +131,10 @@ def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, **par
     if done.state != "COMPLETE":  # a failed job may have written no metrics.jsonl: report its log instead
         return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
     metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
-    records = [m for m in metrics if "completions/mean_length" in m]
+    records = [m for m in metrics if "loss" in m]  # one per optimisation step (not the final summary)
     p = done.config["params"]
     per_step = p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]
-    result = summarise(records, per_step, skip=1)
+    result = summarise(records, per_step, skip=warmup_steps(per_step, p.get("generation_batch_size") or None))
     result.update(peak_gib=max(m.get("peak_memory_gb", 0) for m in records), settings=params,
                   completions_per_step=per_step, command=" ".join(done.command))
     return result

@@ -15,7 +15,7 @@ from tlab_gradio.jobs import JobError, JobManager
 
 @pytest.fixture
 def manager(home, monkeypatch):
-    def fake_launch_files(job_dir, placement, mp, trainer, python=None):
+    def fake_launch_files(job_dir, placement, mp, trainer, python=None, dist=None):
         fake = json.loads((job_dir / "config.json").read_text())["fake"]
         code = "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
         return [sys.executable, "-c", code, str(fake["seconds"]), str(fake["exit"]), str(job_dir)]

@@ -210,7 +210,8 @@ class JobManager:
         placement = Placement(cfg["device"], gpus, cfg["num_processes"])
         try:
             argv = launcher.write_launch_files(
-                job.job_dir, placement, cfg["mixed_precision"], Path(cfg["trainer"]), cfg.get("python")
+                job.job_dir, placement, cfg["mixed_precision"], Path(cfg["trainer"]), cfg.get("python"),
+                launcher.Distributed.from_params(cfg.get("params", {})),
             )
             with open(job.log_path, "a") as log:
                 log.write(f"[tlab] job {job.id} attempt {job.attempts + 1}: {' '.join(argv)}\n")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -36,16 +37,42 @@ def mixed_precision_for(placement: Placement, requested: str | None) -> str:
     return requested
 
 
-def accelerate_config(placement: Placement, mixed_precision: str, port: int) -> dict:
-    multi = placement.num_processes > 1
-    return {
+@dataclass(frozen=True)
+class Distributed:
+    """How the processes share the work, and where they are: accelerate's choices, the form's words.
+
+    strategy: ddp (each process a full copy), fsdp (full shard), deepspeed_zero2 / deepspeed_zero3.
+    Several machines: each launches its own processes with its machine_rank; all meet at the main
+    process's address and port."""
+
+    strategy: str = "ddp"
+    fsdp_cpu_offload: bool = False
+    fsdp_activation_checkpointing: bool = False
+    fsdp_auto_wrap: bool = True
+    deepspeed_cpu_offload: bool = False
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str = ""
+    main_process_port: int = 0
+
+    @classmethod
+    def from_params(cls, p: dict) -> "Distributed":
+        fields = cls.__dataclass_fields__
+        return cls(**{k: p[k] for k in fields if p.get(k) is not None and k != "strategy"},
+                   strategy=p.get("distributed_strategy") or "ddp")
+
+
+def accelerate_config(placement: Placement, mixed_precision: str, port: int,
+                      dist: Distributed = Distributed()) -> dict:
+    total = placement.num_processes * dist.num_machines
+    config = {
         "compute_environment": "LOCAL_MACHINE",
         # Several CPU processes go through the multi-GPU launcher too: torch's elastic
         # launcher starts N ranks and the trainer (use_cpu=True) joins them over gloo.
-        "distributed_type": "MULTI_GPU" if multi else "NO",
-        "num_processes": placement.num_processes,
-        "num_machines": 1,
-        "machine_rank": 0,
+        "distributed_type": "MULTI_GPU" if total > 1 else "NO",
+        "num_processes": total,  # accelerate counts every machine's processes
+        "num_machines": dist.num_machines,
+        "machine_rank": dist.machine_rank,
         "gpu_ids": ",".join(placement.physical_ids) if placement.gpus else "all",
         "mixed_precision": mixed_precision,
         "use_cpu": placement.device == "cpu",
@@ -56,6 +83,33 @@ def accelerate_config(placement: Placement, mixed_precision: str, port: int) -> 
         "downcast_bf16": "no",
         "debug": False,
     }
+    if dist.num_machines > 1:
+        config["main_process_ip"] = dist.main_process_ip
+    if dist.strategy == "fsdp":
+        config["distributed_type"] = "FSDP"
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            "fsdp_reshard_after_forward": True,  # FSDP2's full shard
+            "fsdp_offload_params": dist.fsdp_cpu_offload,
+            "fsdp_activation_checkpointing": dist.fsdp_activation_checkpointing,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP" if dist.fsdp_auto_wrap else "NO_WRAP",
+            "fsdp_state_dict_type": "FULL_STATE_DICT",
+            "fsdp_cpu_ram_efficient_loading": True,
+        }
+    elif dist.strategy.startswith("deepspeed_zero"):
+        stage = int(dist.strategy[-1])
+        offload = "cpu" if dist.deepspeed_cpu_offload else "none"
+        config["distributed_type"] = "DEEPSPEED"
+        config["deepspeed_config"] = {
+            "zero_stage": stage,
+            "offload_optimizer_device": offload,
+            "offload_param_device": offload if stage == 3 else "none",
+            "zero3_init_flag": stage == 3,
+            "zero3_save_16bit_model": stage == 3,
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
+    return config
 
 
 def accelerate_executable(python: str | None = None) -> list[str]:
@@ -74,13 +128,21 @@ def build_argv(
     mixed_precision: str,
     port: int,
     python: str | None = None,
+    dist: Distributed = Distributed(),
 ) -> list[str]:
+    total = placement.num_processes * dist.num_machines
     argv = accelerate_executable(python) + ["--config_file", str(job_dir / "accelerate.yaml")]
-    if placement.num_processes > 1:
+    if dist.strategy == "fsdp":
+        argv.append("--use_fsdp")
+    elif dist.strategy.startswith("deepspeed_zero"):
+        argv.append("--use_deepspeed")
+    elif total > 1:
         argv.append("--multi_gpu")
     elif placement.device == "cpu":
         argv.append("--cpu")
-    argv += ["--num_processes", str(placement.num_processes), "--num_machines", "1"]
+    argv += ["--num_processes", str(total), "--num_machines", str(dist.num_machines)]
+    if dist.num_machines > 1:
+        argv += ["--machine_rank", str(dist.machine_rank), "--main_process_ip", dist.main_process_ip]
     if placement.gpus:
         argv += ["--gpu_ids", ",".join(placement.physical_ids)]
     argv += ["--mixed_precision", mixed_precision, "--main_process_port", str(port)]
@@ -88,11 +150,12 @@ def build_argv(
     return argv
 
 
-def write_launch_files(job_dir: Path, placement: Placement, mixed_precision: str, trainer: Path, python=None):
+def write_launch_files(job_dir: Path, placement: Placement, mixed_precision: str, trainer: Path, python=None,
+                       dist: Distributed = Distributed()):
     """Write accelerate.yaml and command.txt; return the argv."""
-    port = free_port()
-    (job_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(placement, mixed_precision, port)))
-    argv = build_argv(placement, trainer, job_dir, mixed_precision, port, python)
+    port = dist.main_process_port or free_port()
+    (job_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(placement, mixed_precision, port, dist)))
+    argv = build_argv(placement, trainer, job_dir, mixed_precision, port, python, dist)
     (job_dir / "command.txt").write_text(shlex.join(argv) + "\n")
     return argv
 

@@ -18,6 +18,7 @@ class ModelRef:
     path: str  # what from_pretrained gets: a folder or a Hub id
     source: str  # "embedded" | "local" | "hub"
     architecture: str
+    config: dict  # its config.json: for the memory estimate
 
 
 def _architecture(config: dict, label: str) -> str:
@@ -30,7 +31,7 @@ def _architecture(config: dict, label: str) -> str:
 def resolve(model: str | None) -> ModelRef:
     text = (model or "").strip()
     if not text:
-        return ModelRef(str(tiny_model.default_path()), "embedded", tiny_model.ARCHITECTURE)
+        return ModelRef(str(tiny_model.default_path()), "embedded", tiny_model.ARCHITECTURE, tiny_model.config_dict())
     local = Path(text).expanduser()
     if local.exists() or text.startswith(("/", ".", "~")):
         if not local.is_dir():
@@ -42,7 +43,7 @@ def resolve(model: str | None) -> ModelRef:
             config = json.loads(config_path.read_text())
         except ValueError as exc:
             raise ModelError(f"model folder {text!r}: config.json is not valid JSON ({exc})") from None
-        return ModelRef(str(local.resolve()), "local", _architecture(config, text))
+        return ModelRef(str(local.resolve()), "local", _architecture(config, text), config)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -54,7 +55,8 @@ def resolve(model: str | None) -> ModelRef:
         config_file = hf_hub_download(text, "config.json")
     except Exception as exc:  # offline, gated, missing: say which
         raise ModelError(f"could not read config.json of Hub model {text!r}: {type(exc).__name__}: {exc}") from None
-    return ModelRef(text, "hub", _architecture(json.loads(Path(config_file).read_text()), text))
+    config = json.loads(Path(config_file).read_text())
+    return ModelRef(text, "hub", _architecture(config, text), config)
 
 
 def check_supported(ref: ModelRef, supported: list[str], plugin_name: str) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, installer, jobfiles, launcher, logs, manifests, models, params, settings
+from . import data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, settings
 from .jobfiles import read_json
 from .jobs import Job, JobError, JobManager
 
@@ -83,6 +83,37 @@ def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
 
 
 PLUGIN_CHECKS = {"sft": _sft_checks, "grpo": _grpo_checks}
+
+
+def _distributed_checks(p: dict, placement: gpus.Placement, manifest: manifests.Manifest) -> list[str]:
+    """Strategy and multi-machine settings that cannot work, refused with the reason."""
+    problems = []
+    strategy = p.get("distributed_strategy") or "ddp"
+    machines, rank = p.get("num_machines") or 1, p.get("machine_rank") or 0
+    total = placement.num_processes * machines
+    if strategy != "ddp" and not manifest.multi_gpu:
+        problems.append(f"{manifest.name} trains on one GPU: distributed strategy {strategy} does not apply")
+    if strategy.startswith("deepspeed"):
+        if placement.device != "cuda":
+            problems.append(f"{strategy}: DeepSpeed needs CUDA GPUs; on cpu use ddp (or fsdp)")
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"{strategy} needs the deepspeed package: pip install deepspeed")
+    if strategy == "fsdp" and placement.device != "cuda":
+        # accelerate applies FSDP on GPUs only: on cpu the run would quietly be plain data parallel.
+        problems.append("fsdp needs CUDA GPUs (accelerate shards only on GPUs; on cpu it would silently run "
+                        "as plain data parallel): use ddp on cpu")
+    elif strategy == "fsdp" and total < 2:
+        problems.append("fsdp with a single process shards nothing: use ddp, or two or more GPUs")
+    if strategy in ("fsdp", "deepspeed_zero3") and p.get("load_in_4bit"):
+        problems.append(f"QLoRA (load_in_4bit) is not supported with {strategy} here; use ddp or deepspeed_zero2")
+    if rank >= machines:
+        problems.append(f"machine_rank {rank} must be below num_machines {machines} (ranks count from 0)")
+    if machines > 1:
+        if not (p.get("main_process_ip") or "").strip():
+            problems.append("with several machines, main_process_ip (the main machine's address) is required")
+        if not p.get("main_process_port"):
+            problems.append("with several machines, main_process_port is required: the same port on every machine")
+    return problems
 
 
 class Service:
@@ -224,6 +255,8 @@ class Service:
             if precision == "fp16" and placement.device == "cpu":
                 problems.append("`mixed_precision` fp16 does not run on cpu; use `no` or bf16")
             problems += PLUGIN_CHECKS.get(manifest.train_type, lambda *_: [])(clean, placement)
+            if "distributed_strategy" in clean or "num_machines" in clean:
+                problems += _distributed_checks(clean, placement, manifest)
 
         model_ref = None
         try:
@@ -264,6 +297,7 @@ class Service:
             "model_source": model_ref.source,
             "embedded_model": model_ref.source == "embedded",
             "architecture": model_ref.architecture,
+            "model_config": model_ref.config,
             "dataset": spec.as_dict(),
             "dataset_info": dataset_info,
             "template": templates.template,
@@ -313,10 +347,39 @@ class Service:
             tuple(g for g in gpus.list_gpus() if g.physical in config["gpu_ids"]),
             config["num_processes"],
         )
+        dist = launcher.Distributed.from_params(config["params"])
         argv = launcher.build_argv(placement, Path(config["trainer"]), Path("$TLAB_HOME/jobs/<id>"),
-                                   config["mixed_precision"], 0, config["python"])
-        argv[argv.index("--main_process_port") + 1] = "<free port>"
+                                   config["mixed_precision"], dist.main_process_port, config["python"], dist)
+        if not dist.main_process_port:
+            argv[argv.index("--main_process_port") + 1] = "<free port>"
         return " ".join(argv)
+
+    def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """GPU memory per device the job should need, next to each chosen GPU's free memory."""
+        config = self.prepare(request, check_data=False)
+        p = config["params"]
+        shape = memory.Shape.from_config(config["model_config"])
+        est = memory.estimate(
+            shape, processes=config["num_processes"] * (p.get("num_machines") or 1),
+            strategy=p.get("distributed_strategy") or "ddp", precision=config["mixed_precision"],
+            use_lora=bool(p.get("use_lora", "lora_r" in p)),  # Unsloth is LoRA without a switch
+            lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
+            load_in_4bit=bool(p.get("load_in_4bit")),
+            batch=p.get("per_device_train_batch_size") or 1,
+            seq=p.get("max_length") or ((p.get("max_prompt_length") or 0) + (p.get("max_completion_length") or 0))
+            or 1024,
+            checkpointing=bool(p.get("gradient_checkpointing") or p.get("fsdp_activation_checkpointing")),
+            cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")),
+        ).as_dict()
+        chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in config["gpu_ids"]]
+        est["gpus"] = [{"index": g.index, "name": g.name,
+                        "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)} for g in chosen]
+        short = [g for g in est["gpus"] if g["free_gb"] < est["total_gb"]]
+        est["fits"] = None if not chosen else not short
+        est["warning"] = (f"may not fit: about {est['total_gb']:.1f} GiB per GPU needed, GPU "
+                          f"{', '.join(str(g['index']) for g in short)} has "
+                          f"{min(g['free_gb'] for g in short):.1f} GiB free" if short else None)
+        return est
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.jobs.get(job_id)

@@ -30,6 +30,14 @@ SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
              num_key_value_heads=2, max_position_embeddings=2048)
 
 
+VOCAB_SIZE = 256 + 5  # every byte, plus bos/eos/pad and the two chat markers
+
+
+def config_dict() -> dict:
+    """The embedded model's config.json as it will be, without building it (for checks and estimates)."""
+    return {"architectures": [ARCHITECTURE], "vocab_size": VOCAB_SIZE, "tie_word_embeddings": True, **SHAPE}
+
+
 def default_path() -> Path:
     return settings.home() / "models" / NAME
 

@@ -37,6 +37,14 @@ def announce(state) -> None:
     )
 
 
+def announce_strategy(trainer) -> None:
+    """What accelerate really set up (DDP, FSDP, DeepSpeed), once the Trainer has prepared it."""
+    acc = trainer.accelerator
+    if acc.is_main_process:
+        kind = str(acc.state.distributed_type).rsplit(".", 1)[-1]
+        print(f"[tlab] distributed: {kind} over {acc.num_processes} process(es)", flush=True)
+
+
 def model_dtype(precision: str, use_lora: bool):
     """LoRA keeps the frozen base in the training precision (half the memory); a full
     fine-tune keeps fp32 master weights and lets autocast run the matmuls in bf16/fp16."""
@@ -54,9 +62,13 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def checkpointing_kwargs(config_cls, enabled: bool) -> dict[str, Any]:
+def checkpointing_kwargs(config_cls, enabled: bool, params: dict | None = None) -> dict[str, Any]:
     """Activation (gradient) checkpointing under whichever name this transformers has:
-    v5 renamed it, and TRL's configs default the old name to True."""
+    v5 renamed it, and TRL's configs default the old name to True. Under FSDP with its own
+    activation checkpointing, the Trainer's is off (the two must not both wrap the layers)."""
+    params = params or {}
+    if params.get("distributed_strategy") == "fsdp" and params.get("fsdp_activation_checkpointing"):
+        enabled = False
     fields = getattr(config_cls, "__dataclass_fields__", {})
     name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}

@@ -128,7 +128,7 @@ def main() -> None:
         logging_first_step=True,
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
-        **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing"))),
+        **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing")), p),
         **common.precision_flags(precision),
         **{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},
         **extra,
@@ -142,6 +142,7 @@ def main() -> None:
         callbacks=[common.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
             p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]))],
     )
+    common.announce_strategy(trainer)
     resume = cfg.get("resume_from_checkpoint")
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)

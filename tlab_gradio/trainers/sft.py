@@ -99,7 +99,7 @@ def main() -> None:
         model_init_kwargs=model_kwargs,
         completion_only_loss=bool(p.get("completion_only_loss")) if cfg.get("completion_template") else None,
         assistant_only_loss=bool(p.get("assistant_only_loss")) and not cfg.get("template"),
-        **common.checkpointing_kwargs(SFTConfig, bool(p.get("gradient_checkpointing"))),
+        **common.checkpointing_kwargs(SFTConfig, bool(p.get("gradient_checkpointing")), p),
         ddp_find_unused_parameters=False,
         save_strategy="steps",
         logging_first_step=True,
@@ -115,6 +115,7 @@ def main() -> None:
         peft_config=build_peft_config(p) if use_lora else None,
         callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
     )
+    common.announce_strategy(trainer)
     resume = cfg.get("resume_from_checkpoint")
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)

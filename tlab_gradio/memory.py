@@ -1,0 +1,122 @@
+"""Estimate of GPU memory per device for a training job, before launch, from the model's
+config alone (no weights loaded).
+
+    weights     parameters x bytes (fp32 master weights for a full fine-tune; the frozen
+                base in bf16/fp16, or 4-bit, under LoRA)
+    gradients   trainable parameters x 4 bytes
+    optimizer   trainable parameters x 8 bytes (AdamW's two fp32 moments)
+    activations per layer, s*b*h*(34 + 5*a*s/h) bytes (Korthikanti et al., 16-bit activations);
+                with activation checkpointing only each layer's input, 2*s*b*h bytes, is kept
+                (plus one layer's full set while it is recomputed); the logits add s*b*V*4 bytes
+
+Sharding divides: ZeRO-2 splits gradients and optimizer state over the processes, ZeRO-3
+and FSDP (full shard) split weights too; CPU offload moves the optimizer state (and with
+ZeRO-3/FSDP the weights) off the GPU. It is an estimate: CUDA context, allocator slack and
+framework buffers add about a gigabyte, counted as `overhead`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+GIB = 2**30
+OVERHEAD_BYTES = 1.0 * GIB
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Shape":
+        hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+        heads = config.get("num_attention_heads") or config.get("n_head")
+        layers = config.get("num_hidden_layers") or config.get("n_layer")
+        if not (hidden and heads and layers):
+            raise ValueError("the model's config.json has no hidden_size / num_attention_heads / num_hidden_layers")
+        return cls(
+            hidden=hidden, intermediate=config.get("intermediate_size") or 4 * hidden, layers=layers, heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads, vocab=config.get("vocab_size", 32000),
+            tied=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each projection in one decoder layer (Llama/Qwen/Mistral layout)."""
+        d, h, i = self.head_dim, self.hidden, self.intermediate
+        return {"q_proj": (h, self.heads * d), "k_proj": (h, self.kv_heads * d), "v_proj": (h, self.kv_heads * d),
+                "o_proj": (self.heads * d, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def parameters(self) -> int:
+        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden  # + 2 RMSNorms
+        embed = self.vocab * self.hidden
+        return self.layers * per_layer + embed + (0 if self.tied else embed) + self.hidden
+
+    def lora_parameters(self, r: int, targets: str) -> int:
+        shapes = self.linear_shapes()
+        names = shapes if targets.strip() == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+        return self.layers * sum(r * (shapes[n][0] + shapes[n][1]) for n in names if n in shapes)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights_gb: float
+    gradients_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    overhead_gb: float
+    total_gb: float
+    parameters: int
+    trainable_parameters: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(shape: Shape, *, processes: int, strategy: str = "ddp", precision: str = "bf16", use_lora: bool = False,
+             lora_r: int = 16, lora_targets: str = "all-linear", load_in_4bit: bool = False, batch: int = 1,
+             seq: int = 1024, checkpointing: bool = False, cpu_offload: bool = False) -> Estimate:
+    n_params = shape.parameters()
+    trainable = shape.lora_parameters(lora_r, lora_targets) if use_lora else n_params
+    half = precision in ("bf16", "fp16")
+    if use_lora:
+        base_bytes = 0.5 if load_in_4bit else (2 if half else 4)
+        weights = n_params * base_bytes + trainable * 4
+    else:
+        weights = n_params * 4  # fp32 master weights; autocast makes 16-bit copies per matmul
+    gradients = trainable * 4
+    optimizer = trainable * 8
+
+    shard = max(processes, 1)
+    if strategy == "deepspeed_zero2":
+        gradients /= shard
+        optimizer /= shard
+    elif strategy in ("deepspeed_zero3", "fsdp"):
+        weights /= shard
+        gradients /= shard
+        optimizer /= shard
+    if cpu_offload:
+        optimizer = 0
+        if strategy in ("deepspeed_zero3", "fsdp"):
+            weights = 0 if strategy == "deepspeed_zero3" else weights
+
+    s, b, h, a = seq, batch, shape.hidden, shape.heads
+    act_bytes = 2 if half else 4
+    full_layer = s * b * h * (34 + 5 * a * s / h) * act_bytes / 2
+    if checkpointing:
+        activations = shape.layers * 2 * s * b * h * act_bytes / 2 + full_layer
+    else:
+        activations = shape.layers * full_layer
+    activations += s * b * shape.vocab * 4  # fp32 logits for the loss
+
+    parts = [weights, gradients, optimizer, activations, OVERHEAD_BYTES]
+    return Estimate(*(round(x / GIB, 3) for x in parts), total_gb=round(sum(parts) / GIB, 3),
+                    parameters=n_params, trainable_parameters=trainable)
