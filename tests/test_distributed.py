@@ -149,3 +149,22 @@ def test_two_machines_over_loopback(home, tmp_path):
     status = main.job_status(j0["id"])
     assert status["step"] == 3 and status["world_size"] == 2  # the main node shows the run's progress
     assert d1.command[d1.command.index("--machine_rank") + 1] == "1"
+
+
+def test_memory_estimate_against_the_measured_h100_peaks():
+    """bench/gpu_verify.py measured the SFT plugin's peak allocated memory on an H100 (random Qwen2-0.5B,
+    packed 512-token sequences, batch 4, bf16, no checkpointing). The estimate without its fixed
+    overhead (CUDA context and allocator slack, which max_memory_allocated does not count) must be
+    within 25% of it."""
+    import json
+
+    from conftest import REPO
+
+    runs = json.loads((REPO / "bench/results/gpu-verify-2026-11-25-h100.json").read_text())["runs"]
+    q = memory.Shape(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936, tied=True)
+    for name, lora in (("sft_full", False), ("sft_lora", True)):
+        measured = runs[name]["peak_memory_gb"]
+        est = memory.estimate(q, processes=1, precision="bf16", use_lora=lora, batch=4, seq=512)
+        assert est.total_gb == pytest.approx(runs[name]["estimate"]["total_gb"], rel=1e-3)  # same model as the app's
+        ratio = (est.total_gb - est.overhead_gb) / measured
+        assert 0.75 <= ratio <= 1.25, (name, ratio)

@@ -71,6 +71,11 @@ def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
             problems.append(f"generation_batch_size {chosen} must be a multiple of processes x batch = {n * batch}")
         if chosen % gens:
             problems.append(f"generation_batch_size {chosen} must be a multiple of num_generations {gens}")
+    if p.get("cache_implementation") == "static" and placement.device == "cuda":
+        # transformers sizes a static cache in the model's dtype (fp32 master weights here), while
+        # bf16/fp16 autocast hands it 16-bit keys and values: generate fails at the first step.
+        problems.append("`cache_implementation` static does not work with fp32 weights under bf16/fp16 autocast "
+                        "(the cache and the activations differ in dtype): use dynamic")
     if p.get("use_vllm"):
         if placement.device != "cuda":
             problems.append("`use_vllm` needs device `cuda`")

@@ -105,13 +105,15 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                                 elem_id="job-chart", x_title="step", y_title="", scale=2)
         command = gr.Code(label="Command (rerun it by hand)", language="shell", interactive=False,
                           visible=False, elem_id="job-command", max_lines=6)
+        accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
+                        visible=False, elem_id="job-accelerate", max_lines=14)
         files = gr.File(label="Output files", file_count="multiple", visible=False, interactive=False,
                         elem_id="job-files")
 
     def refresh(job_id, state):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
-            return [gr.skip()] * 12
+            return [gr.skip()] * 13
         job = svc.job(int(job_id))
         status = svc.job_status(int(job_id))
         fresh = state.get("job") != job["id"]
@@ -143,17 +145,20 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 err = html.escape(job["reason"])
             cmd = " ".join(job["command"]) if job["command"] else ""
             file_list = output_files(job) if finished else []
+            accel_path = Path(job["job_dir"]) / "accelerate.yaml"
+            accel_text = accel_path.read_text() if accel_path.is_file() else ""
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
                      gr.update(visible=True), err,
                      gr.update(value=redact(cmd, svc, hosted), visible=bool(cmd) and not hosted),
-                     gr.update(value=file_list or None, visible=bool(file_list)), gr.update(visible=True)]
+                     gr.update(value=file_list or None, visible=bool(file_list)), gr.update(visible=True),
+                     gr.update(value=accel_text, visible=bool(accel_text) and not hosted)]
         else:
-            outs += [gr.skip()] * 7
+            outs += [gr.skip()] * 8
         return outs
 
     outputs = [header, progress, log_box, chart, view, stop_btn, resume_btn, clone_btn, error, command, files,
-               live_row]
+               live_row, accel]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)

@@ -130,7 +130,7 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
     return gr.Textbox(value="" if value is None else str(value), **common)
 
 
-DEVICE_GROUP = ("device", "gpu_ids", "cpu_processes", "mixed_precision")
+DEVICE_GROUP = ("device", "gpu_ids", "cpu_processes", "mixed_precision", "distributed_strategy")
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
@@ -334,10 +334,13 @@ def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: 
     def check(*values):
         fields, params = split(values)
         try:
-            text = svc.command_preview(build_request(fields, names, params))
+            request = build_request(fields, names, params)
+            text = svc.command_preview(request)
+            est = svc.memory_estimate(request)
         except RequestError as exc:
             return problems_md(exc), gr.skip()
-        return '<span class="tl-ok">✓ Settings look good.</span>', _redact(text, svc) if hosted else text
+        return '<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(est), \
+            _redact(text, svc) if hosted else text
 
     # Checked now, and again whenever a field changes: problems show while the user types.
     first_check, first_command = check(plugin_id, *static_values, *[c.value for c in comps])
@@ -373,6 +376,18 @@ def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: 
         comp.change(check, inputs, outputs, show_progress="hidden", **PRIVATE)
     refs["start_btn"].click(start, inputs, [refs["start_msg"], refs["form"], refs["selected"]], **PRIVATE)
     refs["save_btn"].click(save, [refs["preset_name"]] + inputs, refs["preset_pick"], **PRIVATE)
+
+
+def memory_md(est: dict[str, Any]) -> str:
+    """The memory estimate next to the chosen GPUs' free memory, with a warning when it won't fit."""
+    parts = (f"weights {est['weights_gb']:.1f}, gradients {est['gradients_gb']:.1f}, optimizer "
+             f"{est['optimizer_gb']:.1f}, activations {est['activations_gb']:.1f}, overhead {est['overhead_gb']:.1f}")
+    text = f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
+    if est["gpus"]:
+        text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
+    if est.get("warning"):
+        text += f'<br><span class="tl-warn">⚠ {html.escape(est["warning"])}</span>'
+    return text
 
 
 def _cell(value: Any) -> str:
