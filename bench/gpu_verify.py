@@ -74,6 +74,13 @@ def main() -> None:
         "grpo_gpu0": lambda: {**grpo, "name": "grpo_gpu0", "gpu_ids": "0"},
         "sft_full": lambda: sft("sft_full", use_lora=False),
         "sft_lora": lambda: sft("sft_lora", use_lora=True, learning_rate=2e-4),
+        # DeepSpeed ZeRO on one GPU (the deepspeed package travels as a wheel), on the embedded model.
+        "sft_zero2": lambda: {"plugin": "llama_sft_multi_gpu", "name": "sft_zero2", "device": "cuda", "gpu_ids": "0",
+                              "params": {"max_steps": 5, "logging_steps": 1, "report_to": "none", "use_lora": False,
+                                         "distributed_strategy": "deepspeed_zero2"}},
+        "sft_zero3": lambda: {"plugin": "llama_sft_multi_gpu", "name": "sft_zero3", "device": "cuda", "gpu_ids": "0",
+                              "params": {"max_steps": 5, "logging_steps": 1, "report_to": "none", "use_lora": False,
+                                         "distributed_strategy": "deepspeed_zero3"}},
     }
     for name, make in runs.items():
         if args.only and name not in args.only.split(","):
@@ -81,7 +88,7 @@ def main() -> None:
         started = time.time()
         request = make()
         try:
-            estimate = svc.memory_estimate(request) if request["plugin"] == "llama_sft_multi_gpu" else None
+            estimate = svc.memory_estimate(request) if request.get("model") else None
             job = svc.start_job(request)
             svc.jobs.wait(job["id"], 900)
             result = summary(svc, job["id"], started)

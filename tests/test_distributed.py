@@ -43,9 +43,13 @@ def test_fsdp_config_field_by_field():
                                "zero3_init_flag": True, "zero3_save_16bit_model": True}),
 ])
 def test_deepspeed_configs(strategy, offload, expected):
-    cfg, _ = config_for(strategy, deepspeed_cpu_offload=offload)
+    cfg, _ = config_for(strategy, deepspeed_cpu_offload=offload, gradient_accumulation_steps=4,
+                        gradient_clipping=0.5)
     assert cfg["distributed_type"] == "DEEPSPEED"
-    assert cfg["deepspeed_config"] == {**expected, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+    assert cfg["deepspeed_config"] == {**expected, "gradient_accumulation_steps": 4, "gradient_clipping": 0.5}
+    from_form = launcher.Distributed.from_params({"distributed_strategy": strategy, "gradient_accumulation_steps": 8,
+                                                  "max_grad_norm": 2.0, "deepspeed_cpu_offload": offload})
+    assert (from_form.gradient_accumulation_steps, from_form.gradient_clipping) == (8, 2.0)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])

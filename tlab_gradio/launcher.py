@@ -54,12 +54,16 @@ class Distributed:
     machine_rank: int = 0
     main_process_ip: str = ""
     main_process_port: int = 0
+    gradient_accumulation_steps: int = 1  # DeepSpeed wants the Trainer's values in its config
+    gradient_clipping: float = 1.0
 
     @classmethod
     def from_params(cls, p: dict) -> "Distributed":
         fields = cls.__dataclass_fields__
-        return cls(**{k: p[k] for k in fields if p.get(k) is not None and k != "strategy"},
-                   strategy=p.get("distributed_strategy") or "ddp")
+        values = {k: p[k] for k in fields if p.get(k) is not None and k != "strategy"}
+        if p.get("max_grad_norm") is not None:
+            values["gradient_clipping"] = p["max_grad_norm"]
+        return cls(**values, strategy=p.get("distributed_strategy") or "ddp")
 
 
 def accelerate_config(placement: Placement, mixed_precision: str, port: int,
@@ -106,8 +110,8 @@ def accelerate_config(placement: Placement, mixed_precision: str, port: int,
             "offload_param_device": offload if stage == 3 else "none",
             "zero3_init_flag": stage == 3,
             "zero3_save_16bit_model": stage == 3,
-            "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto",
+            "gradient_accumulation_steps": dist.gradient_accumulation_steps,
+            "gradient_clipping": dist.gradient_clipping,
         }
     return config
 
