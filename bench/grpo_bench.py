@@ -157,7 +157,9 @@ def main() -> None:
         # The best plain-TRL setting found before: no checkpointing, batch 32 x accumulation 8.
         "trl_best": lambda: run_plain("trl_best", model, data, work, steps=3, per_device_train_batch_size=32,
                                       gradient_accumulation_steps=8, gradient_checkpointing=False),
-        "plugin_defaults": lambda: run_plugin("plugin_defaults", model, data, work, steps=3),
+        "plugin_defaults": lambda: run_plugin("plugin_defaults", model, data, work, steps=4),
+        "plugin_fp32": lambda: run_plugin("plugin_fp32", model, data, work, steps=3, model_dtype="float32",
+                                          cache_implementation="dynamic"),
         "plugin_static": lambda: run_plugin("plugin_static", model, data, work, steps=3,
                                             cache_implementation="static"),
         "plugin_gen1024": lambda: run_plugin("plugin_gen1024", model, data, work, steps=8,

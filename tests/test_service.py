@@ -19,7 +19,7 @@ def test_bad_requests_are_refused_with_every_reason(home):
     svc = Service()
     assert refused(svc, {"plugin": "llama_sft_multi_gpus"}) == [
         "unknown plugin 'llama_sft_multi_gpus' (did you mean `llama_sft_multi_gpu`?); plugins: grpo_multi_gpu, "
-        "llama_sft_multi_gpu"]
+        "llama_sft_multi_gpu, unsloth_grpo"]
     got = refused(svc, {"plugin": SFT, "modle": "x", "template": "{{nope}}",
                         "params": {"device": "cuda", "max_step": 3, "lora_r": 0}})
     assert "unknown request field `modle` (did you mean `model`?)" in got

@@ -71,11 +71,14 @@ def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
             problems.append(f"generation_batch_size {chosen} must be a multiple of processes x batch = {n * batch}")
         if chosen % gens:
             problems.append(f"generation_batch_size {chosen} must be a multiple of num_generations {gens}")
-    if p.get("cache_implementation") == "static" and placement.device == "cuda":
-        # transformers sizes a static cache in the model's dtype (fp32 master weights here), while
-        # bf16/fp16 autocast hands it 16-bit keys and values: generate fails at the first step.
-        problems.append("`cache_implementation` static does not work with fp32 weights under bf16/fp16 autocast "
-                        "(the cache and the activations differ in dtype): use dynamic")
+    fp32_weights = p.get("model_dtype") == "float32" or (p.get("model_dtype") in (None, "auto")
+                                                          and placement.device != "cuda")
+    if p.get("cache_implementation") == "static" and fp32_weights and placement.device == "cuda":
+        # transformers sizes a static cache in the weights' dtype, while bf16/fp16 autocast hands it
+        # 16-bit keys and values: generate fails at the first step (seen on an H100).
+        problems.append("`cache_implementation` static needs 16-bit weights: with float32 weights under bf16/fp16 "
+                        "autocast the cache and the activations differ in dtype (use model_dtype bfloat16, or a "
+                        "dynamic cache)")
     if p.get("use_vllm"):
         if placement.device != "cuda":
             problems.append("`use_vllm` needs device `cuda`")

@@ -61,6 +61,21 @@ def drop_long_prompts(dataset, tokenizer, limit: int, is_main: bool):
     return kept
 
 
+def weights_and_cache(p: dict, precision: str, on_cpu: bool):
+    """Resolve `auto`: bf16 weights where training runs in bf16 on a GPU, and then a static,
+    compiled KV cache for generation (the cache takes the weights' dtype, so it needs 16-bit
+    weights under 16-bit autocast). Returns (torch dtype, cache implementation or None)."""
+    import torch
+
+    dtype = p.get("model_dtype") or "auto"
+    if dtype == "auto":
+        dtype = "bfloat16" if precision == "bf16" and not on_cpu else "float32"
+    cache = p.get("cache_implementation") or "auto"
+    if cache == "auto":
+        cache = "static" if dtype == "bfloat16" and not on_cpu else "dynamic"
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype], (None if cache == "dynamic" else cache)
+
+
 def generation_batch(p: dict) -> int | None:
     """Completions generated together across all processes. 0 (default) = one optimisation step's
     worth (per-device batch x processes x accumulation): every step trains on completions from the
@@ -101,8 +116,10 @@ def main() -> None:
     weights = [float(p[f"reward_{n}_weight"]) for n in names]
     precision = cfg["mixed_precision"]
     gen_batch = generation_batch(p)
+    dtype, cache = weights_and_cache(p, precision, on_cpu)
     if state.is_main_process:
-        engine = "vLLM (colocate)" if p.get("use_vllm") else f"transformers generate ({p['cache_implementation']} cache)"
+        engine = ("vLLM (colocate)" if p.get("use_vllm") else
+                  f"transformers generate ({cache or 'dynamic'} cache, {str(dtype).split('.')[-1]} weights)")
         per_gen = gen_batch or (p["per_device_train_batch_size"] * state.num_processes
                                 * p["gradient_accumulation_steps"])
         print(f"[tlab] rewards {dict(zip(names, weights))}; generation: {engine}, "
@@ -112,8 +129,8 @@ def main() -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
     extra = {}
-    if p.get("cache_implementation") and p["cache_implementation"] != "dynamic":
-        extra["cache_implementation"] = p["cache_implementation"]
+    if cache and not p.get("use_vllm"):
+        extra["cache_implementation"] = cache
     if p.get("use_vllm"):
         extra.update(use_vllm=True, vllm_mode="colocate")
     args = GRPOConfig(
@@ -121,7 +138,7 @@ def main() -> None:
         use_cpu=on_cpu,
         report_to=[] if report_to == "none" else [report_to],
         run_name=cfg.get("name") or job_dir.name,
-        model_init_kwargs={"dtype": common.model_dtype(precision, use_lora=False)},
+        model_init_kwargs={"dtype": dtype},
         reward_weights=weights,
         generation_batch_size=gen_batch,
         save_strategy="steps",
