@@ -159,6 +159,10 @@ def main() -> None:
         callbacks=[common.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
             p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]))],
     )
+    if cache == "static" and hasattr(trainer, "generation_config"):
+        # TRL builds its generation config with disable_compile=True; the static cache pays off
+        # only when transformers compiles the decoding step (CUDA graphs), so let it.
+        trainer.generation_config.disable_compile = False
     common.announce_strategy(trainer)
     resume = cfg.get("resume_from_checkpoint")
     if resume:
