@@ -40,9 +40,6 @@ def _sft_checks(p: dict, placement: gpus.Placement) -> list[str]:
             problems.append("`load_in_4bit` (QLoRA) needs device `cuda`: bitsandbytes 4-bit runs on CUDA GPUs")
         if importlib.util.find_spec("bitsandbytes") is None:
             problems.append("`load_in_4bit` (QLoRA) needs the bitsandbytes package: pip install bitsandbytes")
-    report_to = p.get("report_to")
-    if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
-        problems.append(f"`report_to` {report_to} needs the {report_to} package: pip install {report_to}")
     if p.get("fuse_model") and not p.get("use_lora"):
         problems.append("`fuse_model` merges a LoRA adapter: it needs `use_lora`")
     return problems
@@ -84,10 +81,14 @@ def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
             problems.append("`use_vllm` needs device `cuda`")
         if importlib.util.find_spec("vllm") is None:
             problems.append("`use_vllm` needs the vllm package (an optional extra): pip install vllm")
+    return problems
+
+
+def _logging_checks(p: dict, placement: gpus.Placement) -> list[str]:
     report_to = p.get("report_to")
     if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
-        problems.append(f"`report_to` {report_to} needs the {report_to} package: pip install {report_to}")
-    return problems
+        return [f"`report_to` {report_to} needs the {report_to} package: pip install {report_to}"]
+    return []
 
 
 PLUGIN_CHECKS = {"sft": _sft_checks, "grpo": _grpo_checks}
@@ -263,6 +264,7 @@ class Service:
             if precision == "fp16" and placement.device == "cpu":
                 problems.append("`mixed_precision` fp16 does not run on cpu; use `no` or bf16")
             problems += PLUGIN_CHECKS.get(manifest.train_type, lambda *_: [])(clean, placement)
+            problems += _logging_checks(clean, placement)
             if "distributed_strategy" in clean or "num_machines" in clean:
                 problems += _distributed_checks(clean, placement, manifest)
 

@@ -28,6 +28,27 @@ def load_config(job_dir: Path) -> dict[str, Any]:
     return json.loads((job_dir / "config.json").read_text())
 
 
+def begin(description: str, cpu_capable: bool = True):
+    """A trainer's first steps: the job folder from the command line, its config, the process
+    group (gloo on CPU), and each rank announcing itself. Returns (job_dir, config, params, state)."""
+    job_dir = parse_args(description)
+    cfg = load_config(job_dir)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cfg["device"] == "cpu") if cpu_capable else PartialState()
+    announce(state)
+    return job_dir, cfg, cfg["params"], state
+
+
+def train(trainer, cfg: dict):
+    """Say what accelerate set up, then train, from the checkpoint when the job is resumed."""
+    announce_strategy(trainer)
+    resume = cfg.get("resume_from_checkpoint")
+    if resume:
+        print(f"[tlab] resuming from {resume}", flush=True)
+    return trainer.train(resume_from_checkpoint=resume or None)
+
+
 def announce(state) -> None:
     """Every rank says who it is: the log then shows the world size really reached."""
     print(

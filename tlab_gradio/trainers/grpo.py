@@ -84,15 +84,8 @@ def generation_batch(p: dict) -> int | None:
 
 
 def main() -> None:
-    job_dir = common.parse_args(__doc__.splitlines()[0])
-    cfg = common.load_config(job_dir)
-    p = cfg["params"]
+    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0])
     on_cpu = cfg["device"] == "cpu"
-
-    from accelerate import PartialState
-
-    state = PartialState(cpu=on_cpu)
-    common.announce(state)
 
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -163,11 +156,7 @@ def main() -> None:
         # TRL builds its generation config with disable_compile=True; the static cache pays off
         # only when transformers compiles the decoding step (CUDA graphs), so let it.
         trainer.generation_config.disable_compile = False
-    common.announce_strategy(trainer)
-    resume = cfg.get("resume_from_checkpoint")
-    if resume:
-        print(f"[tlab] resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = common.train(trainer, cfg)
 
     out_dir = job_dir / "output" / p["output_name"]
     trainer.save_model(str(out_dir))  # the whole model, safetensors

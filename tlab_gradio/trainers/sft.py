@@ -48,15 +48,8 @@ def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) ->
 
 
 def main() -> None:
-    job_dir = common.parse_args(__doc__.splitlines()[0])
-    cfg = common.load_config(job_dir)
-    p = cfg["params"]
+    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0])
     on_cpu = cfg["device"] == "cpu"
-
-    from accelerate import PartialState
-
-    state = PartialState(cpu=on_cpu)
-    common.announce(state)
 
     import torch
     from transformers import AutoTokenizer
@@ -115,11 +108,7 @@ def main() -> None:
         peft_config=build_peft_config(p) if use_lora else None,
         callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
     )
-    common.announce_strategy(trainer)
-    resume = cfg.get("resume_from_checkpoint")
-    if resume:
-        print(f"[tlab] resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = common.train(trainer, cfg)
 
     out_dir = job_dir / "output" / p["adaptor_name"]
     trainer.save_model(str(out_dir))  # adapter only for LoRA; the whole model otherwise

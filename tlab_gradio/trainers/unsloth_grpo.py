@@ -19,21 +19,14 @@ from tlab_gradio.trainers import common  # noqa: E402
 
 
 def main() -> None:
-    job_dir = common.parse_args(__doc__.splitlines()[0])
-    cfg = common.load_config(job_dir)
-    p = cfg["params"]
-
     import unsloth  # noqa: F401  (first: it patches transformers and trl as it is imported)
     from unsloth import FastLanguageModel
 
-    from accelerate import PartialState
+    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0], cpu_capable=False)
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards, tiny_model
     from tlab_gradio.trainers import grpo
-
-    state = PartialState()
-    common.announce(state)
     model_path = cfg["model"]
     if cfg.get("embedded_model"):
         tiny_model.ensure(Path(model_path))
@@ -91,8 +84,7 @@ def main() -> None:
         train_dataset=dataset, callbacks=[common.MetricsCallback(job_dir, 1, completions_per_step=(
             p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
     )
-    resume = cfg.get("resume_from_checkpoint")
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = common.train(trainer, cfg)
     out_dir = job_dir / "output" / p["adaptor_name"]
     model.save_pretrained(str(out_dir))  # the LoRA adapter
     tokenizer.save_pretrained(str(out_dir))
