@@ -349,9 +349,21 @@ class Service:
         except data.DataError as exc:
             raise RequestError([str(exc)]) from None
 
+    def launch_preview(self, request: dict[str, Any]) -> dict[str, Any]:
+        """What the form shows before Start, from one check of the request: the command and the
+        memory estimate."""
+        config = self.prepare(request, check_data=False)
+        return {"command": self._command(config), "memory": self._memory(config)}
+
     def command_preview(self, request: dict[str, Any]) -> str:
         """The `accelerate launch` command Start will run (job folder and port filled in at launch)."""
-        config = self.prepare(request, check_data=False)
+        return self._command(self.prepare(request, check_data=False))
+
+    def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """GPU memory per device the job should need, next to each chosen GPU's free memory."""
+        return self._memory(self.prepare(request, check_data=False))
+
+    def _command(self, config: dict[str, Any]) -> str:
         placement = gpus.Placement(
             config["device"],
             tuple(g for g in gpus.list_gpus() if g.physical in config["gpu_ids"]),
@@ -364,9 +376,7 @@ class Service:
             argv[argv.index("--main_process_port") + 1] = "<free port>"
         return " ".join(argv)
 
-    def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """GPU memory per device the job should need, next to each chosen GPU's free memory."""
-        config = self.prepare(request, check_data=False)
+    def _memory(self, config: dict[str, Any]) -> dict[str, Any]:
         p = config["params"]
         shape = memory.Shape.from_config(config["model_config"])
         est = memory.estimate(

@@ -114,7 +114,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
             return [gr.skip()] * 13
-        job = svc.job(int(job_id))
+        job = svc.jobs.get(int(job_id)).as_dict()  # the row only: job_status reads progress and metrics
         status = svc.job_status(int(job_id))
         fresh = state.get("job") != job["id"]
         if fresh:

@@ -334,12 +334,11 @@ def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: 
     def check(*values):
         fields, params = split(values)
         try:
-            request = build_request(fields, names, params)
-            text = svc.command_preview(request)
-            est = svc.memory_estimate(request)
+            preview = svc.launch_preview(build_request(fields, names, params))
         except RequestError as exc:
             return problems_md(exc), gr.skip()
-        return '<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(est), \
+        text = preview["command"]
+        return '<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]), \
             _redact(text, svc) if hosted else text
 
     # Checked now, and again whenever a field changes: problems show while the user types.
