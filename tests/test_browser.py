@@ -70,3 +70,24 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#gpu-specs")).to_contain_text("GPU Specs (0)")
     expect(page.locator("#system-info")).to_contain_text("transformers")
     page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)
+
+
+def test_switching_plugin_rebuilds_the_form(page):
+    expect = playwright.expect
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#new-task").click()
+    expect(page.locator("#param-lora_r")).to_be_visible()
+    page.locator("#plugin input").first.click()
+    page.get_by_role("option", name="GRPO Trainer (Multi GPU)").click()
+    expect(page.locator("#param-num_generations")).to_be_visible()
+    expect(page.locator("#param-lora_r")).to_have_count(0)
+    expect(page.locator("#template")).to_contain_text("Input template (the question)")
+    expect(page.locator("#template textarea")).to_have_value("{{question}}")
+    expect(page.locator("#ds-info")).to_contain_text("360 rows")  # its own sample, previewed
+    expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+    expect(page.locator("#command-preview")).to_contain_text("grpo.py")
+    gens = page.locator("#param-num_generations input").first
+    gens.fill("3")
+    gens.press("Tab")
+    expect(page.locator("#form-checks")).to_contain_text("is not divisible by num_generations 3")
+    page.screenshot(path=str(ARTIFACTS / "train-grpo-form.png"), full_page=True)

@@ -141,8 +141,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     first = trainers[0][1] if trainers else None
     sample0 = data.SAMPLES[data.DEFAULT_SFT_SAMPLE]
 
-    refs: dict[str, Any] = {}  # components the Plugin Config section wires up when it renders
-    seed = gr.State({"plugin": first, "values": {}, "version": 0})
+    refs: dict[str, Any] = {}  # what the Plugin Config section's own fields report to when they change
+    seed = gr.State({"plugin": first, "values": {}, "version": 0})  # a preset's or a cloned job's values
+    values = gr.State({})  # the Plugin Config fields' current values, by parameter name
     with gr.Row(elem_classes="tl-toolbar"):
         new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
         preset_pick = gr.Dropdown(choices=svc.list_presets(), label="Presets", scale=2, elem_id="preset-pick",
@@ -193,13 +194,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         with gr.Group():
             gr.Markdown("### Plugin Config", elem_classes="tl-section")
             with gr.Column(elem_id="plugin-config"):
-                # The static fields are inputs (their current values) but not triggers: typing in
-                # them does not rebuild the form.
-                @gr.render(inputs=[plugin_dd, seed, name_tb, model_tb, source, sample, upload, path_tb, hub_tb,
-                                   subset_tb, split_tb, template_tb, completion_tb],
-                           triggers=[plugin_dd.change, seed.change, demo.load])
-                def plugin_config(plugin_id, seed_value, *static_values):
-                    config_section(svc, refs, hosted, plugin_id, seed_value, static_values)
+                @gr.render(inputs=[plugin_dd, seed], triggers=[plugin_dd.change, seed.change, demo.load])
+                def plugin_config(plugin_id, seed_value):
+                    config_section(svc, refs, plugin_id, seed_value)
+
+            checks = gr.Markdown(elem_id="form-checks")
+            command = gr.Code(label="Command Start will run (copy it to run the job by hand)", language="shell",
+                              interactive=False, elem_id="command-preview", visible=not hosted, max_lines=6)
 
         with gr.Row():
             preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="preset name",
@@ -213,9 +214,62 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     static = [plugin_dd, name_tb, model_tb, source, sample, upload, path_tb, hub_tb, subset_tb, split_tb,
               template_tb, completion_tb]
     form_outputs = static[:5] + [path_tb, hub_tb, subset_tb, split_tb, template_tb, completion_tb, seed]
-    refs.update(static=static, start_btn=start_btn, save_btn=save_btn,
-                preset_name=preset_name, preset_pick=preset_pick, start_msg=start_msg, form=form,
-                selected=jobs_view_parts.selected)
+
+    # --- checks, Start and presets: every listener lives here, none inside the render ------
+    def current(fields, vals):
+        """The values state, unless it still holds another plugin's fields (a check queued while the
+        plugin was being switched): then this plugin's starting values."""
+        plugin_id = fields[0]
+        if plugin_id and set(vals) != set(svc.plugin(plugin_id).parameters):
+            return initial_values(svc, plugin_id, {})
+        return vals
+
+    def check(*args):
+        *fields, vals = args
+        vals = current(fields, vals)
+        try:
+            preview = svc.launch_preview(build_request(dict(zip(STATIC_FIELDS, fields)), list(vals), list(vals.values())))
+        except RequestError as exc:
+            return problems_md(exc), gr.skip()
+        text = preview["command"]
+        return ('<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]),
+                _redact(text, svc) if hosted else text)
+
+    def set_values(plugin_id, seed_value):
+        return initial_values(svc, plugin_id, seed_value)
+
+    def start(*args):
+        *fields, vals = args
+        vals = current(fields, vals)
+        try:
+            job = svc.start_job(build_request(dict(zip(STATIC_FIELDS, fields)), list(vals), list(vals.values())))
+        except RequestError as exc:
+            gr.Warning("The job was not started: " + "; ".join(exc.problems))
+            return problems_md(exc), gr.skip(), gr.skip()
+        return (f"Started job **{job['id']}** ({html.escape(job['name'])}): {job['state']}.",
+                gr.update(visible=False), job["id"])
+
+    def save(preset, *args):
+        *fields, vals = args
+        vals = current(fields, vals)
+        try:
+            presets = svc.save_preset(preset, build_request(dict(zip(STATIC_FIELDS, fields)), list(vals),
+                                                            list(vals.values())))
+        except RequestError as exc:
+            raise gr.Error("; ".join(exc.problems), print_exception=False) from None
+        gr.Info(f"Saved preset {preset}")
+        return gr.update(choices=presets, value=preset.strip())
+
+    form_inputs = static + [values]
+    check_outputs = [checks, command]
+    refs.update(values=values, check=check, inputs=form_inputs, outputs=check_outputs)
+    gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed], values, **PRIVATE).then(
+        check, form_inputs, check_outputs, show_progress="hidden", **PRIVATE)
+    watched = [model_tb, source, sample, path_tb, hub_tb, template_tb, completion_tb]
+    gr.on([c.change for c in watched] + [upload.upload], check, form_inputs, check_outputs,
+          show_progress="hidden", **PRIVATE)
+    start_btn.click(start, form_inputs, [start_msg, form, jobs_view_parts.selected], **PRIVATE)
+    save_btn.click(save, [preset_name] + form_inputs, preset_pick, **PRIVATE)
 
     # --- dataset source and previews ------------------------------------------------
     def show_source(src):
@@ -230,27 +284,32 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     sample.input(sample_templates, sample, [template_tb, completion_tb], **PRIVATE)
 
-    def template_labels(plugin_id):
+    def template_labels(plugin_id) -> tuple[dict, dict]:
         """GRPO maps an input and a reference answer; SFT a prompt (or whole text) and a completion."""
-        grpo = plugin_id and svc.plugin(plugin_id).train_type == "grpo"
-        if grpo:
-            return (gr.update(label="Input template (the question)", info="{{column}} placeholders, e.g. {{question}}"),
-                    gr.update(label="Answer template (the reference)",
-                              info="e.g. {{answer}}; GSM8K answers: the reference is the text after ####"))
-        return (gr.update(label="Data template (the prompt, or the whole text)",
-                          info="{{column}} placeholders; empty for chat data with a `messages` column"),
-                gr.update(label="Completion template (optional)", info="With it, the loss covers only the completion"))
+        if plugin_id and svc.plugin(plugin_id).train_type == "grpo":
+            return ({"label": "Input template (the question)", "info": "{{column}} placeholders, e.g. {{question}}"},
+                    {"label": "Answer template (the reference)",
+                     "info": "e.g. {{answer}}; GSM8K answers: the reference is the text after ####"})
+        return ({"label": "Data template (the prompt, or the whole text)",
+                 "info": "{{column}} placeholders; empty for chat data with a `messages` column"},
+                {"label": "Completion template (optional)", "info": "With it, the loss covers only the completion"})
+
+    def relabel(plugin_id):
+        first_label, second_label = template_labels(plugin_id)
+        return gr.update(**first_label), gr.update(**second_label)
 
     def plugin_defaults(plugin_id):
-        """A newly picked plugin starts on its own sample data and templates."""
+        """A newly picked plugin starts on its own sample data and templates (labels included, so
+        this update and relabel agree whichever lands last)."""
         name = svc.plugin(plugin_id).sample_dataset if plugin_id else None
         if not name:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         template, completion = sample_templates(name)
-        return "Bundled sample", name, template, completion
+        first_label, second_label = template_labels(plugin_id)
+        return ("Bundled sample", name, gr.update(value=template, **first_label),
+                gr.update(value=completion, **second_label))
 
-    plugin_dd.change(template_labels, plugin_dd, [template_tb, completion_tb], **PRIVATE)
-    plugin_dd.input(plugin_defaults, plugin_dd, [source, sample, template_tb, completion_tb], **PRIVATE)
+    plugin_dd.change(relabel, plugin_dd, [template_tb, completion_tb], **PRIVATE)
 
     def preview(src, smp, up, path, hub, subset, split, template, completion):
         try:
@@ -267,6 +326,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     preview_inputs = [source, sample, upload, path_tb, hub_tb, subset_tb, split_tb, template_tb, completion_tb]
     preview_btn.click(preview, preview_inputs, [ds_info, ds_table, rendered], **PRIVATE)
+    plugin_dd.input(plugin_defaults, plugin_dd, [source, sample, template_tb, completion_tb], **PRIVATE).then(
+        preview, preview_inputs, [ds_info, ds_table, rendered], **PRIVATE)
 
     # --- open / close the form, presets, clone --------------------------------------
     def open_new(current):
@@ -303,9 +364,20 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
 
 
-def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: str | None,
-                   seed_value: dict[str, Any], static_values: tuple) -> None:
-    """The Plugin Config fields of one manifest, and the listeners that read them (check, Start, save)."""
+def initial_values(svc: Service, plugin_id: str | None, seed_value: dict[str, Any]) -> dict[str, Any]:
+    """The Plugin Config's starting values: the manifest's defaults for this machine, with a
+    preset's or a cloned job's values where the seed is for this plugin."""
+    if not plugin_id:
+        return {}
+    specs = svc.parameter_specs(svc.plugin(plugin_id))
+    seeded = seed_value.get("values", {}) if seed_value.get("plugin") == plugin_id else {}
+    return {name: seeded.get(name, spec.get("default")) for name, spec in specs.items()}
+
+
+def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, seed_value: dict[str, Any]) -> None:
+    """The Plugin Config fields of one manifest. Each field reports its value into the `values`
+    state and the form is checked again; the listeners belong to these fields alone, so they go
+    when the section is rebuilt for another plugin."""
     if not plugin_id:
         gr.Markdown("No trainer plugin is available.")
         return
@@ -315,66 +387,17 @@ def config_section(svc: Service, refs: dict[str, Any], hosted: bool, plugin_id: 
         gr.Markdown(problems_md(exc))
         return
     specs = svc.parameter_specs(manifest)
-    seeded = seed_value.get("values", {}) if seed_value.get("plugin") == plugin_id else {}
+    start_values = initial_values(svc, plugin_id, seed_value)
     version = seed_value.get("version", 0)
-    names, comps = [], []
     ordered = [n for n in DEVICE_GROUP if n in specs] + [n for n in specs if n not in DEVICE_GROUP]
-    for start in range(0, len(ordered), 4):
+    for first in range(0, len(ordered), 4):
         with gr.Row(equal_height=True):
-            for name in ordered[start:start + 4]:
-                spec = specs[name]
-                value = seeded.get(name, spec.get("default"))
+            for name in ordered[first:first + 4]:
                 # A new key per seed version: a loaded preset replaces what the fields held.
-                comps.append(param_component(name, spec, value, key=f"{plugin_id}-{name}-{version}"))
-                names.append(name)
-
-    def split(values):
-        return dict(zip(STATIC_FIELDS, values[:len(STATIC_FIELDS)])), list(values[len(STATIC_FIELDS):])
-
-    def check(*values):
-        fields, params = split(values)
-        try:
-            preview = svc.launch_preview(build_request(fields, names, params))
-        except RequestError as exc:
-            return problems_md(exc), gr.skip()
-        text = preview["command"]
-        return '<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]), \
-            _redact(text, svc) if hosted else text
-
-    # Checked now, and again whenever a field changes: problems show while the user types.
-    first_check, first_command = check(plugin_id, *static_values, *[c.value for c in comps])
-    checks = gr.Markdown(first_check, elem_id="form-checks")
-    command = gr.Code(value=first_command if isinstance(first_command, str) else None, label="Command Start will run (copy it to run the job by hand)",
-                      language="shell", interactive=False, elem_id="command-preview", visible=not hosted,
-                      max_lines=6)
-
-    def start(*values):
-        fields, params = split(values)
-        try:
-            job = svc.start_job(build_request(fields, names, params))
-        except RequestError as exc:
-            gr.Warning("The job was not started: " + "; ".join(exc.problems))
-            return problems_md(exc), gr.skip(), gr.skip()
-        return (f"Started job **{job['id']}** ({html.escape(job['name'])}): {job['state']}.",
-                gr.update(visible=False), job["id"])
-
-    def save(preset, *values):
-        fields, params = split(values)
-        try:
-            presets = svc.save_preset(preset, build_request(fields, names, params))
-        except RequestError as exc:
-            raise gr.Error("; ".join(exc.problems), print_exception=False) from None
-        gr.Info(f"Saved preset {preset}")
-        return gr.update(choices=presets, value=preset.strip())
-
-    static = refs["static"]
-    inputs = static + comps
-    outputs = [checks, command]
-    watched = [static[i] for i in (0, 2, 3, 4, 6, 7, 10, 11)]  # plugin, model, dataset fields, templates
-    for comp in comps + watched:
-        comp.change(check, inputs, outputs, show_progress="hidden", **PRIVATE)
-    refs["start_btn"].click(start, inputs, [refs["start_msg"], refs["form"], refs["selected"]], **PRIVATE)
-    refs["save_btn"].click(save, [refs["preset_name"]] + inputs, refs["preset_pick"], **PRIVATE)
+                comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}-{version}")
+                comp.change(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
+                            refs["values"], show_progress="hidden", **PRIVATE).then(
+                    refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
 
 
 def memory_md(est: dict[str, Any]) -> str:
