@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402
 import shapes  # noqa: E402
 
 COMPLETION_LEN = 512
@@ -115,28 +115,21 @@ def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overr
 
 
 def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, **params) -> dict:
-    os.environ["TLAB_HOME"] = str(home / name)
-    from tlab_gradio.service import Service
-
-    svc = Service()
-    request = {"plugin": "grpo_multi_gpu", "name": name, "model": str(model), "device": "cuda", "gpu_ids": "0",
-               "dataset": {"source": "file", "name": str(data)}, "template": "{{question}}",
-               "completion_template": "{{answer}}",
-               "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none", "system_template": "",
-                          "max_completion_length": COMPLETION_LEN, "num_generations": NUM_GENERATIONS,
-                          "reward_integer": False, "reward_strict_format": False, "reward_soft_format": False,
-                          "reward_tag_count": False, "save_steps": 100000, **params}}
-    job = svc.start_job(request)
-    done = svc.jobs.wait(job["id"], 3600)
-    if done.state != "COMPLETE":  # a failed job may have written no metrics.jsonl: report its log instead
-        return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
-    metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
-    records = [m for m in metrics if "loss" in m]  # one per optimisation step (not the final summary)
-    p = done.config["params"]
+    job = harness.plugin_job(home / name, {
+        "plugin": "grpo_multi_gpu", "name": name, "model": str(model), "device": "cuda", "gpu_ids": "0",
+        "dataset": {"source": "file", "name": str(data)}, "template": "{{question}}",
+        "completion_template": "{{answer}}",
+        "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none", "system_template": "",
+                   "max_completion_length": COMPLETION_LEN, "num_generations": NUM_GENERATIONS,
+                   "reward_integer": False, "reward_strict_format": False, "reward_soft_format": False,
+                   "reward_tag_count": False, "save_steps": 100000, **params}}, timeout=3600)
+    if "error" in job:
+        return job
+    p = job["params"]
     per_step = p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]
-    result = summarise(records, per_step, skip=warmup_steps(per_step, p.get("generation_batch_size") or None))
-    result.update(peak_gib=max(m.get("peak_memory_gb", 0) for m in records), settings=params,
-                  completions_per_step=per_step, command=" ".join(done.command))
+    result = summarise(job["records"], per_step,
+                       skip=warmup_steps(per_step, p.get("generation_batch_size") or None))
+    result.update(peak_gib=job["peak_gib"], settings=params, completions_per_step=per_step, command=job["command"])
     return result
 
 

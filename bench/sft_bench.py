@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402
 import shapes  # noqa: E402
 
 SEQ = 1024
@@ -96,23 +96,15 @@ def run_plain(name: str, model: Path, data: Path, out: Path, steps: int, **overr
 
 
 def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, **params) -> dict:
-    os.environ["TLAB_HOME"] = str(home / name)
-    from tlab_gradio.service import Service
-
-    svc = Service()
-    job = svc.start_job({"plugin": "llama_sft_multi_gpu", "name": name, "model": str(model), "device": "cuda",
-                         "gpu_ids": "0", "dataset": {"source": "file", "name": str(data)}, "template": "{{text}}",
-                         "completion_template": "",
-                         "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none",
-                                    "save_steps": 100000, "max_length": SEQ, **params}})
-    done = svc.jobs.wait(job["id"], 1800)
-    if done.state != "COMPLETE":
-        return {"error": done.reason, "log_tail": svc.job_log(job["id"], 40)}
-    metrics = [json.loads(x) for x in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
-    records = [m for m in metrics if "loss" in m]
-    result = rate(records, skip=3)
-    result.update(peak_gib=max(m.get("peak_memory_gb", 0) for m in records), settings=params,
-                  command=" ".join(done.command))
+    job = harness.plugin_job(home / name, {
+        "plugin": "llama_sft_multi_gpu", "name": name, "model": str(model), "device": "cuda", "gpu_ids": "0",
+        "dataset": {"source": "file", "name": str(data)}, "template": "{{text}}", "completion_template": "",
+        "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none", "save_steps": 100000,
+                   "max_length": SEQ, **params}}, timeout=1800)
+    if "error" in job:
+        return job
+    result = rate(job["records"], skip=3)
+    result.update(peak_gib=job["peak_gib"], settings=params, command=job["command"])
     return result
 
 

@@ -355,10 +355,6 @@ class Service:
         config = self.prepare(request, check_data=False)
         return {"command": self._command(config), "memory": self._memory(config)}
 
-    def command_preview(self, request: dict[str, Any]) -> str:
-        """The `accelerate launch` command Start will run (job folder and port filled in at launch)."""
-        return self._command(self.prepare(request, check_data=False))
-
     def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
         """GPU memory per device the job should need, next to each chosen GPU's free memory."""
         return self._memory(self.prepare(request, check_data=False))

@@ -1,0 +1,25 @@
+"""Running a plugin job the way the app does, for the benchmarks: through the service and the
+launcher, in a workspace of its own, and reading back its per-step metrics."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def plugin_job(home: Path, request: dict, timeout: float) -> dict:
+    """Start `request` through the app's service, wait, and return the per-step metric records
+    (`records`), the job's checked parameters, its command and peak GPU memory; or, for a job that
+    did not complete (it may have written no metrics), its state, reason and log tail."""
+    os.environ["TLAB_HOME"] = str(home)
+    from tlab_gradio.service import Service
+
+    svc = Service()
+    job = svc.start_job(request)
+    done = svc.jobs.wait(job["id"], timeout)
+    if done.state != "COMPLETE":
+        return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
+    metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = [m for m in metrics if "loss" in m]  # one per optimisation step, not the final summary
+    return {"records": records, "params": done.config["params"], "command": " ".join(done.command),
+            "peak_gib": max(m.get("peak_memory_gb", 0) for m in records)}
