@@ -53,6 +53,9 @@ def build(shape: str, folder: Path, seed: int = 0) -> Path:
         model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():  # the benchmark process must not keep GPU 0's memory from the jobs it launches
+        torch.cuda.empty_cache()
     return folder
 
 
