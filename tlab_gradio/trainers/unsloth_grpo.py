@@ -15,11 +15,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a plain script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+# Unsloth first, before anything imports transformers, peft or trl (common.py does): it patches
+# them as they are imported, and warns that optimisations are lost otherwise (seen on an H100).
+import unsloth  # noqa: E402,F401
+
 from tlab_gradio.trainers import common  # noqa: E402
 
 
 def main() -> None:
-    import unsloth  # noqa: F401  (first: it patches transformers and trl as it is imported)
     from unsloth import FastLanguageModel
 
     job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0], cpu_capable=False)
