@@ -1,6 +1,10 @@
 import json
+import subprocess
+import sys
 
 import pytest
+
+from conftest import REPO
 
 from tlab_gradio import data, models, tiny_model
 
@@ -32,6 +36,24 @@ def test_sample_preview_renders_its_templates():
     first = out["rows"][0]
     assert out["rendered"][0]["prompt"].startswith(f"### Instruction:\n{first['instruction']}")
     assert out["rendered"][0]["completion"] == first["output"]
+
+
+def test_bundled_samples_are_checked_without_importing_datasets():
+    """The check before launch reads a bundled sample itself: the web process importing `datasets`
+    would make the first job after a start wait over a second (2-core machine). Same answer as
+    `datasets` gives."""
+    code = ("import json, sys; from tlab_gradio import data\n"
+            "out = {n: data.check(data.parse_spec(n), data.templates_for(data.parse_spec(n), None, None))"
+            " for n in data.SAMPLES}\n"
+            "print(json.dumps({'imported': 'datasets' in sys.modules, 'checks': out}))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = json.loads(run.stdout)
+    assert out["imported"] is False
+    for name, checked in out["checks"].items():
+        loaded = data.load(data.parse_spec(name))
+        assert (checked["rows"], checked["columns"]) == (len(loaded), loaded.column_names)
+    with pytest.raises(data.DataError, match="no split 'test'"):
+        data.check(data.DatasetSpec("sample", "sft_instructions", split="test"), data.Templates("{{input}}"))
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "json", "csv", "parquet"])

@@ -20,7 +20,7 @@ TIMEOUT = 420
 
 def sft_request(**params):
     base = {"device": "cpu", "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128,
-            "gradient_checkpointing": False}
+            "gradient_checkpointing": "off"}
     return {"plugin": SFT, "name": "test", "params": {**base, **params}}
 
 

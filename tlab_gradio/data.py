@@ -8,6 +8,7 @@ reach Python objects. Used both before launch (checks, previews) and by the trai
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -220,14 +221,27 @@ def grpo_formatted(dataset, templates: Templates, system_prompt: str):
     return dataset.map(row, remove_columns=columns)
 
 
+def _sample_rows(name: str) -> list[dict[str, Any]]:
+    """A bundled sample's rows, read as the JSON lines they are."""
+    path = settings.SAMPLES_DIR / SAMPLES[name]["file"]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:
-    """Load, check the templates against the columns, and describe the data; raise DataError."""
-    dataset = load(spec)
-    columns = list(dataset.column_names)
-    if len(dataset) == 0:
+    """Load, check the templates against the columns, and describe the data; raise DataError.
+
+    A bundled sample (the default dataset) is read directly: importing `datasets` in the web
+    process costs over a second on a 2-core machine, which the first job after a start would wait."""
+    if spec.source == "sample" and spec.split in (None, "train"):
+        rows = _sample_rows(spec.name)
+        count, columns = len(rows), list(dict.fromkeys(key for row in rows for key in row))
+    else:
+        dataset = load(spec)
+        count, columns = len(dataset), list(dataset.column_names)
+    if count == 0:
         raise DataError(f"dataset {spec.label} is empty")
     templates.check(columns)
-    return {"rows": len(dataset), "columns": columns, "conversational": not templates.template.strip()}
+    return {"rows": count, "columns": columns, "conversational": not templates.template.strip()}
 
 
 def preview(spec: DatasetSpec, templates: Templates | None = None, rows: int = 3) -> dict[str, Any]:

@@ -120,3 +120,40 @@ def estimate(shape: Shape, *, processes: int, strategy: str = "ddp", precision: 
     parts = [weights, gradients, optimizer, activations, OVERHEAD_BYTES]
     return Estimate(*(round(x / GIB, 3) for x in parts), total_gb=round(sum(parts) / GIB, 3),
                     parameters=n_params, trainable_parameters=trainable)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a job fits the memory it has: activation checkpointing on or off, and the batch per device
+    split into micro-batches (micro_batch x accumulation = the batch asked for, so every optimiser step
+    still sees the same samples)."""
+
+    checkpointing: bool
+    micro_batch: int
+    accumulation: int
+    estimate: Estimate
+    budget_gb: float | None
+
+    def describe(self) -> str:
+        budget = f"{self.budget_gb:.1f} GiB available" if self.budget_gb is not None else "no GPU memory limit known"
+        return (f"activation checkpointing {'on' if self.checkpointing else 'off'}, micro-batch {self.micro_batch} x "
+                f"{self.accumulation} accumulation, about {self.estimate.total_gb:.1f} GiB estimated of {budget}")
+
+
+def plan(shape: Shape, budget_gb: float | None, *, checkpointing: str = "auto", batch: int = 1,
+         split: bool = True, **kwargs) -> Plan:
+    """The fastest settings whose estimate fits `budget_gb`: checkpointing off at the whole batch, then on,
+    then (with `split`) halved micro-batches and more accumulation. `checkpointing` "on"/"off" is kept as
+    asked; without a budget (CPU, or unknown) nothing is split and "auto" means off (recomputing costs
+    time and saves nothing there)."""
+    choices = [False, True] if checkpointing == "auto" else [checkpointing == "on"]
+    micro = batch
+    while True:
+        for ckpt in choices:
+            est = estimate(shape, batch=micro, checkpointing=ckpt, **kwargs)
+            if budget_gb is None or est.total_gb <= budget_gb:
+                return Plan(ckpt, micro, batch // micro, est, budget_gb)
+        smaller = next((m for m in range(micro // 2, 0, -1) if batch % m == 0), None) if split else None
+        if smaller is None:  # nothing left to split: the smallest plan, and the estimate says it may not fit
+            return Plan(choices[-1], micro, batch // micro, est, budget_gb)
+        micro = smaller

@@ -57,6 +57,8 @@ def validate(manifest: "Manifest", values: dict[str, Any]) -> dict[str, Any]:
                 problems.append(f"`{name}` ({param.title}) is required")
             clean[name] = None
             continue
+        if isinstance(value, bool) and param.enum and {"on", "off"} <= set(param.enum):
+            value = "on" if value else "off"  # a switch that became auto/on/off: old presets still load
         problem = check_value(param, value)
         if problem:
             problems.append(f"`{name}` ({param.title}): {problem}")

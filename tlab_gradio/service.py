@@ -42,6 +42,22 @@ def _sft_checks(p: dict, placement: gpus.Placement) -> list[str]:
             problems.append("`load_in_4bit` (QLoRA) needs the bitsandbytes package: pip install bitsandbytes")
     if p.get("fuse_model") and not p.get("use_lora"):
         problems.append("`fuse_model` merges a LoRA adapter: it needs `use_lora`")
+    if p.get("liger_kernels") == "on":
+        if placement.device != "cuda":
+            problems.append("`liger_kernels` on needs device `cuda`: Liger's kernels are Triton GPU kernels")
+        if importlib.util.find_spec("liger_kernel") is None:
+            problems.append("`liger_kernels` on needs the liger-kernel package: pip install liger-kernel")
+    if p.get("attn_implementation") == "flash_attention_2":
+        if placement.device != "cuda":
+            problems.append("`attn_implementation` flash_attention_2 needs device `cuda`")
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append("`attn_implementation` flash_attention_2 needs the flash-attn package: pip install "
+                            "flash-attn (or choose auto / flex_attention)")
+    if p.get("max_gpu_memory_gb") and placement.device == "cuda":
+        smallest = min((g.memory_total_mb / 1024 for g in placement.gpus), default=None)
+        if smallest is not None and p["max_gpu_memory_gb"] > smallest:
+            problems.append(f"`max_gpu_memory_gb` {p['max_gpu_memory_gb']:g} is more than the chosen GPU's "
+                            f"{smallest:.1f} GiB (0 uses the whole GPU)")
     return problems
 
 
@@ -375,8 +391,11 @@ class Service:
     def _memory(self, config: dict[str, Any]) -> dict[str, Any]:
         p = config["params"]
         shape = memory.Shape.from_config(config["model_config"])
-        est = memory.estimate(
-            shape, processes=config["num_processes"] * (p.get("num_machines") or 1),
+        chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in config["gpu_ids"]]
+        free = [{"index": g.index, "name": g.name, "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)}
+                for g in chosen]
+        kwargs = dict(
+            processes=config["num_processes"] * (p.get("num_machines") or 1),
             strategy=p.get("distributed_strategy") or "ddp", precision=config["mixed_precision"],
             use_lora=bool(p.get("use_lora", "lora_r" in p)),  # Unsloth is LoRA without a switch
             lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
@@ -384,13 +403,24 @@ class Service:
             batch=p.get("per_device_train_batch_size") or 1,
             seq=p.get("max_length") or ((p.get("max_prompt_length") or 0) + (p.get("max_completion_length") or 0))
             or 1024,
-            checkpointing=bool(p.get("gradient_checkpointing") or p.get("fsdp_activation_checkpointing")),
             cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")),
-        ).as_dict()
-        chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in config["gpu_ids"]]
-        est["gpus"] = [{"index": g.index, "name": g.name,
-                        "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)} for g in chosen]
-        short = [g for g in est["gpus"] if g["free_gb"] < est["total_gb"]]
+        )
+        checkpointing = p.get("gradient_checkpointing")
+        plan = None
+        if isinstance(checkpointing, str):  # "auto" / "on" / "off": the trainer plans as memory.plan does
+            budget = min(g["free_gb"] for g in free) if free else None
+            if budget is not None and p.get("max_gpu_memory_gb"):
+                budget = min(budget, p["max_gpu_memory_gb"])
+            plan = memory.plan(shape, None if budget is None else 0.9 * budget, checkpointing=checkpointing,
+                               split=not kwargs["strategy"].startswith("deepspeed"), **kwargs)
+            est = plan.estimate.as_dict()
+        else:
+            est = memory.estimate(shape, checkpointing=bool(checkpointing or p.get("fsdp_activation_checkpointing")),
+                                  **kwargs).as_dict()
+        est["gpus"] = free
+        if plan:
+            est["plan"] = plan.describe()
+        short = [g for g in free if g["free_gb"] < est["total_gb"]]
         est["fits"] = None if not chosen else not short
         est["warning"] = (f"may not fit: about {est['total_gb']:.1f} GiB per GPU needed, GPU "
                           f"{', '.join(str(g['index']) for g in short)} has "

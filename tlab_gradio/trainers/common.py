@@ -78,6 +78,22 @@ def model_dtype(precision: str, use_lora: bool):
     return torch.float32
 
 
+def gpu_memory_budget(limit_gb: float | None, state) -> float | None:
+    """GiB this process may plan for on its GPU: the free memory, or `limit_gb` when that is lower, which
+    then also caps the allocator (so a job sharing a GPU really stays inside it). 90%: the estimate
+    ignores allocator fragmentation. None on CPU."""
+    import torch
+
+    if state.device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(state.device)
+    budget = free / 2**30
+    if limit_gb:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), state.device)
+        budget = min(budget, limit_gb)
+    return 0.9 * budget
+
+
 def precision_flags(precision: str) -> dict[str, bool]:
     # Explicit both ways: TRL's configs default bf16=True, which a CPU or an old GPU can't run.
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}

@@ -16,8 +16,7 @@ if __package__ in (None, ""):  # run as a plain script: make the package importa
 from tlab_gradio.trainers import common  # noqa: E402
 
 SFT_KEYS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "packing", "lr_scheduler_type", "warmup_steps",
+    "learning_rate", "num_train_epochs", "max_steps", "max_length", "packing", "lr_scheduler_type", "warmup_steps",
     "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed",
 )
 
@@ -33,6 +32,52 @@ def build_peft_config(p: dict):
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         task_type="CAUSAL_LM",
     )
+
+
+def attention(p: dict, on_cpu: bool) -> str:
+    """The attention kernel. Packed batches are one row of many examples told apart by position ids;
+    every kernel here keeps them apart (transformers builds a per-example mask from the position ids),
+    but sdpa then computes attention over the whole packed row. flash-attn's varlen kernel and flex
+    attention's block mask skip the pairs of examples, so `auto` takes them on a GPU."""
+    import importlib.util
+
+    choice = p.get("attn_implementation") or "auto"
+    if choice != "auto":
+        return choice
+    if on_cpu or not p.get("packing"):
+        return "sdpa"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+
+
+def liger(p: dict, on_cpu: bool) -> bool:
+    import importlib.util
+
+    choice = p.get("liger_kernels") or "auto"
+    if choice == "auto":
+        return not on_cpu and importlib.util.find_spec("liger_kernel") is not None
+    return choice == "on"
+
+
+def memory_plan(model_path: str, cfg: dict, p: dict, state, use_lora: bool):
+    """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
+    from transformers import AutoConfig
+
+    from tlab_gradio import memory
+
+    shape = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
+    checkpointing = p.get("gradient_checkpointing")
+    if isinstance(checkpointing, bool):  # a config written before "auto" existed
+        checkpointing = "on" if checkpointing else "off"
+    return memory.plan(
+        shape, common.gpu_memory_budget(p.get("max_gpu_memory_gb"), state), checkpointing=checkpointing or "auto",
+        batch=p["per_device_train_batch_size"], seq=p["max_length"],
+        # DeepSpeed's config carries the form's accumulation (launcher.py): it must not change under it
+        split=not (p.get("distributed_strategy") or "ddp").startswith("deepspeed"),
+        processes=state.num_processes * (p.get("num_machines") or 1),
+        strategy=p.get("distributed_strategy") or "ddp", precision=cfg["mixed_precision"], use_lora=use_lora,
+        lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
+        load_in_4bit=bool(p.get("load_in_4bit")),
+        cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")))
 
 
 def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) -> None:
@@ -71,7 +116,7 @@ def main() -> None:
 
     precision = cfg["mixed_precision"]
     use_lora = bool(p["use_lora"])
-    model_kwargs: dict = {"dtype": common.model_dtype(precision, use_lora)}
+    model_kwargs: dict = {"dtype": common.model_dtype(precision, use_lora), "attn_implementation": attention(p, on_cpu)}
     if p.get("load_in_4bit"):
         from transformers import BitsAndBytesConfig
 
@@ -81,6 +126,13 @@ def main() -> None:
             bnb_4bit_compute_dtype=compute,
         )
         model_kwargs["device_map"] = {"": state.local_process_index}
+
+    plan = memory_plan(model_path, cfg, p, state, use_lora)
+    use_liger = liger(p, on_cpu)
+    if state.is_main_process:
+        print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
+              f"{'on' if p.get('packing') else 'off'}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
+              f"{'on' if p.get('torch_compile') else 'off'}; memory: {plan.describe()}", flush=True)
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
@@ -92,7 +144,11 @@ def main() -> None:
         model_init_kwargs=model_kwargs,
         completion_only_loss=bool(p.get("completion_only_loss")) if cfg.get("completion_template") else None,
         assistant_only_loss=bool(p.get("assistant_only_loss")) and not cfg.get("template"),
-        **common.checkpointing_kwargs(SFTConfig, bool(p.get("gradient_checkpointing")), p),
+        **common.checkpointing_kwargs(SFTConfig, plan.checkpointing, p),
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=p["gradient_accumulation_steps"] * plan.accumulation,
+        use_liger_kernel=use_liger,
+        torch_compile=bool(p.get("torch_compile")),
         ddp_find_unused_parameters=False,
         save_strategy="steps",
         logging_first_step=True,

@@ -407,6 +407,8 @@ def memory_md(est: dict[str, Any]) -> str:
     text = f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
     if est["gpus"]:
         text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
+    if est.get("plan"):
+        text += f"<br>Plan: {html.escape(est['plan'])}"
     if est.get("warning"):
         text += f'<br><span class="tl-warn">⚠ {html.escape(est["warning"])}</span>'
     return text

@@ -1,0 +1,86 @@
+"""The SFT plugin's speed settings: packing keeps examples apart, the memory plan fits the GPU it gets
+without changing the samples per step, and speed options that cannot run are refused before launch."""
+import pytest
+import torch
+
+from tlab_gradio import memory
+from tlab_gradio.service import RequestError, Service
+from tlab_gradio.trainers import sft
+
+QWEN2_05B = memory.Shape(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936, tied=True)
+FULL = dict(seq=1024, processes=1, precision="bf16")
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir):
+    """What TRL's padding-free collator hands the model (one row, position ids restarting per example,
+    no attention mask) gives every example the logits it has alone, with the kernel the plugin picks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    impl = sft.attention({"packing": True}, on_cpu=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl).eval()
+    texts = ["The first example is about packing.", "A second, longer example that must not see the first one."]
+    examples = [{"input_ids": tok(t)["input_ids"]} for t in texts]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        leaky = model(input_ids=batch["input_ids"], use_cache=False).logits[0]  # one long causal sequence
+        start = 0
+        for ex in examples:
+            alone = model(input_ids=torch.tensor([ex["input_ids"]]), use_cache=False).logits[0]
+            n = len(ex["input_ids"])
+            torch.testing.assert_close(packed[start:start + n], alone, rtol=1e-4, atol=1e-4)
+            start += n
+    second = slice(len(examples[0]["input_ids"]), start)
+    assert (leaky[second] - packed[second]).abs().max() > 1e-2  # the check above can fail
+
+
+def test_attention_choice():
+    assert sft.attention({"packing": True}, on_cpu=True) == "sdpa"
+    assert sft.attention({"packing": False}, on_cpu=False) == "sdpa"
+    assert sft.attention({"packing": True}, on_cpu=False) in ("flash_attention_2", "flex_attention")
+    assert sft.attention({"packing": True, "attn_implementation": "eager"}, on_cpu=False) == "eager"
+
+
+def test_memory_plan_fits_the_gpu_it_gets():
+    roomy = memory.plan(QWEN2_05B, 70.0, batch=8, **FULL)
+    assert (roomy.checkpointing, roomy.micro_batch, roomy.accumulation) == (False, 8, 1)
+    capped = memory.plan(QWEN2_05B, 0.9 * 24, batch=8, **FULL)  # a GPU capped to 24 GiB
+    assert capped.checkpointing and capped.micro_batch == 8 and capped.estimate.total_gb <= 0.9 * 24
+    tight = memory.plan(QWEN2_05B, 9.5, batch=8, **FULL)
+    assert tight.checkpointing and tight.micro_batch < 8 and tight.micro_batch * tight.accumulation == 8
+    assert tight.estimate.total_gb <= 9.5
+    # Asked for explicitly: kept, and the batch split instead.
+    kept = memory.plan(QWEN2_05B, 0.9 * 24, checkpointing="off", batch=8, **FULL)
+    assert not kept.checkpointing and kept.micro_batch * kept.accumulation == 8 and kept.micro_batch < 8
+    assert memory.plan(QWEN2_05B, 9.5, batch=8, split=False, **FULL).micro_batch == 8  # DeepSpeed: no split
+    cpu = memory.plan(QWEN2_05B, None, batch=8, **FULL)
+    assert (cpu.checkpointing, cpu.micro_batch) == (False, 8)
+    batch_7 = memory.plan(QWEN2_05B, 9.5, batch=7, **FULL)  # a prime batch can only split into ones
+    assert batch_7.micro_batch in (1, 7) and batch_7.micro_batch * batch_7.accumulation == 7
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"liger_kernels": "on"}, "`liger_kernels` on needs device `cuda`"),
+    ({"attn_implementation": "flash_attention_2"}, "`attn_implementation` flash_attention_2 needs device `cuda`"),
+    ({"gradient_checkpointing": "sometimes"}, "`gradient_checkpointing` (Gradient Checkpointing): 'sometimes' is not one of"),
+])
+def test_speed_options_that_cannot_run_are_refused(home, params, needle):
+    svc = Service()
+    with pytest.raises(RequestError) as info:
+        svc.start_job({"plugin": "llama_sft_multi_gpu", "device": "cpu", "params": params})
+    assert any(needle in p for p in info.value.problems), info.value.problems
+    assert svc.list_jobs() == []
+
+
+def test_old_boolean_switch_still_loads(home):
+    config = Service().prepare({"plugin": "llama_sft_multi_gpu", "device": "cpu",
+                                "params": {"gradient_checkpointing": True}})
+    assert config["params"]["gradient_checkpointing"] == "on"
+
+
+def test_the_form_shows_the_plan(home):
+    est = Service().memory_estimate({"plugin": "llama_sft_multi_gpu", "device": "cpu", "params": {}})
+    assert est["plan"].startswith("activation checkpointing off, micro-batch 8 x 1")
