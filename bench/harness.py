@@ -21,5 +21,7 @@ def plugin_job(home: Path, request: dict, timeout: float) -> dict:
         return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
     metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
     records = [m for m in metrics if "loss" in m]  # one per optimisation step, not the final summary
+    speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
     return {"records": records, "params": done.config["params"], "command": " ".join(done.command),
-            "peak_gib": max(m.get("peak_memory_gb", 0) for m in records)}
+            "peak_gib": max((m["peak_memory_gb"] for m in records if "peak_memory_gb" in m), default=None),
+            "plan": speed[0] if speed else None}

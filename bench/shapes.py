@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 SHAPES = {
+    # the CI smoke's: small enough to train a few steps on a CPU
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048, tie_word_embeddings=True),
     # Qwen2-0.5B and Qwen2-1.5B configurations
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,

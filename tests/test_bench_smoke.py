@@ -1,0 +1,21 @@
+"""The SFT benchmark must not rot: a tiny CPU run of it, plain TRL against the plugin through the
+launcher, with the figures and curves it reports on a GPU (speed itself is measured on the GPU, not here)."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_sft_bench_runs_on_cpu(tmp_path, home):
+    out = tmp_path / "sft.json"
+    subprocess.run([sys.executable, "bench/sft_bench.py", "--shape", "tiny", "--device", "cpu", "--steps", "4",
+                    "--seq", "128", "--settings", "trl_defaults,plugin", "--no-warmup", "--out", str(out)],
+                   cwd=REPO, check=True, timeout=600, capture_output=True)
+    report = json.loads(out.read_text())
+    plain, plugin = report["settings"]["trl_defaults"], report["settings"]["plugin"]
+    assert plain["tokens_per_s"] > 0 and plugin["tokens_per_s"] > 0
+    assert "accelerate launch" in plugin["command"] or "accelerate.commands.launch" in plugin["command"]
+    assert plugin["plan"].startswith("[tlab] speed: attention sdpa, packing on")
+    assert len(plugin["curve"]) == 4 and plugin["x_trl_defaults"] > 0
+    assert plugin["loss_vs_trl"]["points"] >= 1
