@@ -65,6 +65,7 @@ def test_memory_plan_fits_the_gpu_it_gets():
 @pytest.mark.parametrize("params, needle", [
     ({"liger_kernels": "on"}, "`liger_kernels` on needs device `cuda`"),
     ({"attn_implementation": "flash_attention_2"}, "`attn_implementation` flash_attention_2 needs device `cuda`"),
+    ({"attn_implementation": "flex_attention"}, "flex_attention trains on CUDA GPUs only"),
     ({"gradient_checkpointing": "sometimes"}, "`gradient_checkpointing` (Gradient Checkpointing): 'sometimes' is not one of"),
 ])
 def test_speed_options_that_cannot_run_are_refused(home, params, needle):

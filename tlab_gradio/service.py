@@ -53,6 +53,10 @@ def _sft_checks(p: dict, placement: gpus.Placement) -> list[str]:
         if importlib.util.find_spec("flash_attn") is None:
             problems.append("`attn_implementation` flash_attention_2 needs the flash-attn package: pip install "
                             "flash-attn (or choose auto / flex_attention)")
+    if p.get("attn_implementation") == "flex_attention" and placement.device != "cuda":
+        # torch raises "FlexAttention does not support backward on CPU" at the first step (seen, torch 2.13)
+        problems.append("`attn_implementation` flex_attention trains on CUDA GPUs only (PyTorch has no flex "
+                        "attention backward on CPU): use auto or sdpa on cpu")
     if p.get("max_gpu_memory_gb") and placement.device == "cuda":
         smallest = min((g.memory_total_mb / 1024 for g in placement.gpus), default=None)
         if smallest is not None and p["max_gpu_memory_gb"] > smallest:
