@@ -398,17 +398,7 @@ class Service:
         chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in config["gpu_ids"]]
         free = [{"index": g.index, "name": g.name, "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)}
                 for g in chosen]
-        kwargs = dict(
-            processes=config["num_processes"] * (p.get("num_machines") or 1),
-            strategy=p.get("distributed_strategy") or "ddp", precision=config["mixed_precision"],
-            use_lora=bool(p.get("use_lora", "lora_r" in p)),  # Unsloth is LoRA without a switch
-            lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
-            load_in_4bit=bool(p.get("load_in_4bit")),
-            batch=p.get("per_device_train_batch_size") or 1,
-            seq=p.get("max_length") or ((p.get("max_prompt_length") or 0) + (p.get("max_completion_length") or 0))
-            or 1024,
-            cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")),
-        )
+        kwargs = memory.job_kwargs(p, config["num_processes"], config["mixed_precision"])
         checkpointing = p.get("gradient_checkpointing")
         plan = None
         if isinstance(checkpointing, str):  # "auto" / "on" / "off": the trainer plans as memory.plan does

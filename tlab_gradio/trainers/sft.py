@@ -58,7 +58,7 @@ def liger(p: dict, on_cpu: bool) -> bool:
     return choice == "on"
 
 
-def memory_plan(model_path: str, cfg: dict, p: dict, state, use_lora: bool):
+def memory_plan(model_path: str, cfg: dict, p: dict, state):
     """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
     from transformers import AutoConfig
 
@@ -68,16 +68,11 @@ def memory_plan(model_path: str, cfg: dict, p: dict, state, use_lora: bool):
     checkpointing = p.get("gradient_checkpointing")
     if isinstance(checkpointing, bool):  # a config written before "auto" existed
         checkpointing = "on" if checkpointing else "off"
+    kwargs = memory.job_kwargs(p, state.num_processes // (p.get("num_machines") or 1), cfg["mixed_precision"])
     return memory.plan(
         shape, common.gpu_memory_budget(p.get("max_gpu_memory_gb"), state), checkpointing=checkpointing or "auto",
-        batch=p["per_device_train_batch_size"], seq=p["max_length"],
         # DeepSpeed's config carries the form's accumulation (launcher.py): it must not change under it
-        split=not (p.get("distributed_strategy") or "ddp").startswith("deepspeed"),
-        processes=state.num_processes * (p.get("num_machines") or 1),
-        strategy=p.get("distributed_strategy") or "ddp", precision=cfg["mixed_precision"], use_lora=use_lora,
-        lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
-        load_in_4bit=bool(p.get("load_in_4bit")),
-        cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")))
+        split=not kwargs["strategy"].startswith("deepspeed"), **kwargs)
 
 
 def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) -> None:
@@ -127,7 +122,7 @@ def main() -> None:
         )
         model_kwargs["device_map"] = {"": state.local_process_index}
 
-    plan = memory_plan(model_path, cfg, p, state, use_lora)
+    plan = memory_plan(model_path, cfg, p, state)
     use_liger = liger(p, on_cpu)
     if state.is_main_process:
         print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
