@@ -81,7 +81,8 @@ def model_dtype(precision: str, use_lora: bool):
 def gpu_memory_budget(limit_gb: float | None, state) -> float | None:
     """GiB this process may plan for on its GPU: the free memory, or `limit_gb` when that is lower, which
     then also caps the allocator (so a job sharing a GPU really stays inside it). 90%: the estimate
-    ignores allocator fragmentation. None on CPU."""
+    ignores allocator fragmentation. The smallest over all ranks, so every rank makes the same plan
+    (ranks accumulating different numbers of micro-batches would hang DDP). None on CPU."""
     import torch
 
     if state.device.type != "cuda":
@@ -91,6 +92,12 @@ def gpu_memory_budget(limit_gb: float | None, state) -> float | None:
     if limit_gb:
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), state.device)
         budget = min(budget, limit_gb)
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        smallest = torch.tensor([budget], device=state.device)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        budget = smallest.item()
     return 0.9 * budget
 
 
