@@ -22,16 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402
+
 
 def summary(svc, job_id: int, started: float) -> dict:
     job = svc.jobs.get(job_id)
-    metrics_path = job.job_dir / "metrics.jsonl"
-    records = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    records = harness.records(job.job_dir)
     steps = [r for r in records if "loss" in r or "reward" in r]  # not the end-of-training summary
     log = svc.job_log(job_id, 400)
     out = {
         "state": job.state, "reason": job.reason, "exit_code": job.exit_code, "command": " ".join(job.command or []),
-        "world_size_lines": [x for x in log if "world size" in x or "[tlab] distributed" in x],
+        "world_size_lines": harness.world_size_lines(log),
         "steps": max((r["step"] for r in records), default=0),
         "last": {k: steps[-1].get(k) for k in ("step", "loss", "reward", "tokens_per_second",
                                                 "completion_tokens_per_second")} if steps else None,

@@ -2,9 +2,20 @@
 launcher, in a workspace of its own, and reading back its per-step metrics."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+
+def records(job_dir: Path | str) -> list[dict]:
+    """Every record of a job's metrics.jsonl (none if it wrote none), read by the app's own reader."""
+    from tlab_gradio.logs import read_metrics
+
+    return read_metrics(Path(job_dir) / "metrics.jsonl")[0]
+
+
+def world_size_lines(log: list[str]) -> list[str]:
+    """The lines where each rank, then accelerate, said how many processes the job really ran on."""
+    return [x for x in log if "world size" in x or "[tlab] distributed" in x]
 
 
 def plugin_job(home: Path, request: dict, timeout: float) -> dict:
@@ -19,9 +30,8 @@ def plugin_job(home: Path, request: dict, timeout: float) -> dict:
     done = svc.jobs.wait(job["id"], timeout)
     if done.state != "COMPLETE":
         return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60)}
-    metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
-    records = [m for m in metrics if "loss" in m]  # one per optimisation step, not the final summary
+    steps = [m for m in records(done.job_dir) if "loss" in m]  # one per optimisation step, not the final summary
     speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
-    return {"records": records, "params": done.config["params"], "command": " ".join(done.command),
-            "peak_gib": max((m["peak_memory_gb"] for m in records if "peak_memory_gb" in m), default=None),
+    return {"records": steps, "params": done.config["params"], "command": " ".join(done.command),
+            "peak_gib": max((m["peak_memory_gb"] for m in steps if "peak_memory_gb" in m), default=None),
             "plan": speed[0] if speed else None}

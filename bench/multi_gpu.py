@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402
 import shapes  # noqa: E402
 from sft_bench import SEQ, data_file  # noqa: E402
 
@@ -80,11 +81,9 @@ def run_job(svc, request: dict, skip: int, timeout: float) -> dict:
     log = svc.job_log(job["id"], 2000)
     result = {"state": done.state, "command": " ".join(done.command or []), "wall_s": time.time() - started,
               "gpu_ids_requested": request["gpu_ids"], "gpu_ids_used": done.config["gpu_ids"],
-              "world_size_lines": [x for x in log if "world size" in x or "[tlab] distributed" in x],
+              "world_size_lines": harness.world_size_lines(log),
               "peak_gib_per_gpu_nvidia_smi": {str(k): round(v, 2) for k, v in sorted(mem.peak.items())}}
-    metrics_path = Path(done.job_dir) / "metrics.jsonl"
-    records = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    steps = [r for r in records if "loss" in r]
+    steps = [r for r in harness.records(done.job_dir) if "loss" in r]
     if steps:
         result["peak_gib_rank0_torch"] = max(r.get("peak_memory_gb", 0) for r in steps)
         result["world_size"] = steps[-1].get("world_size")

@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import harness  # noqa: E402
+
 WARMUP_STEPS = 2
 COMMON = {"max_steps": 10, "logging_steps": 1, "report_to": "none", "save_steps": 100000, "num_generations": 8,
           "per_device_train_batch_size": 32, "gradient_accumulation_steps": 1, "max_completion_length": 256}
@@ -76,13 +78,11 @@ def device_env(home: Path, manifest) -> list[str]:
 
 def summarise(svc, job_id: int, started: float, params: dict) -> dict:
     job = svc.jobs.get(job_id)
-    path = job.job_dir / "metrics.jsonl"
-    records = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    steps = [r for r in records if "loss" in r]  # one per optimisation step, not the final summary
+    steps = [r for r in harness.records(job.job_dir) if "loss" in r]  # one per optimisation step, not the summary
     log = svc.job_log(job_id, 400)
     out = {"state": job.state, "reason": job.reason, "exit_code": job.exit_code,
            "command": " ".join(job.command or []), "steps": max((r["step"] for r in steps), default=0),
-           "world_size_lines": [x for x in log if "world size" in x or "[tlab] distributed" in x],
+           "world_size_lines": harness.world_size_lines(log),
            "unsloth_lines": [x for x in log if "Unsloth" in x][:20],
            "peak_memory_gb": max((r.get("peak_memory_gb", 0) for r in steps), default=None),
            "wall_s": round(time.time() - started, 1), "params": params}
