@@ -165,9 +165,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seq", type=int, default=SEQ)
     ap.add_argument("--settings", default="trl_defaults,trl_best,plugin,plugin_lora,plugin_capped")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,…",
+                    help="an extra plugin setting on plain TRL's task, e.g. plugin_sdpa:attn_implementation=sdpa "
+                         "(values read as JSON where they parse); timed after the named settings")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--recompute", type=Path, metavar="JSON",
+                    help="no run: redo ratios, comparisons, table and plot of a saved result (e.g. a run its call's "
+                         "time limit stopped before the end), written to --out or in place")
     args = ap.parse_args()
+    if args.recompute:
+        results = finish(json.loads(args.recompute.read_text()))
+        out = args.out or args.recompute
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        plot(results["settings"], out)
+        print(table(results))
+        return
     SEQ = args.seq
     on_cpu = args.device == "cpu"
     import torch
@@ -192,6 +205,13 @@ def main() -> None:
                                             args.device, **same_task, max_gpu_memory_gb=24),
     }
     chosen = args.settings.split(",")
+    for spec in args.variant:
+        name, _, pairs = spec.partition(":")
+        overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        overrides = {k: _value(v) for k, v in overrides.items()}
+        settings[name] = (lambda n=name, o=overrides: run_plugin(n, model, data, work / n, args.steps, args.device,
+                                                                **{**same_task, **o}))
+        chosen.append(name)
     if on_cpu and "plugin_capped" in chosen:
         chosen.remove("plugin_capped")  # a memory cap is a GPU setting
     results = {"shape": args.shape, "device": args.device, "date": time.strftime("%Y-%m-%d"), "seq": SEQ,
@@ -221,34 +241,53 @@ def main() -> None:
         results["settings"][name] = r
         print(name, json.dumps({k: v for k, v in r.items() if k != "curve"})[:700], flush=True)
         save()
+    finish(results)
+    save()
+    plot(results["settings"], args.out)
+    print(table(results))
+
+
+def finish(results: dict) -> dict:
+    """Ratios against both plain-TRL settings, and each curve compared with theirs at equal tokens:
+    `loss_vs_trl` (defaults: one sample per row, so fewer tokens per optimiser step than packing) and
+    `loss_vs_trl_best` (packing, the same rows per step as the plugin)."""
     s = results["settings"]
-    reference = s.get("trl_defaults", {}).get("curve")
     for name, r in s.items():
         for base in ("trl_defaults", "trl_best"):
             if r.get("tokens_per_s") and s.get(base, {}).get("tokens_per_s"):
                 r[f"x_{base}"] = r["tokens_per_s"] / s[base]["tokens_per_s"]
-        if reference and r.get("curve") and name != "trl_defaults":
-            r["loss_vs_trl"] = compare(r["curve"], reference)
-    save()
-    plot(s, args.out)
-    print(table(results))
+            reference = s.get(base, {}).get("curve")
+            key = "loss_vs_trl" if base == "trl_defaults" else "loss_vs_trl_best"
+            if reference and r.get("curve") and name != base:
+                r[key] = compare(r["curve"], reference)
+    return results
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def table(results: dict) -> str:
-    rows = ["| setting | tokens/s | MFU | peak GiB | final loss | x TRL defaults | x best TRL | loss vs TRL (mean abs) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| setting | tokens/s | MFU | peak GiB | final loss | x TRL defaults | x best TRL | "
+            "loss vs TRL defaults (mean abs) | loss vs best TRL (mean abs) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results["settings"].items():
         if "error" in r:
-            rows.append(f"| {name} | error: {r['error'][:80]} | | | | | | |")
+            rows.append(f"| {name} | error: {r['error'][:80]} | | | | | | | |")
             continue
 
         def f(v, spec):
             return format(v, spec) if isinstance(v, (int, float)) else "-"
 
         cmp = (r.get("loss_vs_trl") or {}).get("mean_abs_diff")
+        cmp_best = (r.get("loss_vs_trl_best") or {}).get("mean_abs_diff")
         rows.append(f"| {name} | {f(r.get('tokens_per_s'), ',.0f')} | {f(r.get('mfu'), '.1%')} | "
                     f"{f(r.get('peak_gib'), '.1f')} | {f(r.get('final_loss'), '.3f')} | "
-                    f"{f(r.get('x_trl_defaults'), '.2f')} | {f(r.get('x_trl_best'), '.2f')} | {f(cmp, '.3f')} |")
+                    f"{f(r.get('x_trl_defaults'), '.2f')} | {f(r.get('x_trl_best'), '.2f')} | {f(cmp, '.3f')} | "
+                    f"{f(cmp_best, '.3f')} |")
     return "\n".join(rows)
 
 

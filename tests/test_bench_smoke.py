@@ -19,3 +19,14 @@ def test_sft_bench_runs_on_cpu(tmp_path, home):
     assert plugin["plan"].startswith("[tlab] speed: attention sdpa, packing on")
     assert len(plugin["curve"]) == 4 and plugin["x_trl_defaults"] > 0
     assert plugin["loss_vs_trl"]["points"] >= 1
+
+    # a run cut short by its call's time limit is finished from its JSON: ratios, comparisons, table
+    expected = plugin["x_trl_defaults"], plugin["loss_vs_trl"]
+    for r in report["settings"].values():
+        r.pop("x_trl_defaults", None), r.pop("loss_vs_trl", None)
+    out.write_text(json.dumps(report))
+    table = subprocess.run([sys.executable, "bench/sft_bench.py", "--recompute", str(out)], cwd=REPO, check=True,
+                           timeout=120, capture_output=True, text=True).stdout
+    again = json.loads(out.read_text())["settings"]["plugin"]
+    assert (again["x_trl_defaults"], again["loss_vs_trl"]) == expected
+    assert "| plugin |" in table

@@ -44,6 +44,19 @@ def test_attention_choice():
     assert sft.attention({"packing": True, "attn_implementation": "eager"}, on_cpu=False) == "eager"
 
 
+def test_liger_auto_only_where_memory_is_tight(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
+    auto = {"liger_kernels": "auto"}
+    assert sft.liger(auto, on_cpu=False, tight=True)
+    assert not sft.liger(auto, on_cpu=False, tight=False)  # measured slower with memory to spare
+    assert not sft.liger(auto, on_cpu=True, tight=True)
+    assert sft.liger({"liger_kernels": "on"}, on_cpu=False, tight=False)
+    assert not sft.liger({"liger_kernels": "off"}, on_cpu=False, tight=True)
+
+
 def test_memory_plan_fits_the_gpu_it_gets():
     roomy = memory.plan(QWEN2_05B, 70.0, batch=8, **FULL)
     assert (roomy.checkpointing, roomy.micro_batch, roomy.accumulation) == (False, 8, 1)

@@ -87,10 +87,12 @@ def gpu_memory_budget(limit_gb: float | None, state) -> float | None:
 
     if state.device.type != "cuda":
         return None
-    free, total = torch.cuda.mem_get_info(state.device)
+    # A single-process run's device is plain "cuda" (no index), which the allocator cap refuses
+    index = state.device.index if state.device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
     budget = free / 2**30
     if limit_gb:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), state.device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), index)
         budget = min(budget, limit_gb)
     if state.num_processes > 1:
         import torch.distributed as dist

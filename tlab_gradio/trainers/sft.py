@@ -49,12 +49,16 @@ def attention(p: dict, on_cpu: bool) -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
 
 
-def liger(p: dict, on_cpu: bool) -> bool:
+def liger(p: dict, on_cpu: bool, tight: bool) -> bool:
+    """Liger's RMSNorm/SwiGLU/RoPE kernels. `auto` takes them only where memory is tight (the plan turned
+    checkpointing on): they save activation memory (3 GiB of 20 at 0.5B, batch 8) but measured slower
+    where memory is ample (36k against 39k tokens/s, H100, bench/results/sft-2026-11-27-h100.json): a
+    small model's step is bound by kernel launches, and each Triton launch costs more than an ATen one."""
     import importlib.util
 
     choice = p.get("liger_kernels") or "auto"
     if choice == "auto":
-        return not on_cpu and importlib.util.find_spec("liger_kernel") is not None
+        return tight and not on_cpu and importlib.util.find_spec("liger_kernel") is not None
     return choice == "on"
 
 
@@ -123,7 +127,7 @@ def main() -> None:
         model_kwargs["device_map"] = {"": state.local_process_index}
 
     plan = memory_plan(model_path, cfg, p, state)
-    use_liger = liger(p, on_cpu)
+    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1)
     if state.is_main_process:
         print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
               f"{'on' if p.get('packing') else 'off'}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
