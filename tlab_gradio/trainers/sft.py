@@ -52,7 +52,7 @@ def attention(p: dict, on_cpu: bool) -> str:
 def liger(p: dict, on_cpu: bool, tight: bool) -> bool:
     """Liger's RMSNorm/SwiGLU/RoPE kernels. `auto` takes them only where memory is tight (the plan turned
     checkpointing on): they save activation memory (3 GiB of 20 at 0.5B, batch 8) but measured slower
-    where memory is ample (36k against 39k tokens/s, H100, bench/results/sft-2026-11-27-h100.json): a
+    where memory is ample (36k against 39k tokens/s, H100, bench/results/sft-explore-2026-11-27-h100.json): a
     small model's step is bound by kernel launches, and each Triton launch costs more than an ATen one."""
     import importlib.util
 
