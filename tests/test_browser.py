@@ -83,7 +83,8 @@ def test_switching_plugin_rebuilds_the_form(page):
     expect(page.locator("#param-lora_r")).to_have_count(0)
     expect(page.locator("#template")).to_contain_text("Input template (the question)")
     expect(page.locator("#template textarea")).to_have_value("{{question}}")
-    expect(page.locator("#ds-info")).to_contain_text("360 rows")  # its own sample, previewed
+    # its own sample, previewed (the preview reads the file: up to several seconds on a busy 2-core runner)
+    expect(page.locator("#ds-info")).to_contain_text("360 rows", timeout=15000)
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     expect(page.locator("#command-preview")).to_contain_text("grpo.py")
     gens = page.locator("#param-num_generations input").first

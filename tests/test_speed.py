@@ -98,3 +98,30 @@ def test_old_boolean_switch_still_loads(home):
 def test_the_form_shows_the_plan(home):
     est = Service().memory_estimate({"plugin": "llama_sft_multi_gpu", "device": "cpu", "params": {}})
     assert est["plan"].startswith("activation checkpointing off, micro-batch 8 x 1")
+
+
+def test_padding_free_batches_learn_what_padded_batches_learn(home):
+    """Packing off: the padding-free layout (one flat row per batch, position ids per example) sees the
+    same examples per step as padding, so every step's loss and token count are the padded run's."""
+    import json
+    from pathlib import Path
+
+    svc = Service()
+    runs = {}
+    for padding_free in (True, False):
+        job = svc.start_job({"plugin": "llama_sft_multi_gpu", "name": f"pf-{padding_free}", "params": {
+            "device": "cpu", "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128, "seed": 7,
+            "gradient_checkpointing": "off", "packing": False, "padding_free": padding_free, "max_steps": 3}})
+        done = svc.jobs.wait(job["id"], 420)
+        assert done.state == "COMPLETE", svc.job_log(job["id"], 40)
+        lines = (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()
+        runs[padding_free] = [json.loads(line) for line in lines if '"loss"' in line]
+        speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
+        assert ("packing off, padding-free" in speed[0]) == padding_free
+        layout = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] batch layout:")]
+        assert ("-> 1 x " if padding_free else "-> 4 x ") in layout[0]  # the collator really flattens
+    flat, padded = runs[True], runs[False]
+    assert len(flat) == len(padded) == 3
+    for a, b in zip(flat, padded):
+        assert a["num_tokens"] == b["num_tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

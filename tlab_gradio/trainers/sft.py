@@ -44,9 +44,14 @@ def attention(p: dict, on_cpu: bool) -> str:
     choice = p.get("attn_implementation") or "auto"
     if choice != "auto":
         return choice
-    if on_cpu or not p.get("packing"):
+    if on_cpu or not flat_rows(p):
         return "sdpa"
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+
+
+def flat_rows(p: dict) -> bool:
+    """Batches laid out as one row of examples told apart by position ids: packing, or padding-free."""
+    return bool(p.get("packing") or p.get("padding_free"))
 
 
 def liger(p: dict, on_cpu: bool, tight: bool) -> bool:
@@ -128,9 +133,10 @@ def main() -> None:
 
     plan = memory_plan(model_path, cfg, p, state)
     use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1)
+    packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
     if state.is_main_process:
         print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
-              f"{'on' if p.get('packing') else 'off'}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
+              f"{packing}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
               f"{'on' if p.get('torch_compile') else 'off'}; memory: {plan.describe()}", flush=True)
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
@@ -163,6 +169,14 @@ def main() -> None:
         peft_config=build_peft_config(p) if use_lora else None,
         callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
     )
+    if p.get("padding_free") and not p.get("packing"):
+        # TRL refuses padding_free without packing when max_length is set (it would not truncate); built
+        # with padding, the dataset is truncated in preparation, and only the collator's layout changes
+        trainer.data_collator.padding_free = True
+    if state.is_main_process:  # what the model is really fed: rows x tokens of a batch from the trainer's collator
+        sample = [trainer.train_dataset[i] for i in range(min(plan.micro_batch, len(trainer.train_dataset)))]
+        rows, tokens = trainer.data_collator(sample)["input_ids"].shape
+        print(f"[tlab] batch layout: {len(sample)} rows of the dataset -> {rows} x {tokens} tokens", flush=True)
     result = common.train(trainer, cfg)
 
     out_dir = job_dir / "output" / p["adaptor_name"]
