@@ -103,8 +103,9 @@ def test_the_form_shows_the_plan(home):
 def test_padding_free_batches_learn_what_padded_batches_learn(home):
     """Packing off: the padding-free layout (one flat row per batch, position ids per example) sees the
     same examples per step as padding, so every step's loss and token count are the padded run's."""
-    import json
     from pathlib import Path
+
+    from tlab_gradio import logs
 
     svc = Service()
     runs = {}
@@ -114,8 +115,7 @@ def test_padding_free_batches_learn_what_padded_batches_learn(home):
             "gradient_checkpointing": "off", "packing": False, "padding_free": padding_free, "max_steps": 3}})
         done = svc.jobs.wait(job["id"], 420)
         assert done.state == "COMPLETE", svc.job_log(job["id"], 40)
-        lines = (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()
-        runs[padding_free] = [json.loads(line) for line in lines if '"loss"' in line]
+        runs[padding_free] = [m for m in logs.read_metrics(Path(done.job_dir) / "metrics.jsonl")[0] if "loss" in m]
         speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
         assert ("packing off, padding-free" in speed[0]) == padding_free
         layout = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] batch layout:")]
