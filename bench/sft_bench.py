@@ -4,6 +4,7 @@
   trl_best            the best plain-TRL setting: packing (bfd), Liger kernels where installed, checkpointing off
   plugin              the SFT plugin through the app's own service and launcher, with its defaults; the
                       task matched to plain TRL's: a full fine-tune, the same learning rate, schedule and seed
+  plugin_packing      `plugin` with packing on: its fastest layout, the same rows per step as trl_best
   plugin_lora         the plugin exactly as a user gets it (LoRA), for reference
   plugin_capped       `plugin` with max_gpu_memory_gb=24: the defaults must adapt, not run out of memory
 
@@ -202,6 +203,8 @@ def main() -> None:
         "trl_best": lambda: run_plain("trl_best", model, data, work, args.steps, on_cpu, packing=True,
                                       gradient_checkpointing=False, **({"use_liger_kernel": True} if liger else {})),
         "plugin": lambda: run_plugin("plugin", model, data, work / "plugin", args.steps, args.device, **same_task),
+        "plugin_packing": lambda: run_plugin("plugin_packing", model, data, work / "plugin_packing", args.steps,
+                                             args.device, **same_task, packing=True),
         "plugin_lora": lambda: run_plugin("plugin_lora", model, data, work / "plugin_lora", args.steps, args.device),
         "plugin_capped": lambda: run_plugin("plugin_capped", model, data, work / "plugin_capped", args.steps,
                                             args.device, **same_task, max_gpu_memory_gb=24),

@@ -16,9 +16,12 @@ def test_sft_bench_runs_on_cpu(tmp_path, home):
     plain, plugin = report["settings"]["trl_defaults"], report["settings"]["plugin"]
     assert plain["tokens_per_s"] > 0 and plugin["tokens_per_s"] > 0
     assert "accelerate launch" in plugin["command"] or "accelerate.commands.launch" in plugin["command"]
-    assert plugin["plan"].startswith("[tlab] speed: attention sdpa, packing on")
+    assert plugin["plan"].startswith("[tlab] speed: attention sdpa, packing off, padding-free")
     assert len(plugin["curve"]) == 4 and plugin["x_trl_defaults"] > 0
     assert plugin["loss_vs_trl"]["points"] >= 1
+    # the defaults learn what plain TRL's defaults learn: the same examples per step, the same losses
+    assert [t for t, _ in plugin["curve"]] == [t for t, _ in plain["curve"]]
+    assert plugin["loss_vs_trl"]["max_abs_diff"] < 1e-3
 
     # a run cut short by its call's time limit is finished from its JSON: ratios, comparisons, table
     expected = plugin["x_trl_defaults"], plugin["loss_vs_trl"]

@@ -55,6 +55,18 @@ def test_liger_auto_only_where_memory_is_tight(monkeypatch):
     assert not sft.liger(auto, on_cpu=True, tight=True)
     assert sft.liger({"liger_kernels": "on"}, on_cpu=False, tight=False)
     assert not sft.liger({"liger_kernels": "off"}, on_cpu=False, tight=True)
+    assert not sft.liger(auto, on_cpu=False, tight=True, compiled=True)  # compile fuses the same operations
+
+
+def test_compile_auto_only_where_measured():
+    auto = {"torch_compile": "auto"}
+    assert sft.use_compile(auto, on_cpu=False)
+    assert sft.use_compile({**auto, "distributed_strategy": "ddp"}, on_cpu=False)
+    assert not sft.use_compile(auto, on_cpu=True)
+    assert not sft.use_compile({**auto, "load_in_4bit": True}, on_cpu=False)
+    assert not sft.use_compile({**auto, "distributed_strategy": "fsdp"}, on_cpu=False)
+    assert sft.use_compile({"torch_compile": "on"}, on_cpu=True)
+    assert not sft.use_compile({"torch_compile": False}, on_cpu=False)  # a config from before "auto"
 
 
 def test_memory_plan_fits_the_gpu_it_gets():
@@ -100,28 +112,33 @@ def test_the_form_shows_the_plan(home):
     assert est["plan"].startswith("activation checkpointing off, micro-batch 8 x 1")
 
 
-def test_padding_free_batches_learn_what_padded_batches_learn(home):
+def test_padding_free_and_compiled_batches_learn_what_padded_batches_learn(home):
     """Packing off: the padding-free layout (one flat row per batch, position ids per example) sees the
-    same examples per step as padding, so every step's loss and token count are the padded run's."""
+    same examples per step as padding, so every step's loss and token count are the padded run's; and
+    compiled decoder layers (with activation checkpointing recomputing through them) change nothing either."""
     from pathlib import Path
 
     from tlab_gradio import logs
 
     svc = Service()
     runs = {}
-    for padding_free in (True, False):
-        job = svc.start_job({"plugin": "llama_sft_multi_gpu", "name": f"pf-{padding_free}", "params": {
+    for name, padding_free, compiled in (("flat", True, False), ("padded", False, False), ("compiled", True, True)):
+        job = svc.start_job({"plugin": "llama_sft_multi_gpu", "name": name, "params": {
             "device": "cpu", "logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128, "seed": 7,
-            "gradient_checkpointing": "off", "packing": False, "padding_free": padding_free, "max_steps": 3}})
+            "gradient_checkpointing": "on" if compiled else "off", "packing": False, "padding_free": padding_free,
+            "torch_compile": "on" if compiled else "auto", "max_steps": 3}})
         done = svc.jobs.wait(job["id"], 420)
         assert done.state == "COMPLETE", svc.job_log(job["id"], 40)
-        runs[padding_free] = [m for m in logs.read_metrics(Path(done.job_dir) / "metrics.jsonl")[0] if "loss" in m]
-        speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
+        runs[name] = [m for m in logs.read_metrics(Path(done.job_dir) / "metrics.jsonl")[0] if "loss" in m]
+        log = svc.job_log(job["id"], 400)
+        speed = [line for line in log if line.startswith("[tlab] speed:")]
         assert ("packing off, padding-free" in speed[0]) == padding_free
-        layout = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] batch layout:")]
+        assert ("torch.compile on" in speed[0]) == compiled  # auto: off on a CPU
+        layout = [line for line in log if line.startswith("[tlab] batch layout:")]
         assert ("-> 1 x " if padding_free else "-> 4 x ") in layout[0]  # the collator really flattens
-    flat, padded = runs[True], runs[False]
-    assert len(flat) == len(padded) == 3
-    for a, b in zip(flat, padded):
-        assert a["num_tokens"] == b["num_tokens"]
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert any(line.startswith("[tlab] torch.compile: 2 decoder layers") for line in log) == compiled
+    for other in ("padded", "compiled"):
+        assert len(runs["flat"]) == len(runs[other]) == 3
+        for a, b in zip(runs["flat"], runs[other]):
+            assert a["num_tokens"] == b["num_tokens"]
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

@@ -103,6 +103,19 @@ def gpu_memory_budget(limit_gb: float | None, state) -> float | None:
     return 0.9 * budget
 
 
+def compile_layers(model, **compile_kwargs) -> int:
+    """torch.compile each decoder layer in place (the model's `_no_split_modules` names its layer class):
+    the layers share one compiled graph, so it compiles once for the whole stack, in seconds instead of the
+    minutes a whole-model compile takes, and the step launches a few fused kernels per layer instead of
+    dozens of small ones. In place, so the Trainer, DDP, PEFT and saving see the same module tree.
+    Returns how many layers were compiled."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        layer.compile(**compile_kwargs)
+    return len(layers)
+
+
 def precision_flags(precision: str) -> dict[str, bool]:
     # Explicit both ways: TRL's configs default bf16=True, which a CPU or an old GPU can't run.
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}

@@ -54,17 +54,33 @@ def flat_rows(p: dict) -> bool:
     return bool(p.get("packing") or p.get("padding_free"))
 
 
-def liger(p: dict, on_cpu: bool, tight: bool) -> bool:
+def liger(p: dict, on_cpu: bool, tight: bool, compiled: bool = False) -> bool:
     """Liger's RMSNorm/SwiGLU/RoPE kernels. `auto` takes them only where memory is tight (the plan turned
     checkpointing on): they save activation memory (3 GiB of 20 at 0.5B, batch 8) but measured slower
     where memory is ample (36k against 39k tokens/s, H100, bench/results/sft-explore-2026-11-27-h100.json): a
-    small model's step is bound by kernel launches, and each Triton launch costs more than an ATen one."""
+    small model's step is bound by kernel launches, and each Triton launch costs more than an ATen one.
+    Not with compiled layers either: torch.compile fuses the same operations itself."""
     import importlib.util
 
     choice = p.get("liger_kernels") or "auto"
     if choice == "auto":
-        return tight and not on_cpu and importlib.util.find_spec("liger_kernel") is not None
+        return tight and not compiled and not on_cpu and importlib.util.find_spec("liger_kernel") is not None
     return choice == "on"
+
+
+def use_compile(p: dict, on_cpu: bool) -> bool:
+    """torch.compile of the decoder layers (common.compile_layers). `auto` takes it on CUDA GPUs under DDP or
+    one GPU: a 0.5B step there is bound by launching small kernels, and compiled layers cut it from 0.26 to
+    0.14 s padding-free, 0.21 to 0.13 s packed (H100, bench/results/sft-probe-2026-11-27-h100.json), same
+    losses. Not on CPUs (little to gain, and minutes of C++ compiling), 4-bit bases (bitsandbytes' kernels),
+    FSDP or DeepSpeed (they wrap or hook the layers' parameters; not measured)."""
+    choice = p.get("torch_compile")
+    if isinstance(choice, bool):  # a config written before "auto" existed
+        choice = "on" if choice else "off"
+    if choice in ("on", "off"):
+        return choice == "on"
+    strategy = p.get("distributed_strategy") or "ddp"
+    return not on_cpu and not p.get("load_in_4bit") and strategy == "ddp"
 
 
 def memory_plan(model_path: str, cfg: dict, p: dict, state):
@@ -132,12 +148,13 @@ def main() -> None:
         model_kwargs["device_map"] = {"": state.local_process_index}
 
     plan = memory_plan(model_path, cfg, p, state)
-    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1)
+    compiled = use_compile(p, on_cpu)
+    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled)
     packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
     if state.is_main_process:
         print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
               f"{packing}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
-              f"{'on' if p.get('torch_compile') else 'off'}; memory: {plan.describe()}", flush=True)
+              f"{'on' if compiled else 'off'}; memory: {plan.describe()}", flush=True)
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
@@ -153,7 +170,7 @@ def main() -> None:
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=p["gradient_accumulation_steps"] * plan.accumulation,
         use_liger_kernel=use_liger,
-        torch_compile=bool(p.get("torch_compile")),
+        torch_compile=False,  # the Trainer's whole-model compile takes minutes; see compile_layers below
         ddp_find_unused_parameters=False,
         save_strategy="steps",
         logging_first_step=True,
@@ -173,6 +190,10 @@ def main() -> None:
         # TRL refuses padding_free without packing when max_length is set (it would not truncate); built
         # with padding, the dataset is truncated in preparation, and only the collator's layout changes
         trainer.data_collator.padding_free = True
+    if compiled:
+        layers = common.compile_layers(trainer.model)
+        if state.is_main_process:
+            print(f"[tlab] torch.compile: {layers} decoder layers (compiled at the first step)", flush=True)
     if state.is_main_process:  # what the model is really fed: rows x tokens of a batch from the trainer's collator
         sample = [trainer.train_dataset[i] for i in range(min(plan.micro_batch, len(trainer.train_dataset)))]
         rows, tokens = trainer.data_collator(sample)["input_ids"].shape
