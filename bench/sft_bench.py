@@ -26,6 +26,7 @@ import gc
 import importlib.util
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -250,6 +251,7 @@ def main() -> None:
     save()
     plot(results["settings"], args.out)
     print(table(results))
+    shutil.rmtree(work, ignore_errors=True)  # the model and every job's folder: a warm machine keeps /tmp
 
 
 def finish(results: dict) -> dict:
@@ -307,8 +309,9 @@ def plot(settings: dict, out: Path | None) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in settings.items():
-        if r.get("curve"):
-            ax.plot([t / 1e6 for t, _ in r["curve"]], [v for _, v in r["curve"]], label=name)
+        if r.get("curve"):  # plain TRL wide and dashed under the plugin's lines: curves that match stay visible
+            style = dict(linestyle="--", linewidth=3, alpha=0.6) if name.startswith("trl") else dict(linewidth=1.2)
+            ax.plot([t / 1e6 for t, _ in r["curve"]], [v for _, v in r["curve"]], label=name, **style)
     ax.set_xlabel("tokens seen (millions)")
     ax.set_ylabel("training loss")
     ax.legend()

@@ -72,8 +72,9 @@ def use_compile(p: dict, on_cpu: bool) -> bool:
     """torch.compile of the decoder layers (common.compile_layers). `auto` takes it on CUDA GPUs under DDP or
     one GPU: a 0.5B step there is bound by launching small kernels, and compiled layers cut it from 0.26 to
     0.14 s padding-free, 0.21 to 0.13 s packed (H100, bench/results/sft-probe-2026-11-27-h100.json), same
-    losses. Not on CPUs (little to gain, and minutes of C++ compiling), 4-bit bases (bitsandbytes' kernels),
-    FSDP or DeepSpeed (they wrap or hook the layers' parameters; not measured)."""
+    losses; under DDP on 2 GPUs too (bench/results/multi-gpu-compiled-2026-11-27-h100x2.json). Not on CPUs (a
+    C++ compile at every job's start for a gain not measured there), 4-bit bases (bitsandbytes' kernels), FSDP
+    or DeepSpeed (they wrap or hook the layers' parameters; not measured)."""
     choice = p.get("torch_compile")
     if isinstance(choice, bool):  # a config written before "auto" existed
         choice = "on" if choice else "off"
