@@ -137,6 +137,13 @@ def test_padding_free_and_compiled_batches_learn_what_padded_batches_learn(home)
         layout = [line for line in log if line.startswith("[tlab] batch layout:")]
         assert ("-> 1 x " if padding_free else "-> 4 x ") in layout[0]  # the collator really flattens
         assert any(line.startswith("[tlab] torch.compile: 2 decoder layers") for line in log) == compiled
+        if compiled:  # compiled in place: the saved adapter keeps the model's own names (no `_orig_mod.`)
+            from safetensors import safe_open
+
+            saved = Path(done.job_dir) / "output" / done.config["params"]["adaptor_name"] / "adapter_model.safetensors"
+            with safe_open(str(saved), "pt") as fh:
+                keys = list(fh.keys())
+            assert keys and not any("_orig_mod" in k for k in keys), keys[:3]
     for other in ("padded", "compiled"):
         assert len(runs["flat"]) == len(runs[other]) == 3
         for a, b in zip(runs["flat"], runs[other]):
