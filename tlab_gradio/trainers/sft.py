@@ -68,6 +68,12 @@ def liger(p: dict, on_cpu: bool, tight: bool, compiled: bool = False) -> bool:
     return choice == "on"
 
 
+def switch(p: dict, key: str) -> str | None:
+    """An auto/on/off setting; a job config written before it had "auto" holds a boolean."""
+    value = p.get(key)
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 def use_compile(p: dict, on_cpu: bool) -> bool:
     """torch.compile of the decoder layers (common.compile_layers). `auto` takes it on CUDA GPUs under DDP or
     one GPU: a 0.5B step there is bound by launching small kernels, and compiled layers cut it from 0.26 to
@@ -75,9 +81,7 @@ def use_compile(p: dict, on_cpu: bool) -> bool:
     losses; under DDP on 2 GPUs too (bench/results/multi-gpu-compiled-2026-11-27-h100x2.json). Not on CPUs (a
     C++ compile at every job's start for a gain not measured there), 4-bit bases (bitsandbytes' kernels), FSDP
     or DeepSpeed (they wrap or hook the layers' parameters; not measured)."""
-    choice = p.get("torch_compile")
-    if isinstance(choice, bool):  # a config written before "auto" existed
-        choice = "on" if choice else "off"
+    choice = switch(p, "torch_compile")
     if choice in ("on", "off"):
         return choice == "on"
     strategy = p.get("distributed_strategy") or "ddp"
@@ -91,9 +95,7 @@ def memory_plan(model_path: str, cfg: dict, p: dict, state):
     from tlab_gradio import memory
 
     shape = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
-    checkpointing = p.get("gradient_checkpointing")
-    if isinstance(checkpointing, bool):  # a config written before "auto" existed
-        checkpointing = "on" if checkpointing else "off"
+    checkpointing = switch(p, "gradient_checkpointing")
     kwargs = memory.job_kwargs(p, state.num_processes // (p.get("num_machines") or 1), cfg["mixed_precision"])
     return memory.plan(
         shape, common.gpu_memory_budget(p.get("max_gpu_memory_gb"), state), checkpointing=checkpointing or "auto",
