@@ -20,6 +20,10 @@ def page(home, tmp_path, chromium):
         browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
+        # Assertions wait up to 15 s (Playwright's default is 5): CI runs browser, server and
+        # chromium's renderer on 2 cores, where one round of events took 4-8 s before the config
+        # fields stopped firing .change on mount, and can still take a few seconds.
+        playwright.expect.set_options(timeout=15_000)
         page.goto(url)
         yield page
         browser.close()
@@ -54,6 +58,16 @@ def test_train_a_job_from_the_page(page):
     steps.press("Tab")
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     expect(page.locator("#command-preview")).to_contain_text("accelerate")
+    # A dropdown and a checkbox report their values too (the fields listen to .input).
+    page.locator("#param-mixed_precision input").first.click()
+    page.get_by_role("option", name="bf16").click()
+    expect(page.locator("#command-preview")).to_contain_text("--mixed_precision bf16")
+    page.locator("#param-use_lora input").first.uncheck()
+    page.locator("#param-fuse_model input").first.check()
+    expect(page.locator("#form-checks")).to_contain_text("merges a LoRA adapter: it needs")
+    page.locator("#param-fuse_model input").first.uncheck()
+    page.locator("#param-use_lora input").first.check()
+    expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     page.screenshot(path=str(ARTIFACTS / "train-form.png"), full_page=True)
 
     page.locator("#start").click()
@@ -83,8 +97,7 @@ def test_switching_plugin_rebuilds_the_form(page):
     expect(page.locator("#param-lora_r")).to_have_count(0)
     expect(page.locator("#template")).to_contain_text("Input template (the question)")
     expect(page.locator("#template textarea")).to_have_value("{{question}}")
-    # its own sample, previewed (the preview reads the file: up to several seconds on a busy 2-core runner)
-    expect(page.locator("#ds-info")).to_contain_text("360 rows", timeout=15000)
+    expect(page.locator("#ds-info")).to_contain_text("360 rows")  # its own sample, previewed
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     expect(page.locator("#command-preview")).to_contain_text("grpo.py")
     gens = page.locator("#param-num_generations input").first

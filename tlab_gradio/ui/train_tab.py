@@ -395,7 +395,10 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
             for name in ordered[first:first + 4]:
                 # A new key per seed version: a loaded preset replaces what the fields held.
                 comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}-{version}")
-                comp.change(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
+                # .input, not .change: a rebuilt section's fields would each fire .change once as they
+                # mount (a check apiece, ~30 events per plugin switch); their values are already in
+                # the state, set with the section.
+                comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
                             refs["values"], show_progress="hidden", **PRIVATE).then(
                     refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
 
