@@ -198,7 +198,7 @@ class MetricsCallback(TrainerCallback):
         record["world_size"] = self.world_size
         peak = _peak_gpu_memory_gb()
         if peak is not None:
-            record["peak_memory_gb"] = peak
+            record["peak_memory_gb"], record["peak_reserved_gb"] = peak
         with open(self.job_dir / METRICS, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -207,12 +207,14 @@ class MetricsCallback(TrainerCallback):
             self._progress(state, done=True)
 
 
-def _peak_gpu_memory_gb() -> float | None:
+def _peak_gpu_memory_gb() -> tuple[float, float] | None:
+    """Peak memory in tensors, and peak held by PyTorch's allocator (tensors + cached blocks: what
+    nvidia-smi sees of this process, less the CUDA context, and what a memory cap limits)."""
     import torch
 
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
-    return torch.cuda.max_memory_allocated() / 2**30
+    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
 
 
 def finish(state) -> None:
