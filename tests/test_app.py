@@ -74,6 +74,8 @@ def test_a_script_trains_watches_and_stops_jobs(app_url):
     assert sft["ready"] and sft["reason"] is None
     assert sft["parameters"]["device"]["default"] == "cpu"  # this machine has no GPU
     assert sft["parameters"]["max_steps"]["type"] == "integer"
+    sections = {g["title"]: g for g in sft["parameter_groups"]}
+    assert "max_steps" in sections["Training"]["parameters"] and not sections["Speed and memory"]["open"]
 
     job = client.predict({"plugin": SFT, "name": "api-run", "device": "cpu", "cpu_processes": 2,
                           "params": {"max_steps": 3, "logging_steps": 1, "max_length": 128}},

@@ -80,3 +80,60 @@ def test_metrics_reading_skips_a_line_being_written(tmp_path):
         fh.write(' "loss": 1.0}\n')
     records, _ = logs.read_metrics(p, off)
     assert records == [{"step": 3, "loss": 1.0}]
+
+
+FAILING = """
+import os, sys, time
+import torch
+if os.environ.get("RANK") == "1":
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "79.19 GiB of which 1.50 GiB is free.")
+time.sleep(float(sys.argv[1]))  # the other rank fails later (or is stopped by the launcher first)
+try:
+    open("/surely/not/here")
+except OSError as exc:
+    raise RuntimeError("could not read the data") from exc
+"""
+
+
+def _launch(tmp_path, processes, delay):
+    """A real `accelerate launch` of failing ranks on CPU, its output as a job's log."""
+    import subprocess
+    import sys
+
+    from test_app import free_port
+
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING)
+    log = tmp_path / f"log-{processes}.txt"
+    flags = ["--multi_gpu"] if processes > 1 else ["--cpu"]
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", str(processes),
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()), str(script), str(delay)],
+                       stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False)
+    return log
+
+
+def test_a_failed_jobs_reason_is_its_first_error_not_the_launchers(tmp_path):
+    two_ranks = _launch(tmp_path, 2, 3.0)
+    text = two_ranks.read_text()
+    assert "ChildFailedError" in text  # the launcher's report comes last, and names no cause
+    reason = logs.failure(two_ranks)
+    assert reason.startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+    assert "(the GPU ran out of memory: set Gradient Checkpointing on" in reason
+
+    # One rank: an error raised from another is reported as raised (the chain's last), with no hint.
+    one = _launch(tmp_path, 1, 0)
+    assert "CalledProcessError" in one.read_text()
+    assert logs.failure(one) == "RuntimeError: could not read the data"
+
+
+def test_failure_without_a_traceback_is_none(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("loading\nstep 1\nKilled\n")
+    assert logs.failure(log) is None
+    assert logs.failure(tmp_path / "missing.txt") is None
+    long = tmp_path / "long.txt"
+    long.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: " + "x" * 1000 + "\n")
+    assert logs.failure(long) == "ValueError: " + "x" * 400 + "…"

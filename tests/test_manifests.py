@@ -52,6 +52,11 @@ BROKEN = {
     ),
     "bad_requirement": (_mutate(lambda d: d.update(requirements=["trl>>1"])), "not a valid pip requirement"),
     "no_gpu_ids": (_mutate(lambda d: d["parameters"].pop("gpu_ids")), "must declare the parameter 'gpu_ids'"),
+    "group_unknown": (_mutate(lambda d: d["parameter_groups"][0]["parameters"].append("lora_rr")),
+                      "parameter_groups 'Hardware' names parameters that do not exist: lora_rr"),
+    "group_twice": (_mutate(lambda d: d["parameter_groups"][1]["parameters"].append("device")),
+                    "parameter 'device' is in two parameter_groups: 'Hardware' and 'Training'"),
+    "group_typo_key": (_mutate(lambda d: d["parameter_groups"][0].update(opened=False)), "parameter_groups.0.opened"),
     "bad_hardware": (_mutate(lambda d: d.update(supported_hardware_architectures=["tpu"])),
                      "supported_hardware_architectures.0"),
 }
@@ -88,3 +93,20 @@ def test_readiness_names_missing_packages_and_cuda():
     assert any(r.startswith("needs pytest>=999, found pytest ") for r in reasons)
     assert "needs a CUDA GPU (none found on this machine)" in reasons
     assert manifests.readiness(manifests.load_all()[0]["llama_sft_multi_gpu"], gpu_count=0) == []
+
+
+def test_form_sections_cover_every_parameter_once():
+    """The shipped manifests group every parameter; one that names no group (a manifest from
+    elsewhere) gets the rest in one open section, in manifest order."""
+    for m in manifests.load_all()[0].values():
+        listed = [n for g in m.groups() for n in g.parameters]
+        assert sorted(listed) == sorted(m.parameters) and len(listed) == len(set(listed)), m.id
+        assert manifests.OTHER_GROUP not in [g.title for g in m.groups()], m.id
+    partial = manifests.Manifest.model_validate(_mutate(lambda d: d.update(parameter_groups=[
+        {"title": "Speed", "open": False, "parameters": ["torch_compile", "packing"]}])))
+    speed, rest = partial.groups()
+    assert (speed.title, speed.open, speed.parameters) == ("Speed", False, ["torch_compile", "packing"])
+    assert rest.title == manifests.OTHER_GROUP and rest.open
+    assert rest.parameters == [n for n in GOOD["parameters"] if n not in ("torch_compile", "packing")]
+    bare = manifests.Manifest.model_validate(_mutate(lambda d: d.pop("parameter_groups")))
+    assert [(g.title, g.parameters) for g in bare.groups()] == [(manifests.OTHER_GROUP, list(GOOD["parameters"]))]

@@ -99,6 +99,11 @@ def test_a_failing_trainer_is_failed_with_its_error_and_survives_a_restart(home,
     assert failed.state == "FAILED" and failed.exit_code not in (0, None)
     tail = "\n".join(svc.job_log(job["id"], 60))
     assert "Error" in tail and "safetensors" in tail.lower()
+    # The reason names the trainer's own error, not just an exit code or the launcher's report
+    print(failed.reason)
+    assert "safetensors" in failed.reason.lower() and "Error" in failed.reason
+    assert failed.reason.endswith(f"[exited with code {failed.exit_code}]")
+    assert "CalledProcessError" not in failed.reason and "ChildFailedError" not in failed.reason
 
     again = Service(home)  # a restarted core reads the same store
     same = again.job(job["id"])

@@ -114,6 +114,13 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code}"
 
 
+def _failure_reason(job: "Job", code: int) -> str:
+    """What a failed job's page and API say: the error its log ends on (with a hint for known causes),
+    then how the process ended."""
+    cause = logs.failure(job.log_path)
+    return f"{cause} [{_exit_reason(code)}]" if cause else _exit_reason(code)
+
+
 def _pid_runs_job(pid: int, job_dir: Path) -> bool:
     """Is `pid` alive and still our job (not a recycled pid)? Its command line names the job folder."""
     try:
@@ -247,7 +254,7 @@ class JobManager:
         elif code == 0:
             self._finish(job_id, COMPLETE, code, None)
         else:
-            self._finish(job_id, FAILED, code, _exit_reason(code))
+            self._finish(job_id, FAILED, code, _failure_reason(job, code))
 
     def _watch_adopted(self, job_id: int, pid: int) -> None:
         """A job started by an earlier app process: not our child, so poll until its group is gone."""
@@ -259,7 +266,9 @@ class JobManager:
         elif (job.job_dir / RESULT).is_file():
             self._finish(job_id, COMPLETE, None, "finished while the app was restarting")
         else:
-            self._finish(job_id, FAILED, None, "ended while the app was restarting; exit code unknown")
+            cause = logs.failure(job.log_path)
+            self._finish(job_id, FAILED, None, (cause + "; " if cause else "") +
+                         "ended while the app was restarting; exit code unknown")
 
     def _finish(self, job_id: int, state: str, code: int | None, reason: str | None) -> None:
         self._update(job_id, state=state, exit_code=code, reason=reason, finished=time.time())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,3 +80,57 @@ def read_metrics(path: Path | str, offset: int = 0) -> tuple[list[dict], int]:
     """Metric records appended after `offset`, and the new offset (for incremental charts)."""
     text, new_offset = follow(path, offset, max_bytes=1 << 62)
     return _records(text.splitlines()), new_offset
+
+
+# --- why a job failed -------------------------------------------------------------------
+_EXCEPTION = re.compile(r"^(?:\[[^\]]*\]:?\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)): ?(.*)$")
+_CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+# The launcher's own report that a rank failed: it names no cause, the rank's traceback above does.
+_LAUNCHER = ("CalledProcessError", "ChildFailedError", "SignalException")
+_HINTS = (
+    (re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.I),
+     "the GPU ran out of memory: set Gradient Checkpointing on, lower Batch Size per Device or Maximum Sequence "
+     "Length, train with LoRA (or QLoRA), or shard the model over several GPUs with FSDP"),
+    (re.compile(r"No space left on device", re.I),
+     "the disk is full: delete old jobs' checkpoints, or lower Checkpoints Kept"),
+    (re.compile(r"Address already in use|EADDRINUSE", re.I),
+     "the main process port is taken: set Main Process Port to 0 (any free port) or another port"),
+    (re.compile(r"NCCL", re.I),
+     "the GPUs could not talk to each other (NCCL): check GPU IDs to Train, and NCCL_P2P_DISABLE=1 on machines "
+     "without peer-to-peer"),
+)
+
+
+def failure(path: Path | str, lines: int = 4000) -> str | None:
+    """The error that ended a failed job, from its log: the first traceback's exception (where one
+    exception caused another, the last of that chain), with a hint where the cause is a known one.
+    None when the log holds no traceback."""
+    text = tail(path, lines)
+    found = None
+    for i, line in enumerate(text):
+        if not line.startswith("Traceback (most recent call last)"):
+            continue
+        for j in range(i + 1, len(text)):
+            match = _EXCEPTION.match(text[j])
+            if match and not text[j].startswith((" ", "\t")):
+                found = (j, match)
+                break
+        if found is None:
+            continue
+        j, match = found
+        if match.group(1).split(".")[-1] in _LAUNCHER:
+            found = None
+            continue
+        follows = next((x for x in text[j + 1:j + 40] if x.strip() and not x.startswith(" ")), "")
+        if follows.startswith(_CHAINED):  # the chain goes on: its last exception is what was raised
+            found = None
+            continue
+        break
+    if found is None:
+        return None
+    name, message = found[1].group(1), found[1].group(2).strip()
+    if len(message) > 400:
+        message = message[:400] + "…"
+    reason = f"{name}: {message}" if message else name
+    hint = next((h for pattern, h in _HINTS if pattern.search(reason)), None)
+    return f"{reason} ({hint})" if hint else reason

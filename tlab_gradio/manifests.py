@@ -69,6 +69,21 @@ class Parameter(BaseModel):
         return self
 
 
+class ParameterGroup(BaseModel):
+    """A titled section of the config form. Closed groups start collapsed (the form opens one
+    that holds a value other than its default, e.g. from a preset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1)
+    parameters: list[str] = Field(min_length=1)
+    open: bool = True
+    help: str | None = None
+
+
+OTHER_GROUP = "Other settings"
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -82,6 +97,7 @@ class Manifest(BaseModel):
     parameters: dict[str, Parameter]
     parameters_ui: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # What the app needs beyond Transformer Lab's vocabulary:
+    parameter_groups: list[ParameterGroup] = Field(default_factory=list)  # form sections, in order
     train_type: Literal["sft", "grpo"]
     trainer: str  # program file in tlab_gradio/trainers/, run by `accelerate launch`
     multi_gpu: bool
@@ -133,7 +149,28 @@ class Manifest(BaseModel):
         unknown_ui = sorted(set(self.parameters_ui) - set(self.parameters))
         if unknown_ui:
             raise ValueError(f"parameters_ui names parameters that do not exist: {', '.join(unknown_ui)}")
+        seen: dict[str, str] = {}
+        for group in self.parameter_groups:
+            unknown = [n for n in group.parameters if n not in self.parameters]
+            if unknown:
+                raise ValueError(f"parameter_groups {group.title!r} names parameters that do not exist: "
+                                 f"{', '.join(unknown)}")
+            for name in group.parameters:
+                if name in seen:
+                    raise ValueError(f"parameter {name!r} is in two parameter_groups: {seen[name]!r} and "
+                                     f"{group.title!r}")
+                seen[name] = group.title
+        titles = [g.title for g in self.parameter_groups]
+        if len(set(titles)) != len(titles) or OTHER_GROUP in titles:
+            raise ValueError(f"parameter_groups titles must be unique and not {OTHER_GROUP!r}")
         return self
+
+    def groups(self) -> list[ParameterGroup]:
+        """The form's sections: the manifest's groups, then every parameter no group names, in manifest
+        order (a manifest without groups is one open section)."""
+        named = {n for g in self.parameter_groups for n in g.parameters}
+        rest = [n for n in self.parameters if n not in named]
+        return list(self.parameter_groups) + ([ParameterGroup(title=OTHER_GROUP, parameters=rest)] if rest else [])
 
     @property
     def id(self) -> str:

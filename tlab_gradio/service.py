@@ -179,6 +179,7 @@ class Service:
                 "ready": not reasons, "reason": "; ".join(reasons) or None, "reasons": reasons,
                 "installable": bool(installer.missing(m)), "environment": m.environment,
                 "parameters": self.parameter_specs(m),
+                "parameter_groups": [g.model_dump(exclude_none=True) for g in m.groups()],  # the form's sections
             })
         rows += [{"id": Path(e.file).stem, "name": e.file, "file": e.file, "error": e.message,
                   "ready": False, "reason": f"manifest error: {e.message}", "reasons": [e.message]}

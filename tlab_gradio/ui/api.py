@@ -37,10 +37,11 @@ def register(svc: Service) -> None:
 
     @checked
     def list_plugins() -> list[dict]:
-        """Every plugin: id, name, ready, reason (why not ready), parameters (type, default, limits, help)."""
+        """Every plugin: id, name, ready, reason (why not ready), parameters (type, default, limits, help),
+        parameter_groups (the config form's sections: title, open, parameters)."""
         return [
             {k: p.get(k) for k in ("id", "name", "train_type", "description", "devices", "multi_gpu",
-                                   "ready", "reason", "parameters")}
+                                   "ready", "reason", "parameters", "parameter_groups")}
             for p in svc.plugin_list()
         ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,6 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
             extra["step"] = step
         return gr.Number(value=value, **extra, **common)
     return gr.Textbox(value="" if value is None else str(value), **common)
-
-
-DEVICE_GROUP = ("device", "gpu_ids", "cpu_processes", "mixed_precision", "distributed_strategy")
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
@@ -351,6 +349,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             f"Loaded preset **{html.escape(name)}**."]
 
     load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE)
+    # The list as it is now, not as it was when the app started (presets saved since, in any tab).
+    demo.load(lambda: gr.update(choices=svc.list_presets()), None, preset_pick, **PRIVATE)
 
     def clone(job_id, current):
         if job_id is None:
@@ -389,18 +389,32 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
     specs = svc.parameter_specs(manifest)
     start_values = initial_values(svc, plugin_id, seed_value)
     version = seed_value.get("version", 0)
-    ordered = [n for n in DEVICE_GROUP if n in specs] + [n for n in specs if n not in DEVICE_GROUP]
-    for first in range(0, len(ordered), 4):
-        with gr.Row(equal_height=True):
-            for name in ordered[first:first + 4]:
-                # A new key per seed version: a loaded preset replaces what the fields held.
-                comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}-{version}")
-                # .input, not .change: a rebuilt section's fields would each fire .change once as they
-                # mount (a check apiece, ~30 events per plugin switch); their values are already in
-                # the state, set with the section.
-                comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
-                            refs["values"], show_progress="hidden", **PRIVATE).then(
-                    refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+    for group in manifest.groups():
+        # A new key per seed version: a loaded preset replaces what the fields held (and the
+        # sections open where it changed something).
+        with gr.Accordion(group.title, open=opens(group, specs, start_values), key=f"{plugin_id}-{group.title}-{version}",
+                          elem_id="group-" + re.sub(r"[^a-z0-9]+", "-", group.title.lower()).strip("-"),
+                          elem_classes="tl-group"):
+            if group.help:
+                gr.Markdown(group.help, elem_classes="tl-muted")
+            names = group.parameters
+            for first in range(0, len(names), 4):
+                with gr.Row(equal_height=True):
+                    for name in names[first:first + 4]:
+                        comp = param_component(name, specs[name], start_values[name],
+                                               key=f"{plugin_id}-{name}-{version}")
+                        # .input, not .change: a rebuilt section's fields would each fire .change once as
+                        # they mount (a check apiece, ~30 events per plugin switch); their values are
+                        # already in the state, set with the section.
+                        comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
+                                   refs["values"], show_progress="hidden", **PRIVATE).then(
+                            refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+
+
+def opens(group: Any, specs: dict[str, dict[str, Any]], values: dict[str, Any]) -> bool:
+    """A section starts open if the manifest says so, or if it holds a value other than its default
+    (a preset's or a cloned job's): nothing that will change the run is hidden."""
+    return group.open or any(values.get(n) != specs[n].get("default") for n in group.parameters)
 
 
 def memory_md(est: dict[str, Any]) -> str:
