@@ -110,3 +110,16 @@ def test_form_sections_cover_every_parameter_once():
     assert rest.parameters == [n for n in GOOD["parameters"] if n not in ("torch_compile", "packing")]
     bare = manifests.Manifest.model_validate(_mutate(lambda d: d.pop("parameter_groups")))
     assert [(g.title, g.parameters) for g in bare.groups()] == [(manifests.OTHER_GROUP, list(GOOD["parameters"]))]
+
+
+def test_a_changed_added_or_removed_manifest_is_read_again(tmp_path):
+    shutil.copy(manifests.settings.MANIFEST_DIR / "llama_sft_multi_gpu.json", tmp_path)
+    first, _ = manifests.load_all(tmp_path)
+    assert manifests.load_all(tmp_path)[0]["llama_sft_multi_gpu"] is first["llama_sft_multi_gpu"]  # not re-read
+    renamed = _mutate(lambda d: d.update(name="Renamed SFT"))
+    (tmp_path / "llama_sft_multi_gpu.json").write_text(json.dumps(renamed, indent=4))
+    assert manifests.load_all(tmp_path)[0]["llama_sft_multi_gpu"].name == "Renamed SFT"
+    (tmp_path / "broken.json").write_text("{")
+    assert [e.file for e in manifests.load_all(tmp_path)[1]] == ["broken.json"]
+    (tmp_path / "broken.json").unlink()
+    assert manifests.load_all(tmp_path)[1] == []

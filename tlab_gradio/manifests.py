@@ -219,9 +219,28 @@ def load_manifest(path: Path) -> Manifest:
     return manifest
 
 
+_LOADED: dict[Path, tuple[tuple, dict[str, Manifest], list[ManifestError]]] = {}
+
+
 def load_all(directory: Path | None = None) -> tuple[dict[str, Manifest], list[ManifestError]]:
-    """Every manifest in the folder; a broken one is reported and the others still load."""
+    """Every manifest in the folder; a broken one is reported and the others still load. Read again
+    only when a file is added, removed or changed (the form checks every keystroke against them)."""
     directory = Path(directory or settings.manifest_dir())
+    try:
+        signature = tuple((p.name, st.st_mtime_ns, st.st_size) for p in sorted(directory.glob("*.json"))
+                          for st in [p.stat()])
+    except OSError:  # a file went away mid-listing: read the folder as it is now
+        signature = None
+    cached = _LOADED.get(directory)
+    if signature is not None and cached and cached[0] == signature:
+        return dict(cached[1]), list(cached[2])
+    plugins, errors = _load_folder(directory)
+    if signature is not None:
+        _LOADED[directory] = (signature, plugins, errors)
+    return dict(plugins), list(errors)
+
+
+def _load_folder(directory: Path) -> tuple[dict[str, Manifest], list[ManifestError]]:
     plugins: dict[str, Manifest] = {}
     errors: list[ManifestError] = []
     for path in sorted(directory.glob("*.json")):

@@ -38,21 +38,25 @@ def details(p: dict) -> str:
         f"**Needs:** {', '.join(f'`{r}`' for r in p['requirements']) or 'nothing beyond the base install'}",
         "",
         f"**Model architectures:** {', '.join(p['model_architectures'])}",
-        "",
-        "| parameter | title | type | default | limits | help |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, spec in p["parameters"].items():
-        limits = []
-        if "minimum" in spec:
-            limits.append(f"≥ {spec['minimum']}")
-        if "maximum" in spec:
-            limits.append(f"≤ {spec['maximum']}")
-        if "enum" in spec:
-            limits.append(" / ".join(map(str, spec["enum"])))
-        cells = [f"`{name}`", spec["title"], spec["type"], f"`{spec.get('default')}`", ", ".join(limits),
-                 spec.get("help", "")]
-        lines.append("| " + " | ".join(html.escape(str(c)).replace("|", "\\|") for c in cells) + " |")
+    groups = p.get("parameter_groups") or [{"title": "Parameters", "parameters": list(p["parameters"])}]
+    for group in groups:  # the config form's sections, in its order
+        closed = "" if group.get("open", True) else " <span class=\"tl-muted\">(collapsed in the form)</span>"
+        lines += ["", f"#### {html.escape(group['title'])}{closed}", "",
+                  "| parameter | title | type | default | limits | help |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name in group["parameters"]:
+            spec = p["parameters"][name]
+            limits = []
+            if "minimum" in spec:
+                limits.append(f"≥ {spec['minimum']}")
+            if "maximum" in spec:
+                limits.append(f"≤ {spec['maximum']}")
+            if "enum" in spec:
+                limits.append(" / ".join(map(str, spec["enum"])))
+            cells = [f"`{name}`", spec["title"], spec["type"], f"`{spec.get('default')}`", ", ".join(limits),
+                     spec.get("help", "")]
+            lines.append("| " + " | ".join(html.escape(str(c)).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -244,7 +244,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         except RequestError as exc:
             gr.Warning("The job was not started: " + "; ".join(exc.problems))
             return problems_md(exc), gr.skip(), gr.skip()
-        return (f"Started job **{job['id']}** ({html.escape(job['name'])}): {job['state']}.",
+        # No state here: this line stays while the job runs and ends; the job view below shows it live.
+        return (f"Started job **{job['id']}** ({html.escape(job['name'])}); its progress is below.",
                 gr.update(visible=False), job["id"])
 
     def save(preset, *args):
