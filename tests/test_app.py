@@ -13,7 +13,7 @@ from conftest import REPO
 
 SFT = "llama_sft_multi_gpu"
 ENDPOINTS = {"/list_plugins", "/start_job", "/job_status", "/job_log", "/stop_job", "/resume_job",
-             "/list_jobs", "/gpu_info", "/install_plugin"}
+             "/delete_job", "/list_jobs", "/gpu_info", "/install_plugin"}
 
 
 def free_port():
@@ -100,6 +100,14 @@ def test_a_script_trains_watches_and_stops_jobs(app_url):
     assert wait_state(client, long_job["job_id"], ("STOPPED",), timeout=60)["state"] == "STOPPED"
     assert client.predict(api_name="/gpu_info") == []
 
+    from gradio_client.exceptions import AppError
+
+    deleted = client.predict(job["job_id"], api_name="/delete_job")
+    assert deleted["deleted"] and deleted["freed_mb"] > 0  # its adapter and checkpoints went with it
+    with pytest.raises(AppError, match=f"no job with id {job['job_id']}"):
+        client.predict(job["job_id"], api_name="/job_status")
+    assert [j["job_id"] for j in client.predict(api_name="/list_jobs")] == [long_job["job_id"]]
+
 
 @pytest.mark.parametrize("request_, message", [
     ({"plugin": "nope"}, "unknown plugin 'nope'"),
@@ -140,6 +148,8 @@ def test_hosted_mode_hides_server_paths_and_local_inputs(home, tmp_path):
         assert "job_dir" not in listed[0] and str(home) not in str(listed)
         client.predict(job["job_id"], api_name="/stop_job")
         assert wait_state(client, job["job_id"], ("STOPPED",), timeout=60)["state"] == "STOPPED"
+        with pytest.raises(AppError, match="deleting jobs is turned off on this server"):
+            client.predict(job["job_id"], api_name="/delete_job")  # one visitor may not erase others' runs
     finally:
         proc.terminate()
         proc.wait(20)

@@ -103,7 +103,32 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-progress")).to_contain_text("step 4 / 4")
     expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"\[tlab\] saved to"))
     expect(page.locator("#job-files")).to_contain_text("adapter_model")
+    # The chart offers every metric the trainer logged, loss and reward first.
+    page.locator("#job-metric input").first.click()
+    expect(page.get_by_role("option", name="learning_rate")).to_be_visible()
+    expect(page.get_by_role("option", name="grad_norm")).to_be_visible()
+    page.get_by_role("option", name="learning_rate").click()
+    expect(page.locator("#job-metric input").first).to_have_value("learning_rate")
+    expect(page.locator("#job-chart")).to_be_hidden()
+    expect(page.locator("#job-metric-chart")).to_contain_text("learning_rate")  # its title names what it draws
+    expect(page.locator("#job-metric-chart")).not_to_contain_text("loss")
+    page.locator("#job-metric input").first.click()
+    page.get_by_role("option", name="loss & reward").click()
+    expect(page.locator("#job-chart")).to_be_visible()
+    expect(page.locator("#job-metric-chart")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "train-job-chart.png"), full_page=True)
     page.screenshot(path=str(ARTIFACTS / "train-job.png"), full_page=True)
+
+    # Delete asks first: dismissed, the job stays; accepted, it goes with its folder.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("#delete-job").click()
+    page.wait_for_timeout(1500)
+    expect(page.locator("#jobs-table")).to_contain_text("browser-run")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#delete-job").click()
+    expect(page.locator("#job-header")).to_contain_text("was deleted, with its folder")
+    expect(page.locator("#jobs-table")).not_to_contain_text("browser-run")
+    expect(page.locator("#job-log")).to_be_hidden()
 
     page.get_by_role("tab", name="Computer").click()
     expect(page.locator("#gpu-specs")).to_contain_text("GPU Specs (0)")

@@ -100,3 +100,35 @@ def test_time_limit_stops_a_job_with_that_reason(manager, monkeypatch):
     done = manager.wait(job.id, 15)
     assert done.state == "STOPPED"
     assert done.reason == "stopped: ran past this server's limit of 0.5 s per job"
+
+
+def test_delete_removes_a_finished_job_and_its_folder_and_refuses_an_active_one(manager):
+    running = manager.create("running", "p", config([]), [])
+    gpu_job = manager.create("gpu", "p", config(["0"]), ["0"])
+    waiting = manager.create("waiting", "p", config(["0"]), ["0"])  # queued behind `gpu`
+    for job in (running, waiting):
+        state = manager.get(job.id).state
+        with pytest.raises(JobError, match=f"job {job.id} is {state}: stop it first, then delete it"):
+            manager.delete(job.id)
+    assert manager.get(running.id).job_dir.is_dir()  # refused: nothing removed
+
+    done = manager.create("done", "p", config([], seconds=0.1), [])
+    finished = manager.wait(done.id, 10)
+    (finished.job_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    (finished.job_dir / "checkpoints" / "checkpoint-1" / "weights.bin").write_bytes(b"\0" * 4096)
+    assert manager.delete(done.id) >= 4096
+    assert not finished.job_dir.exists()
+    with pytest.raises(JobError, match=f"no job with id {done.id}"):
+        manager.get(done.id)
+    assert [j.name for j in manager.list()] == ["waiting", "gpu", "running"]
+    assert [p.name for p in manager.jobs_root.iterdir()] != [] and not list(manager.jobs_root.glob(".deleting-*"))
+
+    # A job whose stored folder lies outside the workspace's jobs/ loses its row, never that folder.
+    outside = manager.jobs_root.parent.parent / "not-a-job-folder"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    manager.stop(gpu_job.id, grace=0.5)
+    manager.wait(gpu_job.id, 10)
+    manager._update(gpu_job.id, job_dir=str(outside))
+    assert manager.delete(gpu_job.id) == 0
+    assert (outside / "keep.txt").read_text() == "keep"

@@ -12,6 +12,7 @@ results, so deleting the database loses the list, never the runs.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import threading
@@ -319,6 +320,25 @@ class JobManager:
                          reason=f"resuming from {checkpoint.name}", finished=None, pid=None)
         self._schedule()
         return self.get(job_id)
+
+    def delete(self, job_id: int) -> int:
+        """Forget a finished job and delete its folder (log, metrics, checkpoints, output); returns the
+        bytes freed. A queued or running job must be stopped first: its processes would write on."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.state not in FINISHED:
+                raise JobError(f"job {job_id} is {job.state}: stop it first, then delete it")
+            folder = job.job_dir
+            root = self.jobs_root.resolve()
+            inside = folder.is_dir() and folder.resolve().parent == root  # never a folder outside jobs/
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if inside else 0
+            if inside:  # renamed first: a crash mid-delete leaves no half folder under a live id
+                trash = root / f".deleting-{job_id}-{time.time_ns()}"
+                folder.rename(trash)
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (int(job_id),))
+        if inside:
+            shutil.rmtree(trash, ignore_errors=True)
+        return size
 
     def wait(self, job_id: int, timeout: float, until: Callable[[Job], bool] | None = None) -> Job:
         """Poll until the job is finished (or `until` holds); for scripts and tests."""

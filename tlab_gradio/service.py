@@ -498,6 +498,13 @@ class Service:
     def resume_job(self, job_id: int) -> dict[str, Any]:
         return self.jobs.resume(job_id).as_dict()
 
+    def delete_job(self, job_id: int) -> dict[str, Any]:
+        """Delete a finished job: its row in the history and its whole folder."""
+        if settings.hosted():
+            raise RequestError(["deleting jobs is turned off on this server"])
+        freed = self.jobs.delete(job_id)
+        return {"job_id": int(job_id), "deleted": True, "freed_mb": round(freed / 2**20, 1)}
+
 
 def _looks_local(text: str) -> bool:
     text = text.strip()

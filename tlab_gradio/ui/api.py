@@ -76,6 +76,12 @@ def register(svc: Service) -> None:
         return {"job_id": job["id"], "state": job["state"]}
 
     @checked
+    def delete_job(job_id: int) -> dict:
+        """Delete a finished job (COMPLETE, FAILED or STOPPED): its history entry and its folder, checkpoints
+        and output included. Returns {job_id, deleted, freed_mb}; a running job must be stopped first."""
+        return svc.delete_job(as_int(job_id))
+
+    @checked
     def list_jobs() -> list[dict]:
         """Every job, newest first: job_id, name, plugin, state, gpus, created, started, finished, reason."""
         return [job_summary(j) for j in svc.list_jobs()]
@@ -100,6 +106,6 @@ def register(svc: Service) -> None:
         row = next(p for p in svc.plugin_list() if p["id"] == plugin_id)
         return {"plugin_id": plugin_id, "ready": row["ready"], "reasons": row["reasons"], "output": "\n".join(lines)}
 
-    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, list_jobs, gpu_info,
+    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs, gpu_info,
                install_plugin):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)

@@ -1,6 +1,6 @@
-"""The jobs list and the selected job: progress, live log, loss chart, command, Stop/Resume/Clone,
-and the output files. A gr.Timer refreshes it about every second; each refresh reads only the
-log's tail and the metrics lines appended since the last one."""
+"""The jobs list and the selected job: progress, live log, a chart of any logged metric (loss and reward
+by default), command, Stop/Resume/Clone and the output files. A gr.Timer refreshes it about every second;
+each refresh reads only the log's tail and the metrics lines appended since the last one."""
 from __future__ import annotations
 
 import html
@@ -19,8 +19,10 @@ from .common import PRIVATE, checked, duration, progress_bar, state_badge, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
 LOG_LINES = 300
-CHART_SERIES = ("loss", "reward")  # GRPO adds reward; other keys stay in metrics.jsonl
-MAX_POINTS = 5000
+CHART_SERIES = ("loss", "reward")  # drawn together by default (GRPO adds reward)
+DEFAULT_CHART = "loss & reward"
+NOT_CHARTED = {"step", "epoch", "time", "world_size", "total_flos"}  # and the end-of-run train_* summary
+MAX_POINTS = 5000  # per metric
 MAX_FILES = 50
 FOLLOW_LOG_JS = """() => { const t = document.querySelector('#job-log textarea');
   if (t) { requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); } }"""
@@ -55,17 +57,43 @@ def empty_chart() -> pd.DataFrame:
                          "series": pd.Series(dtype="object")})
 
 
-def chart_frame(points: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(points[-MAX_POINTS:]) if points else empty_chart()
-
-
-def new_points(records: list[dict]) -> list[dict]:
-    out = []
+def add_points(series: dict[str, list], records: list[dict]) -> dict[str, list]:
+    """Every numeric metric of each step record, as [step, value] per metric name. A series past
+    MAX_POINTS keeps every other point: a long run's chart still starts at step 0."""
+    out = {k: list(v) for k, v in series.items()}
     for r in records:
-        for key in CHART_SERIES:
-            if isinstance(r.get(key), (int, float)):
-                out.append({"step": r["step"], "value": r[key], "series": key})
+        if not isinstance(r.get("step"), (int, float)):
+            continue
+        for key, value in r.items():
+            if key in NOT_CHARTED or key.startswith("train_") or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                points = out.setdefault(key, [])
+                points.append([r["step"], value])
+                if len(points) > MAX_POINTS:
+                    out[key] = points[::2]
     return out
+
+
+def chart_choices(series: dict[str, list]) -> list[str]:
+    """What the chart can show: loss and reward together first, then every other metric by name."""
+    return [DEFAULT_CHART] + sorted(k for k in series if k not in CHART_SERIES)
+
+
+def chart_updates(series: dict[str, list], choice: str | None) -> tuple:
+    """Loss and reward in one plot (coloured by series); any other metric in a second, uncoloured plot
+    titled with its name (a plot keeps the colour legend of the first series it drew)."""
+    choice = choice or DEFAULT_CHART
+    if choice == DEFAULT_CHART:
+        return gr.update(value=chart_frame(series, choice), visible=True), gr.update(visible=False)
+    frame = chart_frame(series, choice).drop(columns="series")
+    return gr.update(visible=False), gr.update(value=frame, title=choice, visible=True)
+
+
+def chart_frame(series: dict[str, list], choice: str | None) -> pd.DataFrame:
+    names = CHART_SERIES if choice in (None, DEFAULT_CHART) else (choice,)
+    rows = [{"step": step, "value": value, "series": name} for name in names for step, value in series.get(name, [])]
+    return pd.DataFrame(rows) if rows else empty_chart()
 
 
 def output_files(job: dict) -> list[str]:
@@ -82,7 +110,7 @@ def redact(text: str, svc: Service, hosted: bool) -> str:
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     selected = gr.State(None)
-    view = gr.State({"job": None, "offset": 0, "points": [], "state": None})
+    view = gr.State({"job": None, "offset": 0, "series": {}, "state": None})
     gr.Markdown("### Jobs", elem_classes="tl-section")
     table = gr.Dataframe(headers=LIST_HEADERS, interactive=False, wrap=True, max_height=300,
                          column_widths=["6%", "22%", "18%", "11%", "8%", "13%", "13%", "9%"], elem_id="jobs-table")
@@ -95,14 +123,20 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             resume_btn = gr.Button("Resume from last checkpoint", size="sm", visible=False,
                                    elem_id="resume-job")
             clone_btn = gr.Button("Clone into new task", size="sm", visible=False, elem_id="clone-job")
+            delete_btn = gr.Button("Delete job", size="sm", variant="secondary", visible=False, elem_id="delete-job")
         error = gr.Markdown(elem_id="job-error")
         with gr.Row(equal_height=False, visible=False) as live_row:  # shown once a job is selected
             log_box = gr.Textbox(label="Log (live tail)", lines=18, max_lines=18, autoscroll=True,
                                  interactive=False, elem_id="job-log", elem_classes="tl-log",
                                  buttons=["copy"], scale=3)
-            chart = gr.LinePlot(empty_chart(), x="step", y="value", color="series", title="Loss and reward",
-                                color_map={"loss": "#4f46e5", "reward": "#059669"}, height=380,
-                                elem_id="job-chart", x_title="step", y_title="", scale=2)
+            with gr.Column(scale=2):
+                metric = gr.Dropdown(choices=[DEFAULT_CHART], value=DEFAULT_CHART, label="Chart",
+                                     info="any metric the trainer logs", interactive=True, elem_id="job-metric")
+                chart = gr.LinePlot(empty_chart(), x="step", y="value", color="series", title="Loss and reward",
+                                    color_map={"loss": "#4f46e5", "reward": "#059669"}, height=330,
+                                    elem_id="job-chart", x_title="step", y_title="")
+                metric_chart = gr.LinePlot(empty_chart().drop(columns="series"), x="step", y="value", height=330,
+                                           visible=False, elem_id="job-metric-chart", x_title="step", y_title="")
         command = gr.Code(label="Command (rerun it by hand)", language="shell", interactive=False,
                           visible=False, elem_id="job-command", max_lines=6)
         accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
@@ -110,18 +144,21 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         files = gr.File(label="Output files", file_count="multiple", visible=False, interactive=False,
                         elem_id="job-files")
 
-    def refresh(job_id, state):
+    def refresh(job_id, state, choice):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
-            return [gr.skip()] * 13
+            return [gr.skip()] * 16
         job = svc.jobs.get(int(job_id)).as_dict()  # the row only: job_status reads progress and metrics
         status = svc.job_status(int(job_id))
         fresh = state.get("job") != job["id"]
         if fresh:
-            state = {"job": job["id"], "offset": 0, "points": [], "state": None}
+            state = {"job": job["id"], "offset": 0, "series": {}, "state": None}
+            choice = DEFAULT_CHART
         records, offset = logs.read_metrics(Path(job["job_dir"]) / "metrics.jsonl", state["offset"])
-        points = new_points(records)
-        state = {**state, "offset": offset, "points": (state["points"] + points)[-MAX_POINTS:]}
+        series = add_points(state["series"], records)
+        choices = chart_choices(series)
+        new_metrics = fresh or choices != chart_choices(state["series"])
+        state = {**state, "offset": offset, "series": series}
         changed_state = state.get("state") != job["state"]
         state["state"] = job["state"]
 
@@ -135,7 +172,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = redact("\n".join(logs.tail(Path(job["job_dir"]) / "log.txt", LOG_LINES)), svc, hosted)
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
-                chart_frame(state["points"]) if (points or fresh) else gr.skip(), state]
+                *(chart_updates(series, choice) if (records or fresh) else (gr.skip(), gr.skip())), state,
+                gr.update(choices=choices, value=choice if choice in choices else DEFAULT_CHART)
+                if new_metrics else gr.skip()]
         if fresh or changed_state:
             finished = job["state"] in FINISHED
             err = ""
@@ -149,21 +188,23 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             accel_text = accel_path.read_text() if accel_path.is_file() else ""
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
-                     gr.update(visible=True), err,
+                     gr.update(visible=True), gr.update(visible=finished and not hosted), err,
                      gr.update(value=redact(cmd, svc, hosted), visible=bool(cmd) and not hosted),
                      gr.update(value=file_list or None, visible=bool(file_list)), gr.update(visible=True),
                      gr.update(value=accel_text, visible=bool(accel_text) and not hosted)]
         else:
-            outs += [gr.skip()] * 8
+            outs += [gr.skip()] * 9
         return outs
 
-    outputs = [header, progress, log_box, chart, view, stop_btn, resume_btn, clone_btn, error, command, files,
-               live_row, accel]
+    outputs = [header, progress, log_box, chart, metric_chart, view, metric, stop_btn, resume_btn, clone_btn,
+               delete_btn, error, command, files, live_row, accel]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)
-    timer.tick(refresh, [selected, view], outputs, show_progress="hidden", **PRIVATE)
-    selected.change(refresh, [selected, view], outputs, show_progress="hidden", **PRIVATE)
+    timer.tick(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
+    selected.change(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
+    metric.input(lambda state, choice: chart_updates(state["series"], choice), [view, metric], [chart, metric_chart],
+                 show_progress="hidden", **PRIVATE)
     demo.load(lambda: job_rows(svc), None, table, **PRIVATE)
     list_timer = gr.Timer(2.0)
     list_timer.tick(lambda: job_rows(svc), None, table, show_progress="hidden", **PRIVATE)
@@ -177,4 +218,22 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
 
     stop_btn.click(checked(lambda j: svc.stop_job(int(j)) and None), selected, None, **PRIVATE)
     resume_btn.click(checked(lambda j: svc.resume_job(int(j)) and None), selected, None, **PRIVATE)
+
+    def delete(job_id, confirmed):
+        if job_id is None or not confirmed:
+            return [gr.skip()] * 14
+        out = checked(svc.delete_job)(int(job_id))
+        gr.Info(f"Deleted job {out['job_id']} ({out['freed_mb']:g} MB freed)")
+        hidden = gr.update(visible=False)
+        return ([None, f'<p class="tl-muted">Job {out["job_id"]} was deleted, with its folder '
+                       f'({out["freed_mb"]:g} MB). Select another job, or start one with <b>+ New</b>.</p>', "",
+                 {"job": None, "offset": 0, "series": {}, "state": None}, job_rows(svc), ""]
+                + [hidden] * 8)
+
+    confirmed = gr.Checkbox(visible=False)  # carries the browser's confirm() answer
+    delete_btn.click(delete, [selected, confirmed],
+                     [selected, header, progress, view, table, error, stop_btn, resume_btn, clone_btn, delete_btn,
+                      live_row, files, command, accel],
+                     js="(job, _) => [job, confirm('Delete job ' + job + ' and its folder (checkpoints and "
+                        "output included)? This cannot be undone.')]", **PRIVATE)
     return Parts(selected=selected, clone_btn=clone_btn)
