@@ -1,0 +1,18 @@
+"""Pure helpers of the page, without a browser (the browser tests drive the same paths end to end)."""
+from tlab_gradio.ui import jobs_view
+
+
+def test_every_metric_is_charted_and_a_long_run_is_thinned_not_cut():
+    records = [{"step": s, "epoch": s / 100, "time": 1.0, "loss": 5 - s / 10000, "learning_rate": 1e-4,
+                "grad_norm": 0.5, "world_size": 2, "flag": True} for s in range(1, 12001)]
+    records.append({"step": 12000, "train_loss": 4.2, "train_runtime": 99.0})  # the end-of-run summary
+    series = {}
+    for first in range(0, len(records), 1000):  # read in pieces, as the page's timer does
+        series = jobs_view.add_points(series, records[first:first + 1000])
+    assert set(series) == {"loss", "learning_rate", "grad_norm"}
+    assert all(len(points) <= jobs_view.MAX_POINTS for points in series.values())
+    assert series["loss"][0][0] == 1 and series["loss"][-1][0] > 11000  # from the start to (nearly) the end
+    assert jobs_view.chart_choices(series) == ["loss & reward", "grad_norm", "learning_rate"]
+    assert set(jobs_view.chart_frame(series, "loss & reward")["series"]) == {"loss"}
+    assert set(jobs_view.chart_frame(series, "grad_norm")["series"]) == {"grad_norm"}
+    assert jobs_view.chart_frame({}, None).empty
