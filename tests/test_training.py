@@ -160,3 +160,23 @@ def test_grpo_two_processes_with_rewards(home):
     out = Path(done.output_dir) / "tlab-grpo"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert AutoModelForCausalLM.from_pretrained(out).config.architectures == ["LlamaForCausalLM"]
+
+
+def test_the_disk_estimate_matches_what_a_full_fine_tune_writes(home):
+    """Checkpoints (weights + AdamW moments) and output of a real full fine-tune, against the form's
+    disk estimate; one checkpoint kept of two saved."""
+    svc = Service()
+    request = sft_request(max_steps=2, save_steps=1, save_total_limit=1, use_lora=False)
+    disk = svc.memory_estimate(request)["disk"]
+    assert disk["checkpoints"] == 1 and disk["free_gb"] > 0 and disk["warning"] is None
+    job = svc.jobs.wait(svc.start_job(request)["id"], TIMEOUT)
+    assert job.state == "COMPLETE", "\n".join(svc.job_log(job.id, 60))
+
+    def size(folder):
+        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e9
+
+    kept = sorted((job.job_dir / "checkpoints").glob("checkpoint-*"))
+    assert [c.name for c in kept] == ["checkpoint-2"]
+    print(size(kept[0]), disk["checkpoint_gb"], size(job.output_dir), disk["output_gb"])
+    assert 0.8 <= size(kept[0]) / disk["checkpoint_gb"] <= 1.5
+    assert 0.8 <= size(job.output_dir) / disk["output_gb"] <= 1.5

@@ -172,3 +172,31 @@ def plan(shape: Shape, budget_gb: float | None, *, checkpointing: str = "auto", 
         if smaller is None:  # nothing left to split: the smallest plan, and the estimate says it may not fit
             return Plan(choices[-1], micro, batch // micro, est, budget_gb)
         micro = smaller
+
+
+GB = 1e9  # disk sizes in decimal gigabytes, as `df -H` and file managers show them
+
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    checkpoint_gb: float
+    checkpoints: int | None  # how many are kept at once; None: every one (no limit set)
+    output_gb: float
+    total_gb: float | None  # None when the number of checkpoints is not bounded
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def disk(shape: Shape, *, use_lora: bool, trainable: int, weight_bytes: int, checkpoints: int | None,
+         fuse: bool = False) -> DiskEstimate:
+    """Disk a job writes: each checkpoint holds the trained weights (the adapter under LoRA) and
+    AdamW's two moments in the weights' precision; the output holds the model or the adapter (and,
+    fused, the merged model in 16 bits). `weight_bytes`: 4 for fp32 master weights, 2 for 16-bit."""
+    params = shape.parameters()
+    saved = trainable * (4 if use_lora else weight_bytes)
+    checkpoint = saved + trainable * 2 * (4 if use_lora else weight_bytes)
+    output = saved + (params * 2 if use_lora and fuse else 0)
+    total = None if checkpoints is None else checkpoints * checkpoint + output
+    return DiskEstimate(round(checkpoint / GB, 6), checkpoints, round(output / GB, 6),
+                        None if total is None else round(total / GB, 6))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -413,6 +414,7 @@ class Service:
             est = memory.estimate(shape, checkpointing=bool(checkpointing or p.get("fsdp_activation_checkpointing")),
                                   **kwargs).as_dict()
         est["gpus"] = free
+        est["disk"] = self._disk(shape, p, kwargs, est["trainable_parameters"], config["device"])
         if plan:
             est["plan"] = plan.describe()
         short = [g for g in free if g["free_gb"] < est["total_gb"]]
@@ -420,6 +422,26 @@ class Service:
         est["warning"] = (f"may not fit: about {est['total_gb']:.1f} GiB per GPU needed, GPU "
                           f"{', '.join(str(g['index']) for g in short)} has "
                           f"{min(g['free_gb'] for g in short):.1f} GiB free" if short else None)
+        return est
+
+    def _disk(self, shape: memory.Shape, p: dict[str, Any], kwargs: dict[str, Any], trainable: int,
+              device: str) -> dict[str, Any]:
+        """What the job will write next to the workspace disk's free space, with a warning when the
+        checkpoints and output will not fit (a full disk fails a run at its first checkpoint)."""
+        dtype = p.get("model_dtype", "auto")
+        sixteen = dtype == "bfloat16" or (dtype == "auto" and "model_dtype" in p and device == "cuda")
+        limit, every, steps = p.get("save_total_limit"), p.get("save_steps"), p.get("max_steps") or -1
+        count = limit or None
+        if steps > 0 and every:
+            saves = -(-steps // every)  # one every save_steps, and one at the end
+            count = min(count, saves) if count else saves
+        est = memory.disk(shape, use_lora=kwargs["use_lora"], trainable=trainable, weight_bytes=2 if sixteen else 4,
+                          checkpoints=count, fuse=bool(p.get("fuse_model"))).as_dict()
+        free = shutil.disk_usage(self.home).free / memory.GB
+        est["free_gb"] = round(free, 1)
+        need = est["total_gb"] if est["total_gb"] is not None else est["checkpoint_gb"] + est["output_gb"]
+        est["warning"] = (f"may not fit on disk: checkpoints and output need about {need:.1f} GB, the workspace "
+                          f"disk has {free:.1f} GB free" if need > free else None)
         return est
 
     def job(self, job_id: int) -> dict[str, Any]:
