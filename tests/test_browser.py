@@ -104,6 +104,8 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-progress")).to_contain_text("step 4 / 4")
     expect(page.locator("#job-log textarea")).to_have_value(re.compile(r"\[tlab\] saved to"))
     expect(page.locator("#job-files")).to_contain_text("adapter_model")
+    expect(page.locator("#job-files")).to_contain_text(re.compile(r"log\s*\.txt"))  # the whole log, not its tail
+    expect(page.locator("#job-files")).to_contain_text(re.compile(r"metrics\s*\.jsonl"))
     # The chart offers every metric the trainer logged, loss and reward first.
     page.locator("#job-metric input").first.click()
     expect(page.get_by_role("option", name="learning_rate")).to_be_visible()

@@ -97,9 +97,12 @@ def chart_frame(series: dict[str, list], choice: str | None) -> pd.DataFrame:
 
 
 def output_files(job: dict) -> list[str]:
+    """The job's whole log and metrics (the page shows only the log's tail), then its output."""
+    job_dir = Path(job["job_dir"])
+    records = [job_dir / name for name in ("log.txt", "metrics.jsonl") if (job_dir / name).is_file()]
     out = Path(job["output_dir"])
     files = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
-    return [str(p) for p in files[:MAX_FILES]]
+    return [str(p) for p in records + files[:MAX_FILES]]
 
 
 def redact(text: str, svc: Service, hosted: bool) -> str:
@@ -141,8 +144,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                           visible=False, elem_id="job-command", max_lines=6)
         accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
                         visible=False, elem_id="job-accelerate", max_lines=14)
-        files = gr.File(label="Output files", file_count="multiple", visible=False, interactive=False,
-                        elem_id="job-files")
+        files = gr.File(label="Log, metrics and output files", file_count="multiple", visible=False,
+                        interactive=False, elem_id="job-files")
 
     def refresh(job_id, state, choice):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
