@@ -112,25 +112,39 @@ def test_train_a_job_from_the_page(page):
     expect(page.get_by_role("option", name="grad_norm")).to_be_visible()
     page.get_by_role("option", name="learning_rate").click()
     expect(page.locator("#job-metric input").first).to_have_value("learning_rate")
-    expect(page.locator("#job-chart")).to_be_hidden()
-    expect(page.locator("#job-metric-chart")).to_contain_text("learning_rate")  # its title names what it draws
-    expect(page.locator("#job-metric-chart")).not_to_contain_text("loss")
+    chart = page.locator("#job-chart")
+    expect(chart).to_contain_text("learning_rate")  # its title, and the legend's only entry
+    expect(chart.get_by_text("loss", exact=True)).to_have_count(0)
     page.locator("#job-metric input").first.click()
     page.get_by_role("option", name="loss & reward").click()
-    expect(page.locator("#job-chart")).to_be_visible()
-    expect(page.locator("#job-metric-chart")).to_be_hidden()
-    page.screenshot(path=str(ARTIFACTS / "train-job-chart.png"), full_page=True)
+    expect(chart).to_contain_text("Loss and reward")
     page.screenshot(path=str(ARTIFACTS / "train-job.png"), full_page=True)
+
+    # Clone it into a second run, then draw both runs' loss in one chart.
+    first_id = re.search(r"job (\d+)", header.inner_text()).group(1)
+    page.locator("#clone-job").click()
+    expect(page.locator("#task-form")).to_be_visible()
+    expect(page.locator("#param-max_steps input").first).to_have_value("4")
+    page.locator("#task-name textarea, #task-name input").first.fill("browser-run-2")
+    page.locator("#start").click()
+    expect(header).to_contain_text("browser-run-2")
+    expect(header).to_contain_text("COMPLETE", timeout=300_000)
+    page.locator("#job-compare input").first.click()
+    page.get_by_role("option", name=f"{first_id} · browser-run").click()
+    expect(chart).to_contain_text(f"{first_id} · browser-run")  # the legend names both runs
+    expect(chart).to_contain_text("· browser-run-2")
+    page.screenshot(path=str(ARTIFACTS / "train-compare.png"), full_page=True)
 
     # Delete asks first: dismissed, the job stays; accepted, it goes with its folder.
     page.once("dialog", lambda dialog: dialog.dismiss())
     page.locator("#delete-job").click()
     page.wait_for_timeout(1500)
-    expect(page.locator("#jobs-table")).to_contain_text("browser-run")
+    expect(page.locator("#jobs-table")).to_contain_text("browser-run-2")
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#delete-job").click()
     expect(page.locator("#job-header")).to_contain_text("was deleted, with its folder")
-    expect(page.locator("#jobs-table")).not_to_contain_text("browser-run")
+    expect(page.locator("#jobs-table")).not_to_contain_text("browser-run-2")
+    expect(page.locator("#jobs-table")).to_contain_text("browser-run")  # the first run stays
     expect(page.locator("#job-log")).to_be_hidden()
 
     page.get_by_role("tab", name="Computer").click()

@@ -16,3 +16,15 @@ def test_every_metric_is_charted_and_a_long_run_is_thinned_not_cut():
     assert set(jobs_view.chart_frame(series, "loss & reward")["series"]) == {"loss"}
     assert set(jobs_view.chart_frame(series, "grad_norm")["series"]) == {"grad_norm"}
     assert jobs_view.chart_frame({}, None).empty
+
+
+def test_compared_runs_are_named_by_job_and_the_legend_follows():
+    mine = {"loss": [[1, 2.0], [2, 1.5]], "reward": [[1, 0.1]], "grad_norm": [[1, 0.3]]}
+    other = {"7": {"label": "7 · baseline", "series": {"loss": [[1, 2.1]], "grad_norm": [[1, 0.9]]}}}
+    frame = jobs_view.chart_frame(mine, "grad_norm", other, "8 · new")
+    assert list(frame["series"]) == ["8 · new", "7 · baseline"]
+    both = jobs_view.chart_frame(mine, "loss & reward", other, "8 · new")
+    assert list(dict.fromkeys(both["series"])) == ["8 · new: loss", "8 · new: reward", "7 · baseline: loss"]
+    update = jobs_view.chart_update(mine, "grad_norm", other, "8 · new")
+    assert update["colors_in_legend"] == ["8 · new", "7 · baseline"] and update["title"] == "grad_norm"
+    assert jobs_view.chart_update(mine, None)["colors_in_legend"] == ["loss", "reward"]

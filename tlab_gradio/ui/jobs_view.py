@@ -80,19 +80,27 @@ def chart_choices(series: dict[str, list]) -> list[str]:
     return [DEFAULT_CHART] + sorted(k for k in series if k not in CHART_SERIES)
 
 
-def chart_updates(series: dict[str, list], choice: str | None) -> tuple:
-    """Loss and reward in one plot (coloured by series); any other metric in a second, uncoloured plot
-    titled with its name (a plot keeps the colour legend of the first series it drew)."""
+def chart_update(series: dict[str, list], choice: str | None, others: dict | None = None, label: str = "this job"):
+    """The chart for `choice` (loss and reward, or one metric), with the compared jobs' curves of the
+    same metric. The legend is set each time (a plot otherwise keeps the series it first drew)."""
     choice = choice or DEFAULT_CHART
-    if choice == DEFAULT_CHART:
-        return gr.update(value=chart_frame(series, choice), visible=True), gr.update(visible=False)
-    frame = chart_frame(series, choice).drop(columns="series")
-    return gr.update(visible=False), gr.update(value=frame, title=choice, visible=True)
+    frame = chart_frame(series, choice, others, label)
+    labels = list(dict.fromkeys(frame["series"]))
+    title = "Loss and reward" if choice == DEFAULT_CHART else choice
+    return gr.update(value=frame, title=title, colors_in_legend=labels or None)
 
 
-def chart_frame(series: dict[str, list], choice: str | None) -> pd.DataFrame:
+def chart_frame(series: dict[str, list], choice: str | None, others: dict | None = None,
+                label: str = "this job") -> pd.DataFrame:
+    """Rows (step, value, series) to draw. Alone, a series is named by its metric; compared, by its job
+    (and metric, where loss and reward are both drawn)."""
     names = CHART_SERIES if choice in (None, DEFAULT_CHART) else (choice,)
-    rows = [{"step": step, "value": value, "series": name} for name in names for step, value in series.get(name, [])]
+    runs = [(label, series)] + [(o["label"], o["series"]) for o in (others or {}).values()]
+    rows = []
+    for run_label, run in runs:
+        for name in names:
+            tag = name if not others else run_label if len(names) == 1 else f"{run_label}: {name}"
+            rows += [{"step": step, "value": value, "series": tag} for step, value in run.get(name, [])]
     return pd.DataFrame(rows) if rows else empty_chart()
 
 
@@ -133,13 +141,14 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                                  interactive=False, elem_id="job-log", elem_classes="tl-log",
                                  buttons=["copy"], scale=3)
             with gr.Column(scale=2):
-                metric = gr.Dropdown(choices=[DEFAULT_CHART], value=DEFAULT_CHART, label="Chart",
-                                     info="any metric the trainer logs", interactive=True, elem_id="job-metric")
+                with gr.Row():
+                    metric = gr.Dropdown(choices=[DEFAULT_CHART], value=DEFAULT_CHART, label="Chart",
+                                         info="any metric the trainer logs", interactive=True, elem_id="job-metric")
+                    compare = gr.Dropdown(choices=[], value=[], multiselect=True, label="Compare with",
+                                          info="other jobs' curves of the same metric", interactive=True,
+                                          elem_id="job-compare")
                 chart = gr.LinePlot(empty_chart(), x="step", y="value", color="series", title="Loss and reward",
-                                    color_map={"loss": "#4f46e5", "reward": "#059669"}, height=330,
-                                    elem_id="job-chart", x_title="step", y_title="")
-                metric_chart = gr.LinePlot(empty_chart().drop(columns="series"), x="step", y="value", height=330,
-                                           visible=False, elem_id="job-metric-chart", x_title="step", y_title="")
+                                    height=330, elem_id="job-chart", x_title="step", y_title="")
         command = gr.Code(label="Command (rerun it by hand)", language="shell", interactive=False,
                           visible=False, elem_id="job-command", max_lines=6)
         accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
@@ -155,7 +164,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         status = svc.job_status(int(job_id))
         fresh = state.get("job") != job["id"]
         if fresh:
-            state = {"job": job["id"], "offset": 0, "series": {}, "state": None}
+            state = {"job": job["id"], "offset": 0, "series": {}, "state": None, "others": {},
+                     "label": f"{job['id']} · {job['name']}"}
             choice = DEFAULT_CHART
         records, offset = logs.read_metrics(Path(job["job_dir"]) / "metrics.jsonl", state["offset"])
         series = add_points(state["series"], records)
@@ -175,9 +185,12 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = redact("\n".join(logs.tail(Path(job["job_dir"]) / "log.txt", LOG_LINES)), svc, hosted)
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
-                *(chart_updates(series, choice) if (records or fresh) else (gr.skip(), gr.skip())), state,
+                chart_update(series, choice, state["others"], state["label"]) if (records or fresh) else gr.skip(),
+                state,
                 gr.update(choices=choices, value=choice if choice in choices else DEFAULT_CHART)
-                if new_metrics else gr.skip()]
+                if new_metrics else gr.skip(),
+                gr.update(choices=[(f"{j['id']} · {j['name']}", j["id"]) for j in svc.list_jobs() if j["id"] != job["id"]],
+                          value=[]) if fresh else gr.skip()]
         if fresh or changed_state:
             finished = job["state"] in FINISHED
             err = ""
@@ -199,15 +212,31 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             outs += [gr.skip()] * 9
         return outs
 
-    outputs = [header, progress, log_box, chart, metric_chart, view, metric, stop_btn, resume_btn, clone_btn,
+    outputs = [header, progress, log_box, chart, view, metric, compare, stop_btn, resume_btn, clone_btn,
                delete_btn, error, command, files, live_row, accel]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)
     timer.tick(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
     selected.change(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
-    metric.input(lambda state, choice: chart_updates(state["series"], choice), [view, metric], [chart, metric_chart],
-                 show_progress="hidden", **PRIVATE)
+    metric.input(lambda state, choice: chart_update(state["series"], choice, state.get("others"),
+                                                    state.get("label", "this job")),
+                 [view, metric], chart, show_progress="hidden", **PRIVATE)
+
+    def compare_with(state, choice, ids):
+        """Read the chosen jobs' metrics once (they are mostly finished runs) and redraw."""
+        others = {}
+        for other in ids or []:
+            try:
+                job = svc.jobs.get(int(other))
+            except ValueError:  # deleted meanwhile
+                continue
+            records, _ = logs.read_metrics(job.metrics_path)
+            others[str(job.id)] = {"label": f"{job.id} · {job.name}", "series": add_points({}, records)}
+        state = {**state, "others": others}
+        return chart_update(state["series"], choice, others, state.get("label", "this job")), state
+
+    compare.input(compare_with, [view, metric, compare], [chart, view], show_progress="hidden", **PRIVATE)
     demo.load(lambda: job_rows(svc), None, table, **PRIVATE)
     list_timer = gr.Timer(2.0)
     list_timer.tick(lambda: job_rows(svc), None, table, show_progress="hidden", **PRIVATE)
