@@ -28,3 +28,19 @@ def test_compared_runs_are_named_by_job_and_the_legend_follows():
     update = jobs_view.chart_update(mine, "grad_norm", other, "8 · new")
     assert update["colors_in_legend"] == ["8 · new", "7 · baseline"] and update["title"] == "grad_norm"
     assert jobs_view.chart_update(mine, None)["colors_in_legend"] == ["loss", "reward"]
+
+
+
+def test_a_compared_job_that_still_runs_keeps_growing(tmp_path):
+    import json
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    others = {"3": {"label": "3 · run", "path": str(metrics), "series": {}, "offset": 0}}
+    others, grew = jobs_view.follow_others(others)
+    assert grew and others["3"]["series"]["loss"] == [[1, 2.0]]
+    assert jobs_view.follow_others(others)[1] is False  # nothing new: the chart is not re-sent
+    with metrics.open("a") as fh:
+        fh.write(json.dumps({"step": 2, "loss": 1.5}) + "\n")
+    others, grew = jobs_view.follow_others(others)
+    assert grew and others["3"]["series"]["loss"] == [[1, 2.0], [2, 1.5]]

@@ -1,6 +1,7 @@
 """The jobs list and the selected job: progress, live log, a chart of any logged metric (loss and reward
-by default), command, Stop/Resume/Clone and the output files. A gr.Timer refreshes it about every second;
-each refresh reads only the log's tail and the metrics lines appended since the last one."""
+by default) beside other jobs' curves, command, Stop/Resume/Clone/Delete and the output files. A gr.Timer
+refreshes it about every second; each refresh reads only the log's tail and the metrics lines appended
+since the last one (the compared jobs' too)."""
 from __future__ import annotations
 
 import html
@@ -104,6 +105,17 @@ def chart_frame(series: dict[str, list], choice: str | None, others: dict | None
     return pd.DataFrame(rows) if rows else empty_chart()
 
 
+def follow_others(others: dict) -> tuple[dict, bool]:
+    """The compared jobs' metrics appended since the last tick (a compared job may still run), and
+    whether any came."""
+    out, grew = {}, False
+    for key, other in others.items():
+        records, offset = logs.read_metrics(other["path"], other["offset"])
+        grew = grew or bool(records)
+        out[key] = {**other, "series": add_points(other["series"], records), "offset": offset}
+    return out, grew
+
+
 def output_files(job: dict) -> list[str]:
     """The job's whole log and metrics (the page shows only the log's tail), then its output."""
     job_dir = Path(job["job_dir"])
@@ -169,9 +181,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             choice = DEFAULT_CHART
         records, offset = logs.read_metrics(Path(job["job_dir"]) / "metrics.jsonl", state["offset"])
         series = add_points(state["series"], records)
+        others, grew = follow_others(state.get("others") or {})
         choices = chart_choices(series)
         new_metrics = fresh or choices != chart_choices(state["series"])
-        state = {**state, "offset": offset, "series": series}
+        state = {**state, "offset": offset, "series": series, "others": others}
         changed_state = state.get("state") != job["state"]
         state["state"] = job["state"]
 
@@ -185,12 +198,11 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = redact("\n".join(logs.tail(Path(job["job_dir"]) / "log.txt", LOG_LINES)), svc, hosted)
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
-                chart_update(series, choice, state["others"], state["label"]) if (records or fresh) else gr.skip(),
+                chart_update(series, choice, others, state["label"]) if (records or grew or fresh) else gr.skip(),
                 state,
                 gr.update(choices=choices, value=choice if choice in choices else DEFAULT_CHART)
                 if new_metrics else gr.skip(),
-                gr.update(choices=[(f"{j['id']} · {j['name']}", j["id"]) for j in svc.list_jobs() if j["id"] != job["id"]],
-                          value=[]) if fresh else gr.skip()]
+                gr.update(choices=other_jobs(job["id"]), value=[]) if fresh else gr.skip()]
         if fresh or changed_state:
             finished = job["state"] in FINISHED
             err = ""
@@ -223,16 +235,24 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                                                     state.get("label", "this job")),
                  [view, metric], chart, show_progress="hidden", **PRIVATE)
 
+    def other_jobs(job_id: int) -> list[tuple[str, int]]:
+        return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.list_jobs() if j["id"] != job_id]
+
     def compare_with(state, choice, ids):
-        """Read the chosen jobs' metrics once (they are mostly finished runs) and redraw."""
+        """Start following the chosen jobs' metrics, and redraw."""
+        kept = state.get("others") or {}
         others = {}
         for other in ids or []:
+            if str(other) in kept:
+                others[str(other)] = kept[str(other)]
+                continue
             try:
                 job = svc.jobs.get(int(other))
             except ValueError:  # deleted meanwhile
                 continue
-            records, _ = logs.read_metrics(job.metrics_path)
-            others[str(job.id)] = {"label": f"{job.id} · {job.name}", "series": add_points({}, records)}
+            others[str(job.id)] = {"label": f"{job.id} · {job.name}", "path": str(job.metrics_path),
+                                   "series": {}, "offset": 0}
+        others, _ = follow_others(others)
         state = {**state, "others": others}
         return chart_update(state["series"], choice, others, state.get("label", "this job")), state
 

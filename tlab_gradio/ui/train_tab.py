@@ -393,7 +393,8 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
     for group in manifest.groups():
         # A new key per seed version: a loaded preset replaces what the fields held (and the
         # sections open where it changed something).
-        with gr.Accordion(group.title, open=opens(group, specs, start_values), key=f"{plugin_id}-{group.title}-{version}",
+        with gr.Accordion(group.title, open=opens(group, specs, start_values),
+                          key=f"{plugin_id}-{group.title}-{version}",
                           elem_id="group-" + re.sub(r"[^a-z0-9]+", "-", group.title.lower()).strip("-"),
                           elem_classes="tl-group"):
             if group.help:
