@@ -79,6 +79,11 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#param-torch_compile")).to_be_visible()
     page.locator("#param-torch_compile input").first.click()
     page.get_by_role("option", name="off", exact=True).click()
+    lr = page.locator("#param-learning_rate input").first
+    lr.fill("")
+    lr.press_sequentially("0.00123", delay=10)  # key by key: no keystroke may be lost (the preset shows it)
+    lr.press("Tab")
+    page.wait_for_timeout(1000)
     page.locator("#preset-name input, #preset-name textarea").first.fill("compile-off")
     page.locator("#save-preset").click()
     expect(page.locator("#preset-pick input")).to_have_value("compile-off")
@@ -92,6 +97,7 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#param-torch_compile input").first).to_have_value("off")
     expect(page.locator("#param-packing")).to_be_hidden()  # its section holds only defaults
     expect(page.locator("#param-max_steps input").first).to_have_value("4")
+    expect(page.locator("#param-learning_rate input").first).to_have_value("0.00123")
     expect(page.locator("#task-name textarea, #task-name input").first).to_have_value("browser-run")
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     page.screenshot(path=str(ARTIFACTS / "train-form.png"), full_page=True)

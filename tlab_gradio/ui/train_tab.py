@@ -407,9 +407,11 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
                                                key=f"{plugin_id}-{name}-{version}")
                         # .input, not .change: a rebuilt section's fields would each fire .change once as
                         # they mount (a check apiece, ~30 events per plugin switch); their values are
-                        # already in the state, set with the section.
+                        # already in the state, set with the section. always_last: .input's default drops
+                        # what is typed while an update is pending (0.00123 typed key by key was saved as 0).
                         comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
-                                   refs["values"], show_progress="hidden", **PRIVATE).then(
+                                   refs["values"], show_progress="hidden", trigger_mode="always_last",
+                                   **PRIVATE).then(
                             refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
 
 
