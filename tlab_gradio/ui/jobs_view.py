@@ -61,6 +61,8 @@ def empty_chart() -> pd.DataFrame:
 def add_points(series: dict[str, list], records: list[dict]) -> dict[str, list]:
     """Every numeric metric of each step record, as [step, value] per metric name. A series past
     MAX_POINTS keeps every other point: a long run's chart still starts at step 0."""
+    if not records:  # most timer ticks: nothing new, nothing copied
+        return series
     out = {k: list(v) for k, v in series.items()}
     for r in records:
         if not isinstance(r.get("step"), (int, float)):
