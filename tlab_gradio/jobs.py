@@ -115,11 +115,12 @@ def _exit_reason(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _failure_reason(job: "Job", code: int) -> str:
+def _failure_reason(job: "Job", code: int | None) -> str:
     """What a failed job's page and API say: the error its log ends on (with a hint for known causes),
-    then how the process ended."""
+    then how the process ended (unknown for a job that ended while the app was restarting)."""
+    ended = _exit_reason(code) if code is not None else "ended while the app was restarting; exit code unknown"
     cause = logs.failure(job.log_path)
-    return f"{cause} [{_exit_reason(code)}]" if cause else _exit_reason(code)
+    return f"{cause} [{ended}]" if cause else ended
 
 
 def _pid_runs_job(pid: int, job_dir: Path) -> bool:
@@ -267,9 +268,7 @@ class JobManager:
         elif (job.job_dir / RESULT).is_file():
             self._finish(job_id, COMPLETE, None, "finished while the app was restarting")
         else:
-            cause = logs.failure(job.log_path)
-            self._finish(job_id, FAILED, None, (cause + "; " if cause else "") +
-                         "ended while the app was restarting; exit code unknown")
+            self._finish(job_id, FAILED, None, _failure_reason(job, None))
 
     def _finish(self, job_id: int, state: str, code: int | None, reason: str | None) -> None:
         self._update(job_id, state=state, exit_code=code, reason=reason, finished=time.time())
