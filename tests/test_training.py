@@ -180,3 +180,28 @@ def test_the_disk_estimate_matches_what_a_full_fine_tune_writes(home):
     print(size(kept[0]), disk["checkpoint_gb"], size(job.output_dir), disk["output_gb"])
     assert 0.8 <= size(kept[0]) / disk["checkpoint_gb"] <= 1.5
     assert 0.8 <= size(job.output_dir) / disk["output_gb"] <= 1.5
+
+
+def test_a_job_that_goes_non_finite_stops_at_once_with_a_plain_reason(home, tiny_model_dir, tmp_path):
+    """One NaN planted in a weight: the first step's gradients are NaN. The job must stop at that step, before
+    the optimiser spreads it (no checkpoint, nothing left running on either rank), and say so plainly."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "poisoned"
+    shutil.copytree(tiny_model_dir, model)
+    weights = load_file(model / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    assert torch.isnan(weights["model.layers.1.mlp.down_proj.weight"]).any()
+
+    svc = Service()
+    job = svc.start_job({**sft_request(cpu_processes=2, max_steps=20, save_steps=1, use_lora=False),
+                         "model": str(model)})
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(job["id"], 400))
+    assert done.state == "FAILED", log
+    assert done.reason.startswith("grad norm became NaN at step 1; try a lower Learning Rate"), done.reason
+    assert "Error" not in done.reason.split(";")[0]
+    assert not list(Path(done.job_dir).glob("checkpoints/checkpoint-*")), "a step was taken after the NaN"
+    assert processes_of(str(done.job_dir)) == []

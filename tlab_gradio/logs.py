@@ -87,6 +87,8 @@ _EXCEPTION = re.compile(r"^(?:\[[^\]]*\]:?\s*)?([A-Za-z_][\w.]*(?:Error|Exceptio
 _CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 # The launcher's own report that a rank failed: it names no cause, the rank's traceback above does.
 _LAUNCHER = ("CalledProcessError", "ChildFailedError", "SignalException")
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
+_PLAIN = ("NonFiniteTrainingError",)
 _HINTS = (
     (re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.I),
      "the GPU ran out of memory: set Gradient Checkpointing on, lower Batch Size per Device or Maximum Sequence "
@@ -105,7 +107,8 @@ def failure(path: Path | str, lines: int = 4000) -> str | None:
     """The error that ended a failed job, from its log: the first traceback's exception (where one
     exception caused another, the last of that chain), with a hint where the cause is a known one.
     None when the log holds no traceback."""
-    text = tail(path, lines)
+    # torchrun prefixes each rank's lines ("[rank1]: Traceback ..."): read them as the rank wrote them
+    text = [_RANK_PREFIX.sub("", line, count=1) for line in tail(path, lines)]
     found = None
     for i, line in enumerate(text):
         if not line.startswith("Traceback (most recent call last)"):
@@ -131,6 +134,7 @@ def failure(path: Path | str, lines: int = 4000) -> str | None:
     name, message = found[1].group(1), found[1].group(2).strip()
     if len(message) > 400:
         message = message[:400] + "…"
-    reason = f"{name}: {message}" if message else name
+    # The trainers' own stops already say what happened and what to change: the message alone
+    reason = message if name.split(".")[-1] in _PLAIN and message else f"{name}: {message}" if message else name
     hint = next((h for pattern, h in _HINTS if pattern.search(reason)), None)
     return f"{reason} ({hint})" if hint else reason

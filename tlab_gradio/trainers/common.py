@@ -41,8 +41,10 @@ def begin(description: str, cpu_capable: bool = True):
 
 
 def train(trainer, cfg: dict):
-    """Say what accelerate set up, then train, from the checkpoint when the job is resumed."""
+    """Say what accelerate set up, then train, from the checkpoint when the job is resumed, stopping
+    the job as soon as the loss or the gradient norm stops being finite (FiniteGuard)."""
     announce_strategy(trainer)
+    trainer.add_callback(FiniteGuard(scaled=getattr(trainer.accelerator, "scaler", None) is not None))
     resume = cfg.get("resume_from_checkpoint")
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)
@@ -116,9 +118,70 @@ def compile_layers(model, **compile_kwargs) -> int:
     return len(layers)
 
 
+def avoid_cudnn_attention() -> None:
+    """Take PyTorch's cuDNN attention out of SDPA's choices. Its backward returns NaN for query rows that
+    may attend to nothing, as every left-padding position of a batched prompt is (GRPO pads prompts on the
+    left), even where those rows' gradient is zero: on an H200 the embedded model's GRPO defaults logged a
+    NaN grad norm at step 2, the clipped update made every weight NaN and the next `generate` died in a
+    device-side assert (bench/results/grpo-nan-probe-2026-12-01-h200.json: the same micro-batch replayed
+    gives NaN gradients with cuDNN, finite ones with the math and memory-efficient kernels). SDPA then takes
+    the memory-efficient kernel, which handles such rows."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: the job stops instead of training on."""
+
+
+NON_FINITE_HINT = ("try a lower Learning Rate, a lower Max Grad Norm, float32 weights (Model Weights dtype) or "
+                   "fp32 mixed precision, or a smaller batch; resume from an earlier checkpoint to keep the work done")
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops training at the first optimisation step whose gradient norm is not finite (checked before the
+    optimiser applies it, so no weight is spoiled), and at a logged loss or gradient norm that is not. The
+    raised NonFiniteTrainingError ends every rank; the app shows its message as the job's reason.
+
+    With fp16's loss scaler (`scaled`), an overflowing step is normal: the scaler skips it and lowers the
+    scale, so only a non-finite logged loss stops such a job."""
+
+    def __init__(self, scaled: bool = False):
+        self.scaled = scaled
+
+    @staticmethod
+    def _fail(what: str, value: float, step: int):
+        shown = "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        raise NonFiniteTrainingError(f"{what} became {shown} at step {step}; {NON_FINITE_HINT}")
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.scaled or model is None:
+            return
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:  # DeepSpeed keeps gradients in its engine: the logged grad norm is checked instead
+            return
+        norm = float(torch.nn.utils.get_total_norm(grads, foreach=True))
+        if not math.isfinite(norm):
+            self._fail("grad norm", norm, state.global_step + 1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, what in (("loss", "loss"), ("grad_norm", "grad norm")):
+            value = (logs or {}).get(key)
+            if key == "grad_norm" and self.scaled:
+                continue
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                self._fail(what, value, state.global_step)
+
+
 def precision_flags(precision: str) -> dict[str, bool]:
     # Explicit both ways: TRL's configs default bf16=True, which a CPU or an old GPU can't run.
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    # logging_nan_inf_filter off: the Trainer would log a NaN loss as the average of earlier ones,
+    # hiding it from the metrics and from FiniteGuard.
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "logging_nan_inf_filter": False}
 
 
 def checkpointing_kwargs(config_cls, enabled: bool, params: dict | None = None) -> dict[str, Any]:

@@ -86,6 +86,7 @@ def generation_batch(p: dict) -> int | None:
 def main() -> None:
     job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0])
     on_cpu = cfg["device"] == "cpu"
+    common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
 
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer

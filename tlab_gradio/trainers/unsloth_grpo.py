@@ -26,6 +26,7 @@ def main() -> None:
     from unsloth import FastLanguageModel
 
     job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0], cpu_capable=False)
+    common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards, tiny_model
