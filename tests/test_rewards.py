@@ -72,3 +72,45 @@ def test_trl_reward_funcs_handle_chat_completions():
     chat = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": WRONG}]]
     assert funcs[0](prompts=[None, None], completions=chat, answer=["#### 42", "#### 42"]) == [1.0, 0.0]
     assert funcs[1](prompts=[None], completions=[GOOD]) == [pytest.approx(0.5)]
+
+
+@pytest.mark.parametrize("answer, reference", [
+    ("\\frac{1}{2}", "0.5"), ("\\boxed{\\frac{3}{4}}", "0.75"), ("1/2", "\\frac12"), ("$\\sqrt{4}$", "2"),
+    ("42", "#### 42"), ("$42", "42"),
+])
+def test_math_verify_reads_latex_fractions_and_boxed(answer, reference):
+    pytest.importorskip("math_verify")
+    completion = f"<reasoning>\nx\n</reasoning>\n<answer>\n{answer}\n</answer>"
+    assert rewards.correctness(completion, reference, method="math_verify") == 1.0
+
+
+def test_math_verify_is_a_choice_and_numbers_stay_numbers():
+    latex = "<answer>\\frac{1}{2}</answer>"
+    assert rewards.correctness(latex, "0.5", method="numbers") == 0.0  # numbers as numbers only
+    if rewards.math_verify_installed():
+        assert rewards.correctness("<answer>43</answer>", "42", method="math_verify") == 0.0
+    # Words are compared as text, not as products of symbols ("sirap" would equal "paris" to sympy).
+    assert rewards.correctness("<answer>sirap</answer>", "paris", method="math_verify") == 0.0
+    assert rewards.resolve_method("numbers") == "numbers"
+    assert rewards.resolve_method("auto") == ("math_verify" if rewards.math_verify_installed() else "numbers")
+
+
+def test_math_verify_runs_outside_the_main_thread():
+    """Its timeouts use SIGALRM, which only the main thread may set; a reward called from a thread must not fail."""
+    import threading
+
+    pytest.importorskip("math_verify")
+    got = []
+    thread = threading.Thread(target=lambda: got.append(rewards.correctness("<answer>1/2</answer>", "0.5",
+                                                                            method="math_verify")))
+    thread.start()
+    thread.join()
+    assert got == [1.0]
+
+
+def test_trl_reward_funcs_pass_the_correctness_method():
+    pytest.importorskip("math_verify")
+    numbers, latex = (rewards.trl_reward_funcs(["correctness"], Markers(), m)[0] for m in ("numbers", "math_verify"))
+    chat = [[{"role": "assistant", "content": "<answer>\\frac{1}{2}</answer>"}]]
+    assert numbers(prompts=[None], completions=chat, answer=["0.5"]) == [0.0]
+    assert latex(prompts=[None], completions=chat, answer=["0.5"]) == [1.0]

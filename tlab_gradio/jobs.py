@@ -170,8 +170,10 @@ class JobManager:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def create(self, name: str, plugin: str, config: dict, gpus: list[str]) -> Job:
-        """Insert the job QUEUED, write its folder and config.json, and schedule it."""
+    def create(self, name: str, plugin: str, config: dict, gpus: list[str],
+               files: dict[str, Path] | None = None) -> Job:
+        """Insert the job QUEUED, write its folder, config.json and the job's own copies of `files`
+        (relative path in the folder -> source), and schedule it."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO jobs (name, plugin, state, config, gpus, created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -180,6 +182,9 @@ class JobManager:
             job_id = cur.lastrowid
             job_dir = self.jobs_root / str(job_id)
             job_dir.mkdir(parents=True, exist_ok=True)
+            for rel, src in (files or {}).items():  # before the trainer can start and read them
+                (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, job_dir / rel)
             config = {**config, "job_id": job_id, "job_dir": str(job_dir)}
             (job_dir / CONFIG).write_text(json.dumps(config, indent=2))
             self._update(job_id, config=config, job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))

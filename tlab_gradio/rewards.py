@@ -5,7 +5,8 @@ one) and returns an unweighted score; the weights come from the form and are
 applied by TRL (`reward_weights`), so metrics show each reward's own mean.
 
     correctness   1 if the answer between the answer markers equals the reference
-                  (numbers compared as numbers: 42 == 42.0 == " 42 " == "1,000"/1000)   weight 2.0
+                  (numbers compared as numbers: 42 == 42.0 == " 42 " == "1,000"/1000; with
+                  math-verify also LaTeX, fractions, \\boxed{}: 1/2 == \\frac{1}{2} == 0.5)      weight 2.0
     integer       1 if the answer is a whole number                                        weight 0.5
     strict_format 1 if the whole completion is exactly the reasoning block then the
                   answer block, each marker on its own line                                weight 0.5
@@ -15,8 +16,10 @@ applied by TRL (`reward_weights`), so metrics show each reward's own mean.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +38,7 @@ class Markers:
 
 DEFAULT_WEIGHTS = {"correctness": 2.0, "integer": 0.5, "strict_format": 0.5, "soft_format": 0.5, "tag_count": 1.0}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_MATH = re.compile(r"[0-9\\]")  # a digit or a LaTeX command
 
 
 def reference_answer(text: str) -> str:
@@ -65,17 +69,55 @@ def as_number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def answers_match(answer: str | None, reference: str) -> bool:
+CORRECTNESS_METHODS = ("auto", "math_verify", "numbers")
+
+
+def math_verify_installed() -> bool:
+    return importlib.util.find_spec("math_verify") is not None
+
+
+def resolve_method(method: str | None) -> str:
+    """`auto`: math-verify where it is installed (where the trainer runs), numbers otherwise."""
+    method = method or "auto"
+    if method == "auto":
+        return "math_verify" if math_verify_installed() else "numbers"
+    if method == "math_verify" and not math_verify_installed():  # e.g. a plugin's own environment
+        raise SystemExit("[tlab] correctness_method math_verify needs the math-verify package: pip install math-verify")
+    return method
+
+
+def _math_equal(answer: str, reference: str) -> bool:
+    """math-verify's parse and verify. Its timeouts use SIGALRM, which only the main thread may set."""
+    from math_verify import parse, verify
+
+    def wrap(text):  # bare 1/2 or \frac12 is read as math only between $ signs
+        return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+    main = threading.current_thread() is threading.main_thread()
+    limits = {} if main else {"parsing_timeout": None}
+    try:
+        gold, got = parse(wrap(reference), **limits), parse(wrap(answer), **limits)
+        return bool(gold and got and verify(gold, got, **({} if main else {"timeout_seconds": None})))
+    except Exception:  # noqa: BLE001 - an answer math-verify cannot read is not correct
+        return False
+
+
+def answers_match(answer: str | None, reference: str, method: str = "numbers") -> bool:
     if answer is None:
         return False
     a, b = as_number(answer), as_number(reference)
     if a is not None and b is not None:
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return " ".join(answer.split()).lower() == " ".join(reference.split()).lower()
+    if " ".join(answer.split()).lower() == " ".join(reference.split()).lower():
+        return True
+    # Only where there is math to read: math-verify reads "sirap" and "paris" as equal products of symbols.
+    return method == "math_verify" and bool(_MATH.search(answer) or _MATH.search(reference)) \
+        and _math_equal(answer, reference)
 
 
-def correctness(completion: str, reference: str, markers: Markers = Markers()) -> float:
-    return 1.0 if answers_match(extract_answer(completion, markers), reference_answer(reference)) else 0.0
+def correctness(completion: str, reference: str, markers: Markers = Markers(), method: str = "numbers") -> float:
+    matched = answers_match(extract_answer(completion, markers), reference_answer(reference), method)
+    return 1.0 if matched else 0.0
 
 
 def integer(completion: str, markers: Markers = Markers()) -> float:
@@ -125,8 +167,9 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def trl_reward_funcs(names: list[str], markers: Markers) -> list[Callable]:
-    """The chosen scorers as TRL reward functions, named so TRL logs `rewards/<name>/mean`."""
+def trl_reward_funcs(names: list[str], markers: Markers, method: str = "numbers") -> list[Callable]:
+    """The chosen scorers as TRL reward functions, named so TRL logs `rewards/<name>/mean`.
+    `method`: how correctness compares answers, `math_verify` or `numbers` (resolve `auto` first)."""
     funcs = []
     for name in names:
         scorer = SCORERS[name]
@@ -134,7 +177,7 @@ def trl_reward_funcs(names: list[str], markers: Markers) -> list[Callable]:
         def reward(prompts, completions, _scorer=scorer, _name=name, **kwargs):
             texts = [completion_text(c) for c in completions]
             if _name == "correctness":
-                return [_scorer(t, ref, markers) for t, ref in zip(texts, kwargs["answer"])]
+                return [_scorer(t, ref, markers, method) for t, ref in zip(texts, kwargs["answer"])]
             return [_scorer(t, markers) for t in texts]
 
         reward.__name__ = name

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, settings
+from . import data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, reward_files, settings
 from .jobfiles import read_json
 from .jobs import Job, JobError, JobManager
 
@@ -70,8 +70,12 @@ def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
     from .rewards import SCORERS
 
     problems = []
-    if not any(p.get(f"reward_{name}") for name in SCORERS):
+    if not any(p.get(f"reward_{name}") for name in SCORERS) and not p.get("custom_rewards"):
         problems.append("choose at least one reward function")
+    if p.get("reward_correctness") and p.get("correctness_method") == "math_verify" \
+            and importlib.util.find_spec("math_verify") is None:
+        problems.append("`correctness_method` math_verify needs the math-verify package: pip install math-verify "
+                        "(or choose auto / numbers)")
     n, batch, accum, gens = placement.num_processes, p["per_device_train_batch_size"], \
         p["gradient_accumulation_steps"], p["num_generations"]
     step = n * batch * accum
@@ -262,9 +266,15 @@ class Service:
             raise RequestError([f"plugin {manifest.name} is not ready: {r}" for r in not_ready])
 
         values = self._values(request, problems, manifest)
+        # GRPO's own reward functions: a list, not a manifest parameter; checked apart, kept in params.
+        choices, custom_problems = reward_files.parse_choices(
+            values.pop("custom_rewards", None) if manifest.train_type == "grpo" else None)
+        problems += custom_problems
         clean: dict[str, Any] = {}
         try:
             clean = params.validate(manifest, values)
+            if choices:
+                clean["custom_rewards"] = [c.as_dict() for c in choices]
         except params.ParamError as exc:
             problems += exc.problems
 
@@ -315,6 +325,9 @@ class Service:
         except data.DataError as exc:
             problems.append(str(exc))
 
+        if choices and clean:
+            problems += self._custom_reward_problems(choices, clean, spec, templates, model_ref, manifest)
+
         name = str(request.get("name") or "").strip() or f"{manifest.train_type}-{time.strftime('%Y%m%d-%H%M%S')}"
         if len(name) > 200:
             problems.append("`name` is longer than 200 characters")
@@ -348,8 +361,53 @@ class Service:
     def start_job(self, request: dict[str, Any]) -> dict[str, Any]:
         """Check and queue a job; returns at once. Raises RequestError (nothing is created)."""
         config = self.prepare(request)
-        job = self.jobs.create(config["name"], config["plugin"], config, config["gpu_ids"])
+        choices, _ = reward_files.parse_choices(config["params"].get("custom_rewards"))
+        job = self.jobs.create(config["name"], config["plugin"], config, config["gpu_ids"],
+                               files=reward_files.job_files(self.home, choices))  # the job's own copies
         return job.as_dict()
+
+    # --- your own reward functions (GRPO) -----------------------------------------
+    def reward_functions(self) -> dict[str, Any]:
+        """The built-in rewards, and each reward file of the workspace with its functions."""
+        from .rewards import SCORERS
+
+        allowed = not settings.hosted()
+        return {"builtin": list(SCORERS), "custom_allowed": allowed,
+                "files": reward_files.list_files(self.home) if allowed else []}
+
+    def save_reward_file(self, name: str, source: str | bytes) -> dict[str, Any]:
+        if settings.hosted():
+            raise RequestError([reward_files.HOSTED_REFUSAL])
+        try:
+            return reward_files.save(self.home, name, source)
+        except ValueError as exc:
+            raise RequestError([str(exc)]) from None
+
+    def _custom_reward_problems(self, choices, clean, spec, templates, model_ref, manifest) -> list[str]:
+        """Hosted refusal, missing files, name clashes, then each function called on a sample completion
+        in a child process (the web process never imports a user's file)."""
+        from .rewards import SCORERS, Markers, reference_answer
+
+        if settings.hosted():
+            return [reward_files.HOSTED_REFUSAL]
+        builtin = [n for n in SCORERS if clean.get(f"reward_{n}")]
+        problems = reward_files.missing_files(self.home, choices) + reward_files.name_clashes(choices, builtin)
+        if problems:
+            return problems
+        question, answer = "What is 6 times 7?", "42"
+        if spec is not None and templates is not None and spec.source == "sample":
+            try:  # the job's own first row, when it is at hand
+                row = data._sample_rows(spec.name)[0]
+                question = data.render(templates.template, row)
+                answer = reference_answer(data.render(templates.completion_template, row))
+            except Exception:  # noqa: BLE001 - the fixed sample will do
+                pass
+        markers = Markers(clean["reasoning_start"], clean["reasoning_end"], clean["answer_start"], clean["answer_end"])
+        system = "\n\n".join(t for t in ((clean.get("system_template") or "").strip(), markers.format_instructions())
+                              if t)
+        sample = reward_files.sample(question, answer, system, markers, _chat_model(model_ref))
+        python = str(installer.env_python(manifest.environment)) if manifest.environment else None
+        return reward_files.probe(self.home, choices, sample, python)
 
     def preview_data(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
                      rows: int = 3) -> dict[str, Any]:
@@ -526,6 +584,17 @@ class Service:
             raise RequestError(["deleting jobs is turned off on this server"])
         freed = self.jobs.delete(job_id)
         return {"job_id": int(job_id), "deleted": True, "freed_mb": round(freed / 2**20, 1)}
+
+
+def _chat_model(model_ref) -> bool:
+    """Does the trainer give the model chat messages (a chat template), or plain text? A local folder
+    says; the embedded model and Hub models are taken to have one."""
+    if model_ref is None or model_ref.source != "local":
+        return True
+    folder = Path(model_ref.path)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    return bool((read_json(folder / "tokenizer_config.json") or {}).get("chat_template"))
 
 
 def _looks_local(text: str) -> bool:

@@ -1,5 +1,8 @@
 """GRPO on the whole model (no PEFT) with TRL's GRPOTrainer and the project's reward functions.
 
+Your own reward functions (`params.custom_rewards`) are imported from the job folder's copies
+(JOB/rewards/*.py) and weighted next to the built-in ones.
+
 Run by the app as `accelerate launch … grpo.py --job-dir JOB`, one process per GPU
 (or several CPU processes on gloo). JOB/config.json holds the model, the dataset,
 the input/answer templates and the parameters named after GRPOConfig.
@@ -91,7 +94,7 @@ def main() -> None:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from tlab_gradio import data, rewards, tiny_model
+    from tlab_gradio import data, reward_files, rewards, tiny_model
 
     model_path = cfg["model"]
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
@@ -108,6 +111,10 @@ def main() -> None:
 
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]  # the form's checkboxes
     weights = [float(p[f"reward_{n}_weight"]) for n in names]
+    method = rewards.resolve_method(p.get("correctness_method"))
+    custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))
+    reward_funcs = rewards.trl_reward_funcs(names, markers, method) + custom
+    names, weights = names + [f.__name__ for f in custom], weights + custom_weights
     precision = cfg["mixed_precision"]
     gen_batch = generation_batch(p)
     dtype, cache = weights_and_cache(p, precision, on_cpu)
@@ -116,7 +123,7 @@ def main() -> None:
                   f"transformers generate ({cache or 'dynamic'} cache, {str(dtype).split('.')[-1]} weights)")
         per_gen = gen_batch or (p["per_device_train_batch_size"] * state.num_processes
                                 * p["gradient_accumulation_steps"])
-        print(f"[tlab] rewards {dict(zip(names, weights))}; generation: {engine}, "
+        print(f"[tlab] rewards {dict(zip(names, weights))} (correctness: {method}); generation: {engine}, "
               f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "
               f"{p['num_generations']})", flush=True)
 
@@ -146,7 +153,7 @@ def main() -> None:
     )
     trainer = GRPOTrainer(
         model=model_path,
-        reward_funcs=rewards.trl_reward_funcs(names, markers),
+        reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -29,7 +29,7 @@ def main() -> None:
     common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
     from trl import GRPOConfig, GRPOTrainer
 
-    from tlab_gradio import data, rewards, tiny_model
+    from tlab_gradio import data, reward_files, rewards, tiny_model
     from tlab_gradio.trainers import grpo
     model_path = cfg["model"]
     if cfg.get("embedded_model"):
@@ -66,8 +66,14 @@ def main() -> None:
     dataset = grpo.as_text_prompts(dataset, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
+    weights = [float(p[f"reward_{n}_weight"]) for n in names]
+    method = rewards.resolve_method(p.get("correctness_method"))
+    custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))  # the job folder's copies
+    reward_funcs = rewards.trl_reward_funcs(names, markers, method) + custom
+    names, weights = names + [f.__name__ for f in custom], weights + custom_weights
     print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} 4-bit={p['load_in_4bit']}; "
-          f"generation: {'vLLM (fast_inference)' if fast else 'transformers'}; rewards {names}", flush=True)
+          f"generation: {'vLLM (fast_inference)' if fast else 'transformers'}; rewards {dict(zip(names, weights))} "
+          f"(correctness: {method})", flush=True)
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
@@ -75,7 +81,7 @@ def main() -> None:
         output_dir=str(job_dir / "checkpoints"),
         report_to=[] if report_to == "none" else [report_to],
         run_name=cfg.get("name") or job_dir.name,
-        reward_weights=[float(p[f"reward_{n}_weight"]) for n in names],
+        reward_weights=weights,
         use_vllm=fast,
         save_strategy="steps",
         logging_first_step=True,
@@ -84,7 +90,7 @@ def main() -> None:
         **{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},
     )
     trainer = GRPOTrainer(
-        model=model, processing_class=tokenizer, reward_funcs=rewards.trl_reward_funcs(names, markers), args=args,
+        model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args,
         train_dataset=dataset, callbacks=[common.MetricsCallback(job_dir, 1, completions_per_step=(
             p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
     )
