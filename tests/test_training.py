@@ -205,3 +205,14 @@ def test_a_job_that_goes_non_finite_stops_at_once_with_a_plain_reason(home, tiny
     assert "Error" not in done.reason.split(";")[0]
     assert not list(Path(done.job_dir).glob("checkpoints/checkpoint-*")), "a step was taken after the NaN"
     assert processes_of(str(done.job_dir)) == []
+
+
+def test_a_maximum_length_that_leaves_nothing_to_learn_fails_with_the_reason(home):
+    """The bundled sample's prompts are longer than 48 byte tokens: TRL drops every example (no completion
+    token left), and its collator then died on an empty batch with an IndexError."""
+    svc = Service()
+    job = svc.start_job(sft_request(max_steps=1, max_length=48))
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    assert done.state == "FAILED"
+    assert done.reason.startswith("no example is left to train on: in all 320, the prompt alone fills Maximum "
+                                  "Sequence Length (48 tokens)"), done.reason

@@ -88,7 +88,7 @@ _CHAINED = ("The above exception was the direct cause", "During handling of the 
 # The launcher's own report that a rank failed: it names no cause, the rank's traceback above does.
 _LAUNCHER = ("CalledProcessError", "ChildFailedError", "SignalException")
 _RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
-_PLAIN = ("NonFiniteTrainingError",)
+_PLAIN = ("NonFiniteTrainingError", "TrainingDataError")
 _HINTS = (
     (re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.I),
      "the GPU ran out of memory: set Gradient Checkpointing on, lower Batch Size per Device or Maximum Sequence "

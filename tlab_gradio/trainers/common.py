@@ -132,6 +132,25 @@ def avoid_cudnn_attention() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+class TrainingDataError(RuntimeError):
+    """Nothing (or not enough) is left to train on once the trainer prepared the data."""
+
+
+def check_kept(given: int, kept: int, max_length: int | None, is_main: bool) -> None:
+    """TRL drops the examples whose loss tokens all lie past `max_length` (a prompt that alone fills it): say
+    how many, and stop with the reason when none is left (TRL's collator would fail on an empty batch)."""
+    if kept == given:
+        return
+    if kept == 0:
+        raise TrainingDataError(
+            f"no example is left to train on: in all {given}, the prompt alone fills Maximum Sequence Length "
+            f"({max_length} tokens), so nothing of the completion would be learned; raise Maximum Sequence Length "
+            f"or shorten the prompts")
+    if is_main:
+        print(f"[tlab] max_length {max_length}: left out {given - kept} of {given} examples whose prompt alone "
+              f"fills it", flush=True)
+
+
 class NonFiniteTrainingError(RuntimeError):
     """The loss or the gradient norm became NaN or infinite: the job stops instead of training on."""
 

@@ -189,6 +189,7 @@ def main() -> None:
         peft_config=build_peft_config(p) if use_lora else None,
         callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
     )
+    common.check_kept(len(train_dataset), len(trainer.train_dataset), p.get("max_length"), state.is_main_process)
     if p.get("padding_free") and not p.get("packing"):
         # TRL refuses padding_free without packing when max_length is set (it would not truncate); built
         # with padding, the dataset is truncated in preparation, and only the collator's layout changes
