@@ -178,3 +178,24 @@ def test_switching_plugin_rebuilds_the_form(page):
     gens.press("Tab")
     expect(page.locator("#form-checks")).to_contain_text("is not divisible by num_generations 3")
     page.screenshot(path=str(ARTIFACTS / "train-grpo-form.png"), full_page=True)
+
+
+def test_a_reward_file_uploaded_in_the_grpo_form_is_listed_and_checked(page, tmp_path):
+    expect = playwright.expect
+    rewards = tmp_path / "myrewards.py"
+    rewards.write_text("def brevity(prompts, completions, **kwargs):\n    return [1.0 for _ in completions]\n\n"
+                       "def boom(prompts, completions, **kwargs):\n    return [1 / 0 for _ in completions]\n")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#new-task").click()
+    page.locator("#plugin input").first.click()
+    page.get_by_role("option", name="GRPO Trainer (Multi GPU)").click()
+    expect(page.locator("#param-correctness_method")).to_be_visible()
+    expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+    page.locator("#reward-upload input[type=file]").set_input_files(str(rewards))
+    expect(page.locator("#reward-upload-msg")).to_contain_text("Added myrewards.py: brevity, boom")
+    expect(page.locator("#custom-rewards")).to_contain_text("myrewards.py:brevity")
+    # Ticking a function that raises names it, with the error, before Start.
+    page.locator("#custom-rewards [role=row]").filter(has_text="myrewards.py:boom").locator(
+        "input[type=checkbox]").check()
+    expect(page.locator("#form-checks")).to_contain_text("myrewards.py:boom raised on a sample completion")
+    page.screenshot(path=str(ARTIFACTS / "train-grpo-custom-rewards.png"), full_page=True)

@@ -172,3 +172,46 @@ def test_a_cpu_grpo_job_trains_with_a_custom_reward(svc, home):
     for r in records:
         assert 0 < r["rewards/brevity/mean"] <= 1 and math.isfinite(r["rewards/mentions_answer/mean"])
         assert math.isfinite(r["rewards/correctness/mean"])
+
+
+def test_a_script_uploads_lists_and_is_refused_through_the_app(home, tmp_path):
+    from gradio_client import Client
+
+    from test_app import start_app
+
+    proc, url = start_app({}, tmp_path)
+    try:
+        client = Client(url, verbose=False)
+        saved = client.predict("myrewards.py", REWARDS, api_name="/upload_reward_file")
+        assert saved["file"] == "myrewards.py" and saved["functions"][:2] == ["brevity", "mentions_answer"]
+        listing = client.predict(api_name="/list_rewards")
+        assert listing["custom_allowed"] and listing["files"][0]["file"] == "myrewards.py"
+        with pytest.raises(Exception, match="defines no reward function"):
+            client.predict("empty.py", "x = 1\n", api_name="/upload_reward_file")
+        with pytest.raises(Exception, match=r"myrewards.py:boom raised on a sample completion: ZeroDivisionError"):
+            client.predict(grpo([{"function": "myrewards.py:boom", "weight": 1.0}]), api_name="/start_job")
+        assert client.predict(api_name="/list_jobs") == []
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_the_forms_table_becomes_the_requests_custom_rewards(svc):
+    from tlab_gradio.ui import train_tab
+
+    rows = train_tab.reward_rows(svc, [{"function": "myrewards.py:brevity", "weight": 0.5}, "gone.py:f"])
+    assert rows[0] == [True, "myrewards.py:brevity", 0.5] and rows[1] == [False, "myrewards.py:mentions_answer", 1.0]
+    assert rows[-1] == [True, "gone.py:f", 1.0]  # chosen in a preset, its file since removed: the check names it
+    rows[1][0], rows[1][2] = True, "2"
+    chosen = train_tab.chosen_rewards(rows)
+    assert chosen == [{"function": "myrewards.py:brevity", "weight": 0.5},
+                      {"function": "myrewards.py:mentions_answer", "weight": 2.0}, {"function": "gone.py:f", "weight": 1.0}]
+    static = {"plugin": GRPO, "name": "", "model": "", "source": "Bundled sample", "sample": "grpo_arithmetic",
+              "upload": None, "path": "", "hub": "", "subset": "", "split": "", "template": "{{question}}",
+              "completion_template": "{{answer}}", "custom_rewards": chosen[:2]}
+    request = train_tab.build_request(static, ["device"], ["cpu"])
+    assert request["params"] == {"device": "cpu", "custom_rewards": chosen[:2]}
+    assert "grpo.py" in svc.launch_preview(request)["command"]
+    seed = {"plugin": GRPO, "values": request["params"], "version": 1}  # a preset or a cloned job
+    assert train_tab.seeded_rewards(svc, GRPO, seed) == chosen[:2]
+    assert train_tab.seeded_rewards(svc, "llama_sft_multi_gpu", {**seed, "plugin": "llama_sft_multi_gpu"}) == []

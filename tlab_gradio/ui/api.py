@@ -49,7 +49,8 @@ def register(svc: Service) -> None:
     def start_job(request: dict) -> dict:
         """Start a training job. request: {plugin, name, model, dataset, template, completion_template,
         device, gpu_ids, cpu_processes, params}. Omitted fields take the manifest's defaults, the
-        embedded model and the plugin's sample dataset. Returns {job_id, state}."""
+        embedded model and the plugin's sample dataset. GRPO plugins take your own reward functions in
+        params.custom_rewards: [{"function": "myrewards.py:brevity", "weight": 1.0}]. Returns {job_id, state}."""
         job = svc.start_job(request if isinstance(request, dict) else {"_": request})
         return {"job_id": job["id"], "state": job["state"], "name": job["name"]}
 
@@ -106,6 +107,18 @@ def register(svc: Service) -> None:
         row = next(p for p in svc.plugin_list() if p["id"] == plugin_id)
         return {"plugin_id": plugin_id, "ready": row["ready"], "reasons": row["reasons"], "output": "\n".join(lines)}
 
+    @checked
+    def list_rewards() -> dict:
+        """GRPO's reward functions: {builtin: [names], files: [{file, functions, error}], custom_allowed}.
+        A job names a file's function as "file.py:function" in params.custom_rewards."""
+        return svc.reward_functions()
+
+    @checked
+    def upload_reward_file(file_name: str, source: str) -> dict:
+        """Add (or replace) a Python file of reward functions, `def f(prompts, completions, **kwargs) ->
+        list[float]`, in the workspace's rewards folder. Returns {file, functions}; off in hosted mode."""
+        return svc.save_reward_file(file_name, source)
+
     for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs, gpu_info,
-               install_plugin):
+               install_plugin, list_rewards, upload_reward_file):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)

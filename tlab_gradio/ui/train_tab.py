@@ -19,7 +19,8 @@ from .common import PRIVATE, problems_md
 
 SOURCES = ["Bundled sample", "Upload", "Local path", "Hugging Face Hub"]
 STATIC_FIELDS = ("plugin", "name", "model", "source", "sample", "upload", "path", "hub", "subset", "split",
-                 "template", "completion_template")
+                 "template", "completion_template", "custom_rewards")
+REWARD_HEADERS = ["Use", "Function (file.py:function)", "Weight"]
 
 
 _SAVED: dict[tuple, str] = {}
@@ -70,6 +71,8 @@ def build_request(static: dict[str, Any], names: list[str], values: list[Any]) -
         "completion_template": static["completion_template"] or "",
         "params": dict(zip(names, values)),
     }
+    if static.get("custom_rewards"):  # GRPO's own reward functions, from their table
+        request["params"]["custom_rewards"] = static["custom_rewards"]
     return request
 
 
@@ -142,6 +145,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     refs: dict[str, Any] = {}  # what the Plugin Config section's own fields report to when they change
     seed = gr.State({"plugin": first, "values": {}, "version": 0})  # a preset's or a cloned job's values
     values = gr.State({})  # the Plugin Config fields' current values, by parameter name
+    custom = gr.State([])  # GRPO: the chosen reward functions of your own, [{function, weight}]
     with gr.Row(elem_classes="tl-toolbar"):
         new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
         preset_pick = gr.Dropdown(choices=svc.list_presets(), label="Presets", scale=2, elem_id="preset-pick",
@@ -210,7 +214,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     jobs_view_parts = jobs_view.build(svc, demo, hosted)
 
     static = [plugin_dd, name_tb, model_tb, source, sample, upload, path_tb, hub_tb, subset_tb, split_tb,
-              template_tb, completion_tb]
+              template_tb, completion_tb, custom]
     form_outputs = static[:5] + [path_tb, hub_tb, subset_tb, split_tb, template_tb, completion_tb, seed]
 
     # --- checks, Start and presets: every listener lives here, none inside the render ------
@@ -234,7 +238,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                 _redact(text, svc) if hosted else text)
 
     def set_values(plugin_id, seed_value):
-        return initial_values(svc, plugin_id, seed_value)
+        return initial_values(svc, plugin_id, seed_value), seeded_rewards(svc, plugin_id, seed_value)
 
     def start(*args):
         *fields, vals = args
@@ -261,8 +265,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     form_inputs = static + [values]
     check_outputs = [checks, command]
-    refs.update(values=values, check=check, inputs=form_inputs, outputs=check_outputs)
-    gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed], values, **PRIVATE).then(
+    refs.update(values=values, custom=custom, check=check, inputs=form_inputs, outputs=check_outputs)
+    gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed], [values, custom],
+          **PRIVATE).then(
         check, form_inputs, check_outputs, show_progress="hidden", **PRIVATE)
     watched = [model_tb, source, sample, path_tb, hub_tb, template_tb, completion_tb]
     gr.on([c.change for c in watched] + [upload.upload], check, form_inputs, check_outputs,
@@ -375,6 +380,76 @@ def initial_values(svc: Service, plugin_id: str | None, seed_value: dict[str, An
     return {name: seeded.get(name, spec.get("default")) for name, spec in specs.items()}
 
 
+def seeded_rewards(svc: Service, plugin_id: str | None, seed_value: dict[str, Any]) -> list[dict[str, Any]]:
+    """A preset's or a cloned job's own reward functions, for a GRPO plugin."""
+    if not plugin_id or seed_value.get("plugin") != plugin_id or svc.plugin(plugin_id).train_type != "grpo":
+        return []
+    chosen = (seed_value.get("values") or {}).get("custom_rewards")
+    return list(chosen) if isinstance(chosen, list) else []
+
+
+def reward_rows(svc: Service, chosen: list[Any], keep: list[list[Any]] | None = None) -> list[list[Any]]:
+    """The table's rows: every function of every reward file, ticked with its weight where chosen (or as
+    the table had it), and a chosen one whose file is gone, so the check names it."""
+    weights = {}
+    for item in chosen:
+        if isinstance(item, dict):
+            weights[str(item.get("function"))] = item.get("weight", 1.0)
+        elif isinstance(item, str):
+            weights[item] = 1.0
+    kept = {str(r[1]): r for r in keep or [] if len(r) >= 3}
+    labels = [f"{f['file']}:{fn}" for f in svc.reward_functions()["files"] for fn in f["functions"]]
+    labels += [label for label in weights if label not in labels]
+    return [kept.get(label) or [label in weights, label, weights.get(label, 1.0)] for label in labels]
+
+
+def chosen_rewards(rows: Any) -> list[dict[str, Any]]:
+    rows = rows.values.tolist() if hasattr(rows, "values") else (rows or [])  # a DataFrame or a list of rows
+    chosen = []
+    for row in rows:
+        if len(row) >= 3 and row[0] in (True, "true", "True") and str(row[1]).strip():
+            weight = row[2]
+            try:
+                weight = 1.0 if weight in (None, "") else float(weight)
+            except (TypeError, ValueError):
+                pass  # the check names it
+            chosen.append({"function": str(row[1]).strip(), "weight": weight})
+    return chosen
+
+
+def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], key: str) -> None:
+    """Your own reward functions beside the built-in ones: a table of every function in the workspace's
+    reward files (tick, weight) and an upload. Hidden in hosted mode: a visitor's file would run here."""
+    if settings.hosted():
+        gr.Markdown("Reward functions of your own are turned off on this server.", elem_classes="tl-muted")
+        return
+    gr.Markdown("**Your reward functions**: Python files of `def f(prompts, completions, **kwargs) -> list[float]` "
+                "(completions are chat messages or strings; dataset columns such as `answer` come as keyword "
+                "lists). Tick the ones to use and give each a weight; each is tried on a sample completion "
+                "before Start.", elem_classes="tl-muted")
+    table = gr.Dataframe(value=reward_rows(svc, chosen), headers=REWARD_HEADERS, datatype=["bool", "str", "number"],
+                         type="array", interactive=True, static_columns=[1], label="Reward files in the workspace",
+                         key=f"{key}-table", elem_id="custom-rewards")
+    with gr.Row():
+        upload = gr.File(label="Upload a reward file (.py)", file_types=[".py"], type="filepath", key=f"{key}-upload",
+                         elem_id="reward-upload", scale=2)
+        note = gr.Markdown(elem_id="reward-upload-msg")
+
+    def uploaded(path, rows):
+        if not path:
+            return gr.skip(), ""
+        try:
+            saved = svc.save_reward_file(Path(path).name, Path(path).read_bytes())
+        except RequestError as exc:
+            return gr.skip(), problems_md(exc)
+        return (reward_rows(svc, chosen_rewards(rows), keep=rows if isinstance(rows, list) else None),
+                f"Added **{html.escape(saved['file'])}**: {', '.join(saved['functions'])}")
+
+    upload.upload(uploaded, [upload, table], [table, note], **PRIVATE)
+    table.change(chosen_rewards, table, refs["custom"], show_progress="hidden", trigger_mode="always_last",
+                 **PRIVATE).then(refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+
+
 def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, seed_value: dict[str, Any]) -> None:
     """The Plugin Config fields of one manifest. Each field reports its value into the `values`
     state and the form is checked again; the listeners belong to these fields alone, so they go
@@ -413,6 +488,8 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
                                    refs["values"], show_progress="hidden", trigger_mode="always_last",
                                    **PRIVATE).then(
                             refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+            if manifest.train_type == "grpo" and "reward_correctness" in names:
+                custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value), f"{plugin_id}-{version}")
 
 
 def opens(group: Any, specs: dict[str, dict[str, Any]], values: dict[str, Any]) -> bool:
