@@ -234,6 +234,8 @@ def probe(home: Path, choices: list[Choice], sample_: Sample, python: str | None
         return [f"reward functions {names}: the check process ended with code {done.returncode}"
                 + (f": {tail[-1].strip()}" if tail else "")]
     problems = json.loads(lines[-1][len(PROBE_MARK):])["problems"]
+    if len(_PROBED) > 256:  # a long-running app: forget old versions
+        _PROBED.clear()
     _PROBED[key] = problems
     return list(problems)
 
