@@ -1,12 +1,13 @@
-"""Which model a job trains: the embedded default, a local folder or a Hub id, and its
-architecture read from config.json alone (no weights loaded) to check against a manifest."""
+"""Which model a job trains: the embedded default, a local folder, a GGUF file (converted
+once into a folder, see gguf_model) or a Hub id, and its architecture read from config.json
+alone (no weights loaded) to check against a manifest."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tiny_model
+from . import gguf_model, tiny_model
 
 
 class ModelError(ValueError):
@@ -19,6 +20,7 @@ class ModelRef:
     source: str  # "embedded" | "local" | "hub"
     architecture: str
     config: dict  # its config.json: for the memory estimate
+    gguf_file: str | None = None  # the GGUF file `path` was converted from
 
 
 def _architecture(config: dict, label: str) -> str:
@@ -28,22 +30,45 @@ def _architecture(config: dict, label: str) -> str:
     return archs[0]
 
 
+def _gguf_file(local: Path, text: str) -> Path | None:
+    """The GGUF file to convert when the path is one, or a folder holding one and no config.json."""
+    if local.is_file():
+        if gguf_model.is_gguf(local):
+            return local
+        raise ModelError(f"model path {text!r} is a file but not a .gguf file: give a model folder or a .gguf file")
+    if (local / "config.json").is_file():
+        return None
+    found = gguf_model.files_in(local)
+    if len(found) > 1:
+        raise ModelError(f"model folder {text!r} holds several GGUF files ({', '.join(p.name for p in found)}): "
+                         f"give the path of the one to use")
+    if not found:
+        raise ModelError(f"model folder {text!r} has no config.json (what a Hugging Face model folder holds) "
+                         f"and no .gguf file")
+    return found[0]
+
+
 def resolve(model: str | None) -> ModelRef:
     text = (model or "").strip()
     if not text:
         return ModelRef(str(tiny_model.default_path()), "embedded", tiny_model.ARCHITECTURE, tiny_model.config_dict())
     local = Path(text).expanduser()
     if local.exists() or text.startswith(("/", ".", "~")):
-        if not local.is_dir():
-            raise ModelError(f"model folder {text!r} does not exist")
+        if not local.exists():
+            raise ModelError(f"model path {text!r} does not exist")
+        gguf_file = _gguf_file(local, text)
+        if gguf_file:
+            try:
+                local = gguf_model.ensure(gguf_file)
+            except gguf_model.GGUFError as exc:
+                raise ModelError(str(exc)) from None
         config_path = local / "config.json"
-        if not config_path.is_file():
-            raise ModelError(f"model folder {text!r} has no config.json")
         try:
             config = json.loads(config_path.read_text())
         except ValueError as exc:
             raise ModelError(f"model folder {text!r}: config.json is not valid JSON ({exc})") from None
-        return ModelRef(str(local.resolve()), "local", _architecture(config, text), config)
+        return ModelRef(str(local.resolve()), "local", _architecture(config, text), config,
+                        str(gguf_file) if gguf_file else None)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
