@@ -26,6 +26,8 @@ SUFFIX = ".gguf"
 MISSING_PACKAGE = "reading GGUF models needs the gguf package: pip install gguf (or -r requirements-gguf.txt)"
 REFUSED_EXIT = 3  # the subprocess's exit code for "transformers cannot read this architecture"
 SOURCE_FILE = "tlab_gguf_source.json"  # written into the converted folder: where it came from
+# The conversion's stderr is read back for its error: keep progress bars and info out of it.
+_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -121,9 +123,6 @@ def ensure(path: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-_QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
 
 def _lock(key: str) -> threading.Lock:

@@ -164,7 +164,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                                      scale=2)
                 model_tb = gr.Textbox(label="Model", elem_id="model", scale=3,
                                       placeholder=("Hub id (empty: the embedded tiny Llama)" if hosted else
-                                                   "Hub id or local folder (empty: the embedded tiny Llama, offline)"))
+                                                   "Hub id, local folder or .gguf file (empty: the tiny Llama, offline)"))
         with gr.Group():
             gr.Markdown("### Dataset", elem_classes="tl-section")
             sources = [s for s in SOURCES if not (hosted and s == "Local path")]
