@@ -95,7 +95,8 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
     if not on_cpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=rewards.trl_reward_funcs(names, markers), args=args,
+    method = rewards.resolve_method(p.get("correctness_method"))
+    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=rewards.trl_reward_funcs(names, markers, method), args=args,
                           train_dataset=dataset, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     per_step = same["per_device_train_batch_size"] * same["gradient_accumulation_steps"]

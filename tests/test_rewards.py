@@ -25,10 +25,13 @@ def test_numbers_compare_as_numbers(answer):
 def test_correctness():
     assert rewards.correctness(GOOD, "#### 42") == 1.0
     assert rewards.correctness(WRONG, "#### 42") == 0.0
-    assert rewards.correctness(NO_MARKERS, "42") == 0.0
+    # no answer block: half credit when the last number is right, so a model that ignores the format learns
+    assert rewards.correctness(NO_MARKERS, "42") == rewards.UNMARKED_CREDIT == 0.5
+    assert rewards.correctness("40 + 2 = 42, or maybe 41", "42") == 0.0
+    assert rewards.correctness("<answer>\n41\n</answer> but 42", "42") == 0.0  # an answer block decides
     assert rewards.correctness("<reasoning>\nx\n</reasoning>\n<answer>\n1,000\n</answer>", "1000") == 1.0
     assert rewards.correctness("<answer>Paris</answer>", "paris") == 1.0  # text: case and spaces ignored
-    assert rewards.correctness("<answer>42", "42") == 0.0  # unterminated answer
+    assert rewards.correctness("<answer>42", "42") == 0.5  # unterminated answer: no block, its last number
 
 
 def test_integer():
@@ -62,7 +65,7 @@ def test_custom_markers():
     m = Markers("<think>", "</think>", "<final>", "</final>")
     text = "<think>\nhmm\n</think>\n<final>\n7\n</final>"
     assert rewards.correctness(text, "7", m) == 1.0 and rewards.strict_format(text, m) == 1.0
-    assert rewards.correctness(GOOD, "42", m) == 0.0
+    assert rewards.correctness(GOOD, "42", m) == 0.5  # not in these markers' block: the unmarked half
     assert "<final>" in m.format_instructions()
 
 

@@ -115,9 +115,25 @@ def answers_match(answer: str | None, reference: str, method: str = "numbers") -
         and _math_equal(answer, reference)
 
 
+_ANY_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+UNMARKED_CREDIT = 0.5
+
+
+def last_number(completion: str) -> str | None:
+    found = _ANY_NUMBER.findall(completion)
+    return found[-1] if found else None
+
+
 def correctness(completion: str, reference: str, markers: Markers = Markers(), method: str = "numbers") -> float:
-    matched = answers_match(extract_answer(completion, markers), reference_answer(reference), method)
-    return 1.0 if matched else 0.0
+    """1 for the right answer between the answer markers. A completion with no answer block whose last number
+    is right earns UNMARKED_CREDIT: a small model that ignores the format at first (SmolLM2-135M-Instruct gave
+    0 of 80 sampled completions in it) otherwise scores 0 everywhere, every advantage is zero and GRPO learns
+    nothing; half credit gives it a signal and still pays for the format."""
+    reference = reference_answer(reference)
+    answer = extract_answer(completion, markers)
+    if answer is not None:
+        return 1.0 if answers_match(answer, reference, method) else 0.0
+    return UNMARKED_CREDIT if answers_match(last_number(completion), reference, method) else 0.0
 
 
 def integer(completion: str, markers: Markers = Markers()) -> float:
