@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = {"COMPLETE", "FAILED", "STOPPED"}
 SMOKE = {"grpo": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_completion_length": 8},
-         "sft": {"max_length": 64}}  # not the defaults: only for trying the script on a CPU (--device cpu)
+         "sft": {"max_length": 256}}  # not the defaults: only for trying the script on a CPU (--device cpu)
 
 
 def start_app(home: Path) -> tuple[subprocess.Popen, str]:

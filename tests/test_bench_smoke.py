@@ -33,3 +33,33 @@ def test_sft_bench_runs_on_cpu(tmp_path, home):
     again = json.loads(out.read_text())["settings"]["plugin"]
     assert (again["x_trl_defaults"], again["loss_vs_trl"]) == expected
     assert "| plugin |" in table
+
+
+def test_grpo_learning_bench_runs_on_cpu(tmp_path, home):
+    """The learning benchmark: the plugin through the app's service and plain TRL on the problem the plugin's
+    job config describes, each step's reward, the rise against the spread, and the curves compared."""
+    out = tmp_path / "learning.json"
+    subprocess.run([sys.executable, "bench/grpo_learning_bench.py", "--model", "", "--device", "cpu", "--steps", "2",
+                    "--out", str(out)], cwd=REPO, check=True, timeout=600, capture_output=True)
+    report = json.loads(out.read_text())
+    assert [r["step"] for r in report["plugin"]["curve"]] == [1, 2]
+    assert [r["step"] for r in report["plain_trl"]["curve"]] == [1, 2]
+    same = report["plain_trl"]["settings"]
+    for key in ("learning_rate", "num_generations", "max_completion_length", "beta", "loss_type", "seed"):
+        assert same[key] == report["params"][key], key
+    assert set(same["reward_weights"]) == {"correctness", "integer", "strict_format", "soft_format", "tag_count"}
+    assert "need 20" in report["summary"]["plugin"]["error"]  # 2 steps cannot show a rise; 60 do on the GPU
+
+
+def test_app_gpu_check_runs_on_cpu(tmp_path, home):
+    """The every-plugin check drives a real `python app.py` through gradio_client only."""
+    out = tmp_path / "app.json"
+    subprocess.run([sys.executable, "bench/app_gpu_check.py", "--device", "cpu", "--steps", "1",
+                    "--gpu-choices", "omitted", "--out", str(out)], cwd=REPO, check=True, timeout=600,
+                   capture_output=True)
+    report = json.loads(out.read_text())
+    ran = {j["plugin"]: j for j in report["jobs"] if "skipped" not in j}
+    assert set(ran) == {"llama_sft_multi_gpu", "grpo_multi_gpu"}
+    assert all(j["state"] == "COMPLETE" and j["metrics_finite"] for j in ran.values()), ran
+    assert report["summary"]["missing_gpu_ids_refused"]
+    assert all("does not exist" in r["message"] for r in report["refusals"])
