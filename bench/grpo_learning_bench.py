@@ -36,14 +36,28 @@ WINDOW = 10
 DEVICE = {"device": "cuda", "gpu_ids": "0"}  # --device cpu: a smoke run of the whole script
 
 
-def plugin_request(model: str, steps: int) -> dict:
+def plugin_request(model: str, steps: int, **params) -> dict:
     return {"plugin": "grpo_multi_gpu", "name": "learning-plugin", "model": model,
-            "params": {**DEVICE, "max_steps": steps}}
+            "params": {**DEVICE, "max_steps": steps, **params}}
 
 
-def run_plugin(home: Path, model: str, steps: int) -> dict:
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME:KEY=VALUE,KEY=VALUE`: an extra plugin run with those settings (values read as JSON where they can)."""
+    name, _, pairs = text.partition(":")
+    params = {}
+    for pair in filter(None, pairs.split(",")):
+        key, _, value = pair.partition("=")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return name, params
+
+
+def run_plugin(home: Path, model: str, steps: int, **params) -> dict:
     started = time.time()
-    job = harness.plugin_job(home, plugin_request(model, steps), timeout=3600)
+    job = harness.plugin_job(home, plugin_request(model, steps, **params), timeout=3600)
+    job["settings"] = params
     job["wall_s"] = time.time() - started
     job["curve"] = [{k: r.get(k) for k in ("step", "reward", "reward_std", "completions/mean_length", "step_time",
                                            "completion_tokens_per_second", "grad_norm", "loss",
@@ -166,7 +180,10 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label, color in (("plugin", "GRPO plugin, defaults", "tab:blue"), ("plain_trl", "plain TRL", "tab:gray")):
+    extra = [k for k, v in report.items() if isinstance(v, dict) and "curve" in v and k not in ("plugin", "plain_trl")]
+    colors = ["tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for key, label, color in [("plugin", "GRPO plugin, defaults", "tab:blue"), ("plain_trl", "plain TRL", "tab:gray")] + [
+            (k, f"plugin, {k}", colors[i % len(colors)]) for i, k in enumerate(extra)]:
         curve = report.get(key, {}).get("curve") or []
         steps = [r["step"] for r in curve if r.get("reward") is not None]
         rewards = [r["reward"] for r in curve if r.get("reward") is not None]
@@ -190,6 +207,8 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="a GGUF file, a model folder, or '' for the embedded model")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--runs", default="plugin,plain_trl")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="an extra plugin run with these settings, e.g. lr2e-5:learning_rate=2e-5")
     ap.add_argument("--cudnn-attention", action="store_true", help="leave cuDNN attention on in plain TRL")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plot", type=Path)
@@ -216,17 +235,20 @@ def main() -> None:
         report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "steps": args.steps,
                   "model_given": args.model, "model_folder": cfg["model"], "model_name": Path(args.model).stem or
                   "the embedded model", "params": cfg["params"], "dataset": cfg["dataset"]}
-        for run in args.runs.split(","):
+        variants = dict(parse_variant(v) for v in args.variant)
+        for run in args.runs.split(",") + list(variants):
             try:
                 report[run] = (run_plugin(home / "plugin", args.model, args.steps) if run == "plugin" else
-                               run_plain_trl(cfg, args.steps, args.cudnn_attention))
+                               run_plugin(home / run, args.model, args.steps, **variants[run]) if run in variants
+                               else run_plain_trl(cfg, args.steps, args.cudnn_attention))
             except Exception as exc:  # noqa: BLE001 - keep the other run's figures
                 report[run] = {"error": f"{type(exc).__name__}: {exc}"}
             args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
             print(run, json.dumps({k: v for k, v in report[run].items() if k not in ("curve", "records")},
                                   default=str)[:2000], flush=True)
     summary = {}
-    for run in ("plugin", "plain_trl"):
+    runs = [k for k, v in report.items() if isinstance(v, dict) and "curve" in v]
+    for run in runs:
         curve = report.get(run, {}).get("curve") or []
         summary[run] = {**learned(curve), **speed(curve)}
     if report.get("plugin", {}).get("curve") and report.get("plain_trl", {}).get("curve"):
@@ -236,7 +258,7 @@ def main() -> None:
         if a and b:
             summary["plugin_vs_plain_trl"]["speed_ratio"] = a / b
     report["summary"] = summary
-    for run in ("plugin", "plain_trl"):  # the per-step records are in `curve`; drop the bulky duplicates
+    for run in runs:  # the per-step records are in `curve`; drop the bulky duplicates
         report.get(run, {}).pop("records", None)
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     if args.plot:
