@@ -13,14 +13,13 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 from . import settings
+from .atomic_folder import build_once
 
 SUFFIX = ".gguf"
 MISSING_PACKAGE = "reading GGUF models needs the gguf package: pip install gguf (or -r requirements-gguf.txt)"
@@ -102,9 +101,8 @@ def ensure(path: Path) -> Path:
     with _lock(str(target)):  # one conversion per file per process (the page previews repeatedly)
         if (target / "config.json").is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+
+        def convert(tmp: Path) -> None:
             run = subprocess.run([sys.executable, "-m", __name__, "convert", str(path), str(tmp)],
                                  capture_output=True, text=True, env={**os.environ, **_QUIET})
             if run.returncode == REFUSED_EXIT:
@@ -114,14 +112,8 @@ def ensure(path: Path) -> Path:
             if run.returncode:
                 tail = "\n".join(run.stderr.strip().splitlines()[-8:])
                 raise GGUFError(f"converting GGUF file {str(path)!r} ({arch}) failed:\n{tail}")
-            tmp.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process finished first
-                if not (target / "config.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        build_once(target, convert)
     return target
 
 

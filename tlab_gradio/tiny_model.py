@@ -6,12 +6,10 @@ in seconds. It learns (the loss falls) but knows nothing.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from . import settings
+from .atomic_folder import build_once
 
 NAME = "tlab-tiny-llama"
 ARCHITECTURE = "LlamaForCausalLM"
@@ -88,23 +86,8 @@ def build(path: Path, seed: int = 0) -> Path:
 
 
 def ensure(path: Path | None = None) -> Path:
-    """Build the model once; concurrent callers (ranks, jobs) are safe: build aside, then rename."""
-    path = Path(path or default_path())
-    if (path / "config.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        build(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
-        try:
-            os.rename(tmp, path)
-        except OSError:  # someone else finished first
-            if not (path / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    """Build the model once; concurrent callers (ranks, jobs) are safe (atomic_folder.build_once)."""
+    return build_once(Path(path or default_path()), build)
 
 
 if __name__ == "__main__":
