@@ -199,3 +199,74 @@ def test_a_reward_file_uploaded_in_the_grpo_form_is_listed_and_checked(page, tmp
         "input[type=checkbox]").check()
     expect(page.locator("#form-checks")).to_contain_text("myrewards.py:boom raised on a sample completion")
     page.screenshot(path=str(ARTIFACTS / "train-grpo-custom-rewards.png"), full_page=True)
+
+
+def test_manifests_added_changed_or_broken_while_the_app_runs_show_at_the_next_page_load(home, tmp_path, chromium):
+    """The Train tab's plugin list is read at each page load: a manifest added while the app runs is
+    offered, a broken one never is (nor is it the default), and the Plugins tab lists it with its error."""
+    import json
+    import shutil
+
+    from conftest import REPO
+
+    expect = playwright.expect
+    folder = tmp_path / "manifests"
+    shutil.copytree(REPO / "plugin_manifests", folder)
+    proc, url = start_app({"TLAB_MANIFEST_DIR": str(folder)}, tmp_path)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            playwright.expect.set_options(timeout=30_000)
+            page.goto(url)
+
+            def open_form():
+                page.get_by_role("tab", name="Train").click()
+                page.locator("#new-task").click()
+                expect(page.locator("#task-form")).to_be_visible()
+
+            def options():
+                page.locator("#plugin input").first.click()
+                listed = page.get_by_role("option")
+                expect(listed.first).to_be_visible()
+                names = listed.all_inner_texts()
+                page.keyboard.press("Escape")
+                return [n.replace("✓", "").strip() for n in names]  # the selected one is ticked
+
+            sft_name = "Llama SFT Trainer -- Huggingface TRL (Multi GPU Support)"
+            open_form()
+            expect(page.locator("#plugin input").first).to_have_value(sft_name)
+            assert "Copied SFT" not in options()
+
+            sft = json.loads((folder / "llama_sft_multi_gpu.json").read_text())
+            (folder / "copied_sft.json").write_text(json.dumps({**sft, "uniqueId": "copied_sft", "name": "Copied SFT"}))
+            # Broken (a parameter key misspelt), and first by file name and by plugin name
+            broken = json.loads(json.dumps({**sft, "uniqueId": "aaa_broken", "name": "AAA Broken"}))
+            broken["parameters"]["lora_r"]["maximun"] = 3
+            (folder / "aaa_broken.json").write_text(json.dumps(broken))
+            page.reload()
+            expect(page.locator("#plugins-table")).to_contain_text("aaa_broken.json")
+            expect(page.locator("#plugins-table")).to_contain_text("parameters.lora_r.maximun")
+            expect(page.locator("#plugins-table")).to_contain_text("Copied SFT")
+            open_form()
+            expect(page.locator("#plugin input").first).to_have_value(sft_name)  # the default stays the SFT plugin
+            listed = options()
+            assert "Copied SFT" in listed and "AAA Broken" not in listed and sft_name in listed, listed
+            expect(page.locator("#param-lora_r")).to_be_visible()
+
+            # The default plugin's own manifest broken while the app runs: the default is the next loadable one,
+            # and its form is built.
+            (folder / "llama_sft_multi_gpu.json").write_text("{")
+            page.reload()
+            expect(page.locator("#plugins-table")).to_contain_text("llama_sft_multi_gpu.json")
+            open_form()
+            expect(page.locator("#plugin input").first).to_have_value("Copied SFT")
+            listed = options()
+            assert sft_name not in listed and "AAA Broken" not in listed, listed
+            expect(page.locator("#param-lora_r")).to_be_visible()
+            expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)

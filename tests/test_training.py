@@ -216,3 +216,45 @@ def test_a_maximum_length_that_leaves_nothing_to_learn_fails_with_the_reason(hom
     assert done.state == "FAILED"
     assert done.reason.startswith("no example is left to train on: in all 320, the prompt alone fills Maximum "
                                   "Sequence Length (48 tokens)"), done.reason
+
+
+def optimizer_groups(job) -> list[dict]:
+    """The optimiser's own settings, as the last checkpoint saved them (optimizer.pt)."""
+    import torch
+
+    checkpoints = sorted(Path(job.job_dir).glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return torch.load(checkpoints[-1] / "optimizer.pt", weights_only=False)["param_groups"]
+
+
+def test_max_samples_caps_the_rows_and_adam_settings_reach_the_sft_optimiser(home):
+    """max_samples 8 at batch 4: one epoch is 2 steps (the sample has 320 rows); AdamW runs with the form's
+    betas and epsilon (read back from the optimiser state the checkpoint saved)."""
+    svc = Service()
+    job = svc.start_job(sft_request(max_samples=8, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4,
+                                    gradient_accumulation_steps=1, adam_beta1=0.8, adam_beta2=0.95,
+                                    adam_epsilon=1e-6))
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(job["id"], 400))
+    assert done.state == "COMPLETE", log
+    assert "[tlab] dataset: using 8 of 320 rows (max_samples 8)" in log
+    assert svc.job(job["id"])["progress"]["max_steps"] == 2
+    assert [r["step"] for r in metrics(svc.job(job["id"])) if "loss" in r] == [1, 2]
+    for group in optimizer_groups(done):
+        assert tuple(group["betas"]) == (0.8, 0.95) and group["eps"] == 1e-6
+
+
+def test_max_samples_and_adam_settings_reach_the_grpo_trainer(home):
+    """GRPO: 4 prompts x 4 completions at 4 completions a step is 4 steps; the optimiser has the form's settings."""
+    svc = Service()
+    job = svc.start_job({"plugin": "grpo_multi_gpu", "name": "grpo-small", "device": "cpu",
+                         "params": {"max_samples": 4, "max_steps": -1, "num_train_epochs": 1,
+                                    "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
+                                    "num_generations": 4, "max_completion_length": 16, "save_steps": 100,
+                                    "adam_beta1": 0.85, "adam_beta2": 0.98, "adam_epsilon": 1e-7}})
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(job["id"], 400))
+    assert done.state == "COMPLETE", log
+    assert "[tlab] dataset: using 4 of 360 rows (max_samples 4)" in log
+    assert svc.job(job["id"])["progress"]["max_steps"] == 4
+    for group in optimizer_groups(done):
+        assert tuple(group["betas"]) == (0.85, 0.98) and group["eps"] == 1e-7

@@ -132,6 +132,23 @@ def avoid_cudnn_attention() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def limit_rows(dataset, max_samples: int | None, is_main: bool):
+    """max_samples: the dataset's first N rows only (0 or None: every row). Applied right after loading, before
+    the templates run, so a trial run on a large dataset formats only what it trains on. The log says how many
+    rows are used either way."""
+    total = len(dataset)
+    capped = bool(max_samples) and max_samples < total
+    if capped:
+        dataset = dataset.select(range(max_samples))
+    if is_main:
+        print(f"[tlab] dataset: using {len(dataset)} of {total} rows"
+              + (f" (max_samples {max_samples})" if capped else ""), flush=True)
+    return dataset
+
+
+ADAM_KEYS = ("adam_beta1", "adam_beta2", "adam_epsilon")  # TrainingArguments names, for SFTConfig and GRPOConfig
+
+
 class TrainingDataError(RuntimeError):
     """Nothing (or not enough) is left to train on once the trainer prepared the data."""
 

@@ -22,7 +22,7 @@ GRPO_KEYS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_generations", "max_completion_length", "temperature", "top_p", "beta", "loss_type", "epsilon",
     "num_iterations", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "logging_steps",
-    "save_steps", "save_total_limit", "seed",
+    "save_steps", "save_total_limit", "seed", *common.ADAM_KEYS,
 )
 
 
@@ -105,7 +105,9 @@ def main() -> None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-        dataset = data.grpo_formatted(data.load(data.parse_spec(cfg["dataset"])), templates, system_prompt(p, markers))
+        rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"),
+                                 state.is_main_process)
+        dataset = data.grpo_formatted(rows, templates, system_prompt(p, markers))
         dataset = as_text_prompts(dataset, tokenizer)
         dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
 

@@ -17,7 +17,7 @@ from tlab_gradio.trainers import common  # noqa: E402
 
 SFT_KEYS = (
     "learning_rate", "num_train_epochs", "max_steps", "max_length", "packing", "lr_scheduler_type", "warmup_steps",
-    "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed",
+    "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed", *common.ADAM_KEYS,
 )
 
 
@@ -131,7 +131,8 @@ def main() -> None:
             tiny_model.ensure(Path(model_path))
         spec = data.parse_spec(cfg["dataset"])
         templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-        train_dataset = data.formatted(data.load(spec), templates)
+        train_dataset = data.formatted(common.limit_rows(data.load(spec), p.get("max_samples"), state.is_main_process),
+                                       templates)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:

@@ -53,7 +53,8 @@ def main() -> None:
     model, tokenizer = FastLanguageModel.from_pretrained(**load_kwargs)
     targets = [t.strip() for t in p["lora_target_modules"].split(",") if t.strip()]
     model = FastLanguageModel.get_peft_model(
-        model, r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=0, target_modules=targets,
+        model, r=p["lora_r"], lora_alpha=p["lora_alpha"], lora_dropout=p.get("lora_dropout") or 0,
+        target_modules=targets,
         use_gradient_checkpointing="unsloth" if p.get("gradient_checkpointing") else False, random_state=p["seed"],
     )
     tokenizer.padding_side = "left"
@@ -62,7 +63,8 @@ def main() -> None:
 
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
     templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-    dataset = data.grpo_formatted(data.load(data.parse_spec(cfg["dataset"])), templates, grpo.system_prompt(p, markers))
+    rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"), True)
+    dataset = data.grpo_formatted(rows, templates, grpo.system_prompt(p, markers))
     dataset = grpo.as_text_prompts(dataset, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
@@ -71,7 +73,8 @@ def main() -> None:
     custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))  # the job folder's copies
     reward_funcs = rewards.trl_reward_funcs(names, markers, method) + custom
     names, weights = names + [f.__name__ for f in custom], weights + custom_weights
-    print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} 4-bit={p['load_in_4bit']}; "
+    print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} dropout={p.get('lora_dropout') or 0} "
+          f"4-bit={p['load_in_4bit']}; "
           f"generation: {'vLLM (fast_inference)' if fast else 'transformers'}; rewards {dict(zip(names, weights))} "
           f"(correctness: {method})", flush=True)
 

@@ -134,12 +134,34 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
     return gr.Textbox(value="" if value is None else str(value), **common)
 
 
-def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
-    # SFT first: the simplest run, and what a first-time user expects to find selected.
+DEFAULT_PLUGIN = "llama_sft_multi_gpu"
+
+
+def trainer_choices(svc: Service) -> tuple[list[tuple[str, str]], str | None]:
+    """The Plugin dropdown's choices as the manifests are now, and its default. Built at every page load, so a
+    manifest added or fixed while the app runs is offered at the next one; one that fails to load is never
+    offered (the Plugins tab lists it with its error). The default: the SFT plugin (the simplest run, what a
+    first-time user expects), else SFT before GRPO, ready before not ready, then by name and id."""
     listed = [p for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer"]
-    listed.sort(key=lambda p: ({"sft": 0, "grpo": 1}.get(p["train_type"], 2), not p["ready"], p["name"]))
-    trainers = [(p["name"], p["id"]) for p in listed]
-    first = trainers[0][1] if trainers else None
+    listed.sort(key=lambda p: (p["id"] != DEFAULT_PLUGIN, {"sft": 0, "grpo": 1}.get(p["train_type"], 2),
+                               not p["ready"], p["name"], p["id"]))
+    names = [p["name"] for p in listed]
+    trainers = [(p["name"] if names.count(p["name"]) == 1 else f"{p['name']} ({p['id']})", p["id"]) for p in listed]
+    return trainers, (trainers[0][1] if trainers else None)
+
+
+def _manifest(svc: Service, plugin_id: str | None):
+    """The plugin's manifest, or None when it is unknown or fails to load now (changed since the page loaded)."""
+    if not plugin_id:
+        return None
+    try:
+        return svc.plugin(plugin_id)
+    except RequestError:
+        return None
+
+
+def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
+    trainers, first = trainer_choices(svc)  # read again at every page load (below)
     sample0 = data.SAMPLES[data.DEFAULT_SFT_SAMPLE]
 
     refs: dict[str, Any] = {}  # what the Plugin Config section's own fields report to when they change
@@ -158,7 +180,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         with gr.Group():
             gr.Markdown("### Name", elem_classes="tl-section")
             with gr.Row():
-                plugin_dd = gr.Dropdown(choices=trainers, value=first, label="Plugin", elem_id="plugin",
+                # No value until the page load reads the plugins again (refresh_plugins): a value kept from
+                # app start could name a plugin no longer offered, and be refused in every handler.
+                plugin_dd = gr.Dropdown(choices=trainers, value=None, label="Plugin", elem_id="plugin",
                                         info="Only trainer plugins are listed", scale=2)
                 name_tb = gr.Textbox(label="Task name", placeholder="e.g. alpaca-lora-run-1", elem_id="task-name",
                                      scale=2)
@@ -222,7 +246,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         """The values state, unless it still holds another plugin's fields (a check queued while the
         plugin was being switched): then this plugin's starting values."""
         plugin_id = fields[0]
-        if plugin_id and set(vals) != set(svc.plugin(plugin_id).parameters):
+        manifest = _manifest(svc, plugin_id)
+        if manifest and set(vals) != set(manifest.parameters):
             return initial_values(svc, plugin_id, {})
         return vals
 
@@ -290,7 +315,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     def template_labels(plugin_id) -> tuple[dict, dict]:
         """GRPO maps an input and a reference answer; SFT a prompt (or whole text) and a completion."""
-        if plugin_id and svc.plugin(plugin_id).train_type == "grpo":
+        manifest = _manifest(svc, plugin_id)
+        if manifest and manifest.train_type == "grpo":
             return ({"label": "Input template (the question)", "info": "{{column}} placeholders, e.g. {{question}}"},
                     {"label": "Answer template (the reference)",
                      "info": "e.g. {{answer}}; GSM8K answers: the reference is the text after ####"})
@@ -305,7 +331,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     def plugin_defaults(plugin_id):
         """A newly picked plugin starts on its own sample data and templates (labels included, so
         this update and relabel agree whichever lands last)."""
-        name = svc.plugin(plugin_id).sample_dataset if plugin_id else None
+        manifest = _manifest(svc, plugin_id)
+        name = manifest.sample_dataset if manifest else None
         if not name:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         template, completion = sample_templates(name)
@@ -358,6 +385,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     # The list as it is now, not as it was when the app started (presets saved since, in any tab).
     demo.load(lambda: gr.update(choices=svc.list_presets()), None, preset_pick, **PRIVATE)
 
+    def refresh_plugins():
+        """The plugins as the manifests are now, and the default selected: plugin_dd.change builds its config."""
+        choices, default = trainer_choices(svc)
+        return gr.update(choices=choices, value=default)
+
+    demo.load(refresh_plugins, None, plugin_dd, **PRIVATE)
+
     def clone(job_id, current):
         if job_id is None:
             raise gr.Error("Select a job to clone", print_exception=False)
@@ -373,16 +407,18 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 def initial_values(svc: Service, plugin_id: str | None, seed_value: dict[str, Any]) -> dict[str, Any]:
     """The Plugin Config's starting values: the manifest's defaults for this machine, with a
     preset's or a cloned job's values where the seed is for this plugin."""
-    if not plugin_id:
+    manifest = _manifest(svc, plugin_id)
+    if not manifest:
         return {}
-    specs = svc.parameter_specs(svc.plugin(plugin_id))
+    specs = svc.parameter_specs(manifest)
     seeded = seed_value.get("values", {}) if seed_value.get("plugin") == plugin_id else {}
     return {name: seeded.get(name, spec.get("default")) for name, spec in specs.items()}
 
 
 def seeded_rewards(svc: Service, plugin_id: str | None, seed_value: dict[str, Any]) -> list[dict[str, Any]]:
     """A preset's or a cloned job's own reward functions, for a GRPO plugin."""
-    if not plugin_id or seed_value.get("plugin") != plugin_id or svc.plugin(plugin_id).train_type != "grpo":
+    manifest = _manifest(svc, plugin_id)
+    if not manifest or seed_value.get("plugin") != plugin_id or manifest.train_type != "grpo":
         return []
     chosen = (seed_value.get("values") or {}).get("custom_rewards")
     return list(chosen) if isinstance(chosen, list) else []
