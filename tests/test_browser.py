@@ -1,5 +1,6 @@
 """A person's path through the page, in headless Chromium: the three tabs, the Train form, a job
 started from the page and watched to COMPLETE. Screenshots of each tab go to tests/artifacts/."""
+import contextlib
 import re
 
 import pytest
@@ -13,22 +14,31 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--
          "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
+@contextlib.contextmanager
+def opened_page(env: dict, tmp_path, chromium, timeout_ms: int = 30_000, expect_ms: int = 15_000):
+    """A real `python app.py` with `env`, and a Chromium page on it; both closed afterwards."""
+    proc, url = start_app(env, tmp_path)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(timeout_ms)
+            # Assertions wait up to 15 s (Playwright's default is 5): CI runs browser, server and
+            # chromium's renderer on 2 cores, where one round of events took 4-8 s before the config
+            # fields stopped firing .change on mount, and can still take a few seconds.
+            playwright.expect.set_options(timeout=expect_ms)
+            page.goto(url)
+            yield page
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 @pytest.fixture
 def page(home, tmp_path, chromium):
-    proc, url = start_app({}, tmp_path)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        # Assertions wait up to 15 s (Playwright's default is 5): CI runs browser, server and
-        # chromium's renderer on 2 cores, where one round of events took 4-8 s before the config
-        # fields stopped firing .change on mount, and can still take a few seconds.
-        playwright.expect.set_options(timeout=15_000)
-        page.goto(url)
+    with opened_page({}, tmp_path, chromium) as page:
         yield page
-        browser.close()
-    proc.terminate()
-    proc.wait(20)
 
 
 def test_train_a_job_from_the_page(page):
@@ -212,61 +222,49 @@ def test_manifests_added_changed_or_broken_while_the_app_runs_show_at_the_next_p
     expect = playwright.expect
     folder = tmp_path / "manifests"
     shutil.copytree(REPO / "plugin_manifests", folder)
-    proc, url = start_app({"TLAB_MANIFEST_DIR": str(folder)}, tmp_path)
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            playwright.expect.set_options(timeout=30_000)
-            page.goto(url)
+    with opened_page({"TLAB_MANIFEST_DIR": str(folder)}, tmp_path, chromium, 60_000, 30_000) as page:
+        def open_form():
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#new-task").click()
+            expect(page.locator("#task-form")).to_be_visible()
 
-            def open_form():
-                page.get_by_role("tab", name="Train").click()
-                page.locator("#new-task").click()
-                expect(page.locator("#task-form")).to_be_visible()
+        def options():
+            page.locator("#plugin input").first.click()
+            listed = page.get_by_role("option")
+            expect(listed.first).to_be_visible()
+            names = listed.all_inner_texts()
+            page.keyboard.press("Escape")
+            return [n.replace("✓", "").strip() for n in names]  # the selected one is ticked
 
-            def options():
-                page.locator("#plugin input").first.click()
-                listed = page.get_by_role("option")
-                expect(listed.first).to_be_visible()
-                names = listed.all_inner_texts()
-                page.keyboard.press("Escape")
-                return [n.replace("✓", "").strip() for n in names]  # the selected one is ticked
+        sft_name = "Llama SFT Trainer -- Huggingface TRL (Multi GPU Support)"
+        open_form()
+        expect(page.locator("#plugin input").first).to_have_value(sft_name)
+        assert "Copied SFT" not in options()
 
-            sft_name = "Llama SFT Trainer -- Huggingface TRL (Multi GPU Support)"
-            open_form()
-            expect(page.locator("#plugin input").first).to_have_value(sft_name)
-            assert "Copied SFT" not in options()
+        sft = json.loads((folder / "llama_sft_multi_gpu.json").read_text())
+        (folder / "copied_sft.json").write_text(json.dumps({**sft, "uniqueId": "copied_sft", "name": "Copied SFT"}))
+        # Broken (a parameter key misspelt), and first by file name and by plugin name
+        broken = json.loads(json.dumps({**sft, "uniqueId": "aaa_broken", "name": "AAA Broken"}))
+        broken["parameters"]["lora_r"]["maximun"] = 3
+        (folder / "aaa_broken.json").write_text(json.dumps(broken))
+        page.reload()
+        expect(page.locator("#plugins-table")).to_contain_text("aaa_broken.json")
+        expect(page.locator("#plugins-table")).to_contain_text("parameters.lora_r.maximun")
+        expect(page.locator("#plugins-table")).to_contain_text("Copied SFT")
+        open_form()
+        expect(page.locator("#plugin input").first).to_have_value(sft_name)  # the default stays the SFT plugin
+        listed = options()
+        assert "Copied SFT" in listed and "AAA Broken" not in listed and sft_name in listed, listed
+        expect(page.locator("#param-lora_r")).to_be_visible()
 
-            sft = json.loads((folder / "llama_sft_multi_gpu.json").read_text())
-            (folder / "copied_sft.json").write_text(json.dumps({**sft, "uniqueId": "copied_sft", "name": "Copied SFT"}))
-            # Broken (a parameter key misspelt), and first by file name and by plugin name
-            broken = json.loads(json.dumps({**sft, "uniqueId": "aaa_broken", "name": "AAA Broken"}))
-            broken["parameters"]["lora_r"]["maximun"] = 3
-            (folder / "aaa_broken.json").write_text(json.dumps(broken))
-            page.reload()
-            expect(page.locator("#plugins-table")).to_contain_text("aaa_broken.json")
-            expect(page.locator("#plugins-table")).to_contain_text("parameters.lora_r.maximun")
-            expect(page.locator("#plugins-table")).to_contain_text("Copied SFT")
-            open_form()
-            expect(page.locator("#plugin input").first).to_have_value(sft_name)  # the default stays the SFT plugin
-            listed = options()
-            assert "Copied SFT" in listed and "AAA Broken" not in listed and sft_name in listed, listed
-            expect(page.locator("#param-lora_r")).to_be_visible()
-
-            # The default plugin's own manifest broken while the app runs: the default is the next loadable one,
-            # and its form is built.
-            (folder / "llama_sft_multi_gpu.json").write_text("{")
-            page.reload()
-            expect(page.locator("#plugins-table")).to_contain_text("llama_sft_multi_gpu.json")
-            open_form()
-            expect(page.locator("#plugin input").first).to_have_value("Copied SFT")
-            listed = options()
-            assert sft_name not in listed and "AAA Broken" not in listed, listed
-            expect(page.locator("#param-lora_r")).to_be_visible()
-            expect(page.locator("#form-checks")).to_contain_text("Settings look good")
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(20)
+        # The default plugin's own manifest broken while the app runs: the default is the next loadable one,
+        # and its form is built.
+        (folder / "llama_sft_multi_gpu.json").write_text("{")
+        page.reload()
+        expect(page.locator("#plugins-table")).to_contain_text("llama_sft_multi_gpu.json")
+        open_form()
+        expect(page.locator("#plugin input").first).to_have_value("Copied SFT")
+        listed = options()
+        assert sft_name not in listed and "AAA Broken" not in listed, listed
+        expect(page.locator("#param-lora_r")).to_be_visible()
+        expect(page.locator("#form-checks")).to_contain_text("Settings look good")
