@@ -45,7 +45,10 @@ BROKEN = {
         _mutate(lambda d: d["parameters"]["device"].update(enum=["cuda", 3])),
         "enum values [3] are not of type 'string'",
     ),
-    "no_trainer_file": (_mutate(lambda d: d.update(trainer="nope.py")), "trainer program 'nope.py' does not exist"),
+    "trainer_path": (_mutate(lambda d: d.update(trainer="../sft.py")), "must be a file name like 'sft.py'"),
+    "no_train_type": (_mutate(lambda d: d.pop("train_type")),
+                      "must set train_type, trainer, multi_gpu (missing: train_type)"),
+    "no_device": (_mutate(lambda d: d["parameters"].pop("device")), "must declare the parameter 'device'"),
     "ui_unknown": (
         _mutate(lambda d: d["parameters_ui"].update(lora_rr={"ui:help": "x"})),
         "parameters_ui names parameters that do not exist: lora_rr",
@@ -123,3 +126,27 @@ def test_a_changed_added_or_removed_manifest_is_read_again(tmp_path):
     assert [e.file for e in manifests.load_all(tmp_path)[1]] == ["broken.json"]
     (tmp_path / "broken.json").unlink()
     assert manifests.load_all(tmp_path)[1] == []
+
+
+def test_a_missing_trainer_file_loads_as_not_runnable():
+    m = manifests.Manifest.model_validate(_mutate(lambda d: d.update(trainer="nope.py")))
+    assert m.unrunnable == ["trainer program 'nope.py' does not exist in tlab_gradio/trainers/"]
+    assert manifests.readiness(m, gpu_count=0)[0] == m.unrunnable[0]
+    assert not m.foreign and m.notes == []
+
+
+def test_hardware_this_app_does_not_drive_loads_not_ready():
+    amd = manifests.Manifest.model_validate(_mutate(lambda d: d.update(supported_hardware_architectures=["amd"])))
+    assert manifests.readiness(amd, gpu_count=2) == [
+        "needs an AMD GPU (ROCm): this app trains on CUDA GPUs or the CPU only"]
+    both = manifests.Manifest.model_validate(_mutate(lambda d: d.update(
+        supported_hardware_architectures=["cuda", "amd"])))
+    assert manifests.readiness(both, gpu_count=1) == []
+    assert manifests.readiness(both, gpu_count=0) == [
+        "needs a CUDA GPU or an AMD GPU (ROCm) (none found on this machine)"]
+
+
+def test_unknown_ui_keys_are_noted_not_refused():
+    m = manifests.Manifest.model_validate(_mutate(lambda d: d["parameters_ui"]["lora_r"].update(
+        {"ui:options": {"multiple": False}})))
+    assert m.notes == ["parameters_ui keys this app does not use were ignored: ui:options"]

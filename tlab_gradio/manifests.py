@@ -4,6 +4,11 @@ The schema is a pydantic model. Top-level keys Transformer Lab uses that the app
 does not need (`plugin-format`, `files`, `git`, …) are accepted and kept; inside a
 parameter every key must be known, so a typo such as `maximun` is an error rather
 than a silently missing limit.
+
+Transformer Lab's own manifests (no `train_type`/`trainer`/`multi_gpu`: the keys this app adds) load
+too, leniently: hints for undeclared parameters become notes, hardware this app does not drive makes
+them not ready, and one this app has no trainer for, or whose parameter names differ from our
+trainer's, is listed as not runnable with the reason instead of being refused.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import settings
 
@@ -82,6 +87,36 @@ class ParameterGroup(BaseModel):
 
 
 OTHER_GROUP = "Other settings"
+APP_KEYS = ("train_type", "trainer", "multi_gpu")  # what this app adds to Transformer Lab's vocabulary
+UI_KEYS = {"ui:help", "ui:widget"}  # the parameters_ui keys the form uses; others are noted and ignored
+HARDWARE = {"cuda": "a CUDA GPU", "cpu": "the CPU", "amd": "an AMD GPU (ROCm)", "mlx": "Apple MLX (Apple silicon)"}
+
+# Transformer Lab plugins that do what one of ours does (their uniqueId -> our train_type, trainer,
+# multi_gpu): llama_trainer_multi_gpu is TRL SFT + PEFT LoRA under accelerate like sft.py;
+# grpo_trainer_multi_gpu is TRL GRPO under accelerate like grpo.py; unsloth_grpo_trainer is Unsloth's
+# GRPO notebook on one GPU like unsloth_grpo.py. Their single-GPU llama_trainer is left out on purpose
+# (it is not multi-GPU and its uniqueId is not one of ours).
+TLAB_EQUIVALENTS: dict[str, tuple[str, str, bool]] = {
+    "llama_trainer_multi_gpu": ("sft", "sft.py", True),
+    "grpo_trainer_multi_gpu": ("grpo", "grpo.py", True),
+    "unsloth_grpo_trainer": ("grpo", "unsloth_grpo.py", False),
+}
+# Their parameter names -> ours (the next step applies these to a manifest and a request; until then a
+# manifest using them is listed as not runnable and names them). log_to_wandb is a boolean where ours is
+# report_to wandb/none; maximum_sequence_length is max_length in SFT, max_seq_length in Unsloth.
+TLAB_ALIASES: dict[str, str] = {
+    "train_device": "device",
+    "batch_size": "per_device_train_batch_size",
+    "learning_rate_schedule": "lr_scheduler_type",
+    "maximum_sequence_length": "max_length / max_seq_length",
+    "maximum_completion_length": "max_completion_length",
+    "start_thinking_string": "reasoning_start",
+    "end_thinking_string": "reasoning_end",
+    "start_answer_string": "answer_start",
+    "end_answer_string": "answer_end",
+    "log_to_wandb": "report_to",
+}
+NO_TRAINER = "this app has no trainer for this plugin (Transformer Lab runs its main.py)"
 
 
 class Manifest(BaseModel):
@@ -92,19 +127,24 @@ class Manifest(BaseModel):
     description: str
     version: str
     type: Literal["trainer"]
-    supported_hardware_architectures: list[Literal["cuda", "cpu"]] = Field(min_length=1)
+    # amd and mlx load (Transformer Lab's manifests name them) and make the plugin not ready here.
+    supported_hardware_architectures: list[Literal["cuda", "cpu", "amd", "mlx"]] = Field(min_length=1)
     model_architectures: list[str] = Field(min_length=1)
     parameters: dict[str, Parameter]
     parameters_ui: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # What the app needs beyond Transformer Lab's vocabulary:
     parameter_groups: list[ParameterGroup] = Field(default_factory=list)  # form sections, in order
-    train_type: Literal["sft", "grpo"]
-    trainer: str  # program file in tlab_gradio/trainers/, run by `accelerate launch`
-    multi_gpu: bool
+    # Required in the app's own manifests; absent from Transformer Lab's (inferred for TLAB_EQUIVALENTS).
+    train_type: Literal["sft", "grpo"] | None = None
+    trainer: str | None = None  # program file in tlab_gradio/trainers/, run by `accelerate launch`
+    multi_gpu: bool | None = None
     requirements: list[str] = Field(default_factory=list)  # pip requirement strings
     sample_dataset: str | None = None  # bundled sample used when a job names no dataset
     environment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")  # own venv under the workspace
     requirements_file: str | None = None  # pinned requirements in the repo, for `environment`
+    _foreign: bool = PrivateAttr(default=False)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _unrunnable: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("requirements")
     @classmethod
@@ -118,11 +158,10 @@ class Manifest(BaseModel):
 
     @field_validator("trainer")
     @classmethod
-    def _trainer_exists(cls, value: str) -> str:
-        if "/" in value or "\\" in value or not value.endswith(".py"):
+    def _trainer_name(cls, value: str | None) -> str | None:
+        # A missing file is not an error: the plugin loads and is listed as not runnable (see _app_parameters).
+        if value is not None and ("/" in value or "\\" in value or not value.endswith(".py")):
             raise ValueError(f"trainer {value!r} must be a file name like 'sft.py' in tlab_gradio/trainers/")
-        if not (settings.TRAINERS_DIR / value).is_file():
-            raise ValueError(f"trainer program {value!r} does not exist in tlab_gradio/trainers/")
         return value
 
     @field_validator("requirements_file")
@@ -143,12 +182,38 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _app_parameters(self) -> "Manifest":
-        for name in ("device", "gpu_ids"):
-            if name not in self.parameters:
-                raise ValueError(f"a trainer must declare the parameter {name!r}")
+        given = [k for k in APP_KEYS if k in self.model_fields_set]
+        self._foreign = not given
+        if given and len(given) < len(APP_KEYS):  # the app's own manifest: all three, as before
+            raise ValueError(f"a manifest of this app must set {', '.join(APP_KEYS)} (missing: "
+                             f"{', '.join(k for k in APP_KEYS if k not in given)})")
+        if self._foreign and self.uniqueId in TLAB_EQUIVALENTS:
+            self.train_type, self.trainer, self.multi_gpu = TLAB_EQUIVALENTS[self.uniqueId]
+        if self.trainer is None:
+            self._unrunnable.append(NO_TRAINER)
+        elif not (settings.TRAINERS_DIR / self.trainer).is_file():
+            self._unrunnable.append(f"trainer program {self.trainer!r} does not exist in tlab_gradio/trainers/")
+        elif self._foreign:
+            theirs = [f"{n}→{TLAB_ALIASES[n]}" for n in self.parameters if n in TLAB_ALIASES]
+            theirs += [f"{n} (not declared)" for n in ("device", "gpu_ids")
+                       if n not in self.parameters and not (n == "device" and "train_device" in self.parameters)]
+            # Always, even with no alias in it: our trainer reads parameters their manifest does not declare.
+            mapped = ", ".join(theirs) or "their parameter set is not our trainer's"
+            self._unrunnable.append(f"parameters not mapped yet: {mapped} (runs on {self.trainer} once "
+                                    "Transformer Lab's parameter names are mapped to ours)")
+        missing = [n for n in ("device", "gpu_ids") if n not in self.parameters]
+        if missing and not self._foreign:  # the app's own manifests: the launcher needs them
+            raise ValueError(f"a trainer must declare the parameter {missing[0]!r}")
         unknown_ui = sorted(set(self.parameters_ui) - set(self.parameters))
-        if unknown_ui:
+        if unknown_ui and not self._foreign:  # ours: a typo; theirs: leftovers of a removed parameter
             raise ValueError(f"parameters_ui names parameters that do not exist: {', '.join(unknown_ui)}")
+        if unknown_ui:
+            self._notes.append(f"parameters_ui hints for parameters it does not declare were ignored: "
+                               f"{', '.join(unknown_ui)}")
+            self.parameters_ui = {k: v for k, v in self.parameters_ui.items() if k not in unknown_ui}
+        odd = sorted({key for hints in self.parameters_ui.values() for key in hints if key not in UI_KEYS})
+        if odd:
+            self._notes.append(f"parameters_ui keys this app does not use were ignored: {', '.join(odd)}")
         seen: dict[str, str] = {}
         for group in self.parameter_groups:
             unknown = [n for n in group.parameters if n not in self.parameters]
@@ -177,8 +242,23 @@ class Manifest(BaseModel):
         return self.uniqueId
 
     @property
+    def foreign(self) -> bool:
+        """A Transformer Lab manifest (it names none of the app's own keys)."""
+        return self._foreign
+
+    @property
+    def notes(self) -> list[str]:
+        """What was ignored while loading it (shown with the plugin, not an error)."""
+        return list(self._notes)
+
+    @property
+    def unrunnable(self) -> list[str]:
+        """Why this app can never start it (no trainer, parameters not mapped); empty when it can."""
+        return list(self._unrunnable)
+
+    @property
     def trainer_path(self) -> Path:
-        return settings.TRAINERS_DIR / self.trainer
+        return settings.TRAINERS_DIR / (self.trainer or "")
 
     def help(self, name: str) -> str:
         return str(self.parameters_ui.get(name, {}).get("ui:help", ""))
@@ -191,6 +271,15 @@ class ManifestError:
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
+
+    @property
+    def plugin_id(self) -> str:
+        return _stem(Path(self.file))
+
+
+def _stem(path: Path) -> str:
+    """The plugin id a file stands for: NAME.json, or NAME/index.json (Transformer Lab's plugin layout)."""
+    return path.parent.name if path.name == "index.json" else path.stem
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -214,50 +303,73 @@ def load_manifest(path: Path) -> Manifest:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(_format_validation(exc)) from None
-    if manifest.uniqueId != path.stem:
-        raise ValueError(f"uniqueId {manifest.uniqueId!r} must equal the file name's stem {path.stem!r}")
+    if manifest.uniqueId != _stem(path):
+        what = "folder's name" if path.name == "index.json" else "file name's stem"
+        raise ValueError(f"uniqueId {manifest.uniqueId!r} must equal the {what} {_stem(path)!r}")
     return manifest
 
 
-_LOADED: dict[Path, tuple[tuple, dict[str, Manifest], list[ManifestError]]] = {}
+_LOADED: dict[tuple[Path, ...], tuple[tuple, dict[str, Manifest], list[ManifestError]]] = {}
 
 
-def load_all(directory: Path | None = None) -> tuple[dict[str, Manifest], list[ManifestError]]:
-    """Every manifest in the folder; a broken one is reported and the others still load. Read again
-    only when a file is added, removed or changed (the form checks every keystroke against them)."""
-    directory = Path(directory or settings.manifest_dir())
+def _files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json")) + sorted(directory.glob("*/index.json"))
+
+
+def load_all(directory: Path | list[Path] | None = None) -> tuple[dict[str, Manifest], list[ManifestError]]:
+    """Every manifest in the folder(s) (TLAB_MANIFEST_DIR may name several, separated by os.pathsep): NAME.json
+    or NAME/index.json; a broken one is reported and the others still load; a uniqueId already loaded from
+    an earlier folder is reported, not replaced. Read again only when a file is added, removed or changed
+    (the form checks every keystroke against them)."""
+    if directory is None:
+        folders = tuple(settings.manifest_dirs())
+    elif isinstance(directory, (list, tuple)):
+        folders = tuple(Path(d) for d in directory)
+    else:
+        folders = (Path(directory),)
     try:
-        signature = tuple((p.name, st.st_mtime_ns, st.st_size) for p in sorted(directory.glob("*.json"))
+        signature = tuple((str(p), st.st_mtime_ns, st.st_size) for d in folders for p in _files(d)
                           for st in [p.stat()])
     except OSError:  # a file went away mid-listing: read the folder as it is now
         signature = None
-    cached = _LOADED.get(directory)
+    cached = _LOADED.get(folders)
     if signature is not None and cached and cached[0] == signature:
         return dict(cached[1]), list(cached[2])
-    plugins, errors = _load_folder(directory)
+    plugins: dict[str, Manifest] = {}
+    errors: list[ManifestError] = []
+    where: dict[str, str] = {}
+    for folder in folders:
+        _load_folder(folder, plugins, errors, where, several=len(folders) > 1)
     if signature is not None:
-        _LOADED[directory] = (signature, plugins, errors)
+        _LOADED[folders] = (signature, plugins, errors)
     return dict(plugins), list(errors)
 
 
-def _load_folder(directory: Path) -> tuple[dict[str, Manifest], list[ManifestError]]:
-    plugins: dict[str, Manifest] = {}
-    errors: list[ManifestError] = []
-    for path in sorted(directory.glob("*.json")):
+def _load_folder(directory: Path, plugins: dict[str, Manifest], errors: list[ManifestError],
+                 where: dict[str, str], several: bool) -> None:
+    for path in _files(directory):
+        name = path.relative_to(directory).as_posix()
         try:
             manifest = load_manifest(path)
         except (ValueError, OSError) as exc:
-            errors.append(ManifestError(path.name, str(exc)))
+            errors.append(ManifestError(name, str(exc)))
+            continue
+        if manifest.id in plugins:
+            errors.append(ManifestError(name, f"uniqueId {manifest.id!r} is already loaded from {where[manifest.id]}"))
             continue
         plugins[manifest.id] = manifest
-    return plugins, errors
+        where[manifest.id] = str(path) if several else name
 
 
 def readiness(manifest: Manifest, gpu_count: int) -> list[str]:
     """Why the plugin cannot run on this machine; empty when it is ready."""
     from .installer import missing
 
-    reasons = missing(manifest)
-    if "cpu" not in manifest.supported_hardware_architectures and gpu_count == 0:
-        reasons.append("needs a CUDA GPU (none found on this machine)")
+    reasons = manifest.unrunnable + missing(manifest)
+    hardware = manifest.supported_hardware_architectures
+    if "cpu" not in hardware and not ("cuda" in hardware and gpu_count):
+        needs = " or ".join(HARDWARE[h] for h in hardware)
+        # The app drives NVIDIA GPUs (CUDA) and the CPU; amd/mlx plugins load but cannot run here.
+        reasons.append(f"needs {needs} (none found on this machine)" if "cuda" in hardware
+                       else f"needs {needs}: this app trains on CUDA GPUs or the CPU only")
     return reasons

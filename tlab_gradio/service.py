@@ -163,7 +163,7 @@ class Service:
         found, errors = self.plugins()
         if plugin_id in found:
             return found[plugin_id]
-        broken = [e for e in errors if Path(e.file).stem == plugin_id]
+        broken = [e for e in errors if e.plugin_id == plugin_id]
         if broken:
             raise RequestError([f"plugin {plugin_id!r} failed to load: {broken[0].message}"])
         raise RequestError([f"unknown plugin {plugin_id!r}{params.suggest(plugin_id, list(found))}; "
@@ -185,8 +185,12 @@ class Service:
                 "installable": bool(installer.missing(m)), "environment": m.environment,
                 "parameters": self.parameter_specs(m),
                 "parameter_groups": [g.model_dump(exclude_none=True) for g in m.groups()],  # the form's sections
+                # A Transformer Lab manifest: listed, never startable while `runnable` is false.
+                "origin": "transformerlab" if m.foreign else "app",
+                "runnable": not m.unrunnable, "not_runnable": "; ".join(m.unrunnable) or None,
+                "notes": m.notes,
             })
-        rows += [{"id": Path(e.file).stem, "name": e.file, "file": e.file, "error": e.message,
+        rows += [{"id": e.plugin_id, "name": e.file, "file": e.file, "error": e.message,
                   "ready": False, "reason": f"manifest error: {e.message}", "reasons": [e.message]}
                  for e in errors]
         return rows
@@ -260,6 +264,8 @@ class Service:
         `check_data=False` skips loading the dataset (the live command preview does that)."""
         problems = self._check_request_shape(request)
         manifest = self.plugin(str(request.get("plugin") or ""))
+        if manifest.unrunnable:  # a Transformer Lab manifest this app cannot run: no trainer, other names
+            raise RequestError([f"plugin {manifest.name} cannot run in this app: {r}" for r in manifest.unrunnable])
         available = gpus.list_gpus()
         not_ready = manifests.readiness(manifest, len(available))
         if not_ready:  # nothing else matters until it can run at all

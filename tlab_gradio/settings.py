@@ -22,8 +22,11 @@ def home() -> Path:
     return path
 
 
-def manifest_dir() -> Path:
-    return Path(os.environ.get("TLAB_MANIFEST_DIR", MANIFEST_DIR))
+def manifest_dirs() -> list[Path]:
+    """The plugin manifest folders: TLAB_MANIFEST_DIR, several separated by os.pathsep (e.g. ours and a
+    Transformer Lab plugins folder); the first one's plugins win a uniqueId both have."""
+    raw = os.environ.get("TLAB_MANIFEST_DIR", "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()] or [MANIFEST_DIR]
 
 
 def stop_grace_seconds() -> float:

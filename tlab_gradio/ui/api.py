@@ -38,10 +38,12 @@ def register(svc: Service) -> None:
     @checked
     def list_plugins() -> list[dict]:
         """Every plugin: id, name, ready, reason (why not ready), parameters (type, default, limits, help),
-        parameter_groups (the config form's sections: title, open, parameters)."""
+        parameter_groups (the config form's sections: title, open, parameters); origin (app or transformerlab),
+        runnable / not_runnable (a Transformer Lab manifest this app cannot start, and why), notes."""
         return [
             {k: p.get(k) for k in ("id", "name", "train_type", "description", "devices", "multi_gpu",
-                                   "ready", "reason", "parameters", "parameter_groups")}
+                                   "ready", "reason", "parameters", "parameter_groups", "origin", "runnable",
+                                   "not_runnable", "notes")}
             for p in svc.plugin_list()
         ]
 

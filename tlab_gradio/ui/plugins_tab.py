@@ -18,9 +18,20 @@ def rows(plugins: list[dict]) -> list[list[str]]:
             out.append([p["file"], "—", "manifest failed to load", "—", "—", f"error: {p['error']}"])
             continue
         status = "ready" if p["ready"] else f"not ready: {p['reason']}"
-        out.append([p["name"], f"{p['type']} ({p['train_type']})", p["description"],
+        if not p["runnable"]:
+            status = f"not runnable: {p['reason']}"
+        kind = f"{p['type']} ({p['train_type']})" if p["train_type"] else p["type"]
+        if p["origin"] != "app":
+            kind += ", Transformer Lab"
+        out.append([p["name"], kind, p["description"],
                     ", ".join(p["devices"]), "yes" if p["multi_gpu"] else "no", status])
     return out
+
+
+def _status(p: dict) -> str:
+    if p["ready"]:
+        return "ready"
+    return ("not ready — " if p["runnable"] else "not runnable — ") + html.escape(p["reason"] or "")
 
 
 def details(p: dict) -> str:
@@ -28,17 +39,19 @@ def details(p: dict) -> str:
         return f"### {html.escape(p['file'])}\n\n**This manifest failed to load:** {html.escape(p['error'])}"
     lines = [
         f"### {html.escape(p['name'])}",
-        f"`{p['id']}` · version {p['version']} · {p['type']} ({p['train_type']}) · "
+        f"`{p['id']}` · version {p['version']} · {p['type']} ({p['train_type'] or 'no train type'}) · "
         f"devices: {', '.join(p['devices'])} · multi-GPU: {'yes' if p['multi_gpu'] else 'no'}",
         "",
         html.escape(p["description"]),
         "",
-        f"**Status:** {'ready' if p['ready'] else 'not ready — ' + html.escape(p['reason'] or '')}",
+        f"**Status:** {_status(p)}",
         "",
         f"**Needs:** {', '.join(f'`{r}`' for r in p['requirements']) or 'nothing beyond the base install'}",
         "",
         f"**Model architectures:** {', '.join(p['model_architectures'])}",
     ]
+    if p.get("notes"):
+        lines += ["", "**Notes:** " + "; ".join(html.escape(n) for n in p["notes"])]
     groups = p.get("parameter_groups") or [{"title": "Parameters", "parameters": list(p["parameters"])}]
     for group in groups:  # the config form's sections, in its order
         closed = "" if group.get("open", True) else " <span class=\"tl-muted\">(collapsed in the form)</span>"

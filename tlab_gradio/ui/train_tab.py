@@ -142,8 +142,10 @@ def trainer_choices(svc: Service) -> tuple[list[tuple[str, str]], str | None]:
     manifest added or fixed while the app runs is offered at the next one; one that fails to load is never
     offered (the Plugins tab lists it with its error). The default: the SFT plugin (the simplest run, what a
     first-time user expects), else SFT before GRPO, ready before not ready, then by name and id."""
-    listed = [p for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer"]
-    listed.sort(key=lambda p: (p["id"] != DEFAULT_PLUGIN, {"sft": 0, "grpo": 1}.get(p["train_type"], 2),
+    # A plugin this app cannot run (a Transformer Lab manifest without our trainer) is never offered.
+    listed = [p for p in svc.plugin_list() if "error" not in p and p["type"] == "trainer" and p["runnable"]]
+    listed.sort(key=lambda p: (p["id"] != DEFAULT_PLUGIN, p["origin"] != "app",
+                               {"sft": 0, "grpo": 1}.get(p["train_type"], 2),
                                not p["ready"], p["name"], p["id"]))
     names = [p["name"] for p in listed]
     trainers = [(p["name"] if names.count(p["name"]) == 1 else f"{p['name']} ({p['id']})", p["id"]) for p in listed]
