@@ -7,8 +7,9 @@ than a silently missing limit.
 
 Transformer Lab's own manifests (no `train_type`/`trainer`/`multi_gpu`: the keys this app adds) load
 too, leniently: hints for undeclared parameters become notes, hardware this app does not drive makes
-them not ready, and one this app has no trainer for, or whose parameter names differ from our
-trainer's, is listed as not runnable with the reason instead of being refused.
+them not ready, and one this app has no trainer for is listed as not runnable with the reason instead of
+being refused. The three with an equivalent trainer here (TLAB_EQUIVALENTS) run on it with our manifest's
+parameters and their defaults (Manifest._adopt); requests may use their parameter names (rename_tlab).
 """
 from __future__ import annotations
 
@@ -101,21 +102,82 @@ TLAB_EQUIVALENTS: dict[str, tuple[str, str, bool]] = {
     "grpo_trainer_multi_gpu": ("grpo", "grpo.py", True),
     "unsloth_grpo_trainer": ("grpo", "unsloth_grpo.py", False),
 }
-# Their parameter names -> ours (the next step applies these to a manifest and a request; until then a
-# manifest using them is listed as not runnable and names them). log_to_wandb is a boolean where ours is
-# report_to wandb/none; maximum_sequence_length is max_length in SFT, max_seq_length in Unsloth.
-TLAB_ALIASES: dict[str, str] = {
-    "train_device": "device",
-    "batch_size": "per_device_train_batch_size",
-    "learning_rate_schedule": "lr_scheduler_type",
-    "maximum_sequence_length": "max_length / max_seq_length",
-    "maximum_completion_length": "max_completion_length",
-    "start_thinking_string": "reasoning_start",
-    "end_thinking_string": "reasoning_end",
-    "start_answer_string": "answer_start",
-    "end_answer_string": "answer_end",
-    "log_to_wandb": "report_to",
+# Their parameter names -> ours, for a request to any plugin and for their manifests' defaults. A tuple
+# lists candidates, the first this plugin declares wins: maximum_sequence_length is max_length in SFT,
+# max_seq_length in Unsloth (GRPO has none: TRL's GRPO splits it into prompt and completion lengths);
+# adaptor_name is output_name in grpo.py. log_to_wandb is a boolean where ours is report_to wandb/none.
+TLAB_ALIASES: dict[str, tuple[str, ...]] = {
+    "train_device": ("device",),
+    "batch_size": ("per_device_train_batch_size",),
+    "learning_rate_schedule": ("lr_scheduler_type",),
+    "maximum_sequence_length": ("max_length", "max_seq_length"),
+    "maximum_completion_length": ("max_completion_length",),
+    "adaptor_name": ("adaptor_name", "output_name"),
+    "start_thinking_string": ("reasoning_start",),
+    "end_thinking_string": ("reasoning_end",),
+    "start_answer_string": ("answer_start",),
+    "end_answer_string": ("answer_end",),
+    "log_to_wandb": ("report_to",),
 }
+
+
+def tlab_target(manifest: "Manifest", name: str) -> str | None:
+    """Our parameter a Transformer Lab name stands for in this plugin, or None where it has none."""
+    return next((ours for ours in TLAB_ALIASES.get(name, ()) if ours in manifest.parameters), None)
+
+
+def _tlab_value(name: str, value: Any) -> tuple[Any, str | None]:
+    """Their value in our parameter's terms (log_to_wandb true/false -> report_to wandb/none)."""
+    if name != "log_to_wandb":
+        return value, None
+    if not isinstance(value, bool):
+        return value, f"`log_to_wandb` must be true or false, not {value!r}"
+    return ("wandb" if value else "none"), None
+
+
+def rename_tlab(manifest: "Manifest", values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A request's parameters with Transformer Lab's names renamed to this plugin's; both names given with
+    different values, or one of theirs this plugin has no equivalent for, is a problem."""
+    out = {k: v for k, v in values.items() if not (k in TLAB_ALIASES and k not in manifest.parameters)}
+    for name, value in values.items():
+        if name not in TLAB_ALIASES or name in manifest.parameters:
+            continue
+        ours = tlab_target(manifest, name)
+        if ours is None:
+            problems.append(f"unknown parameter `{name}`: a Transformer Lab name that {manifest.name} has no "
+                            f"equivalent for (not mapped)")
+            continue
+        if value is None:
+            continue
+        converted, problem = _tlab_value(name, value)
+        if problem:
+            problems.append(problem)
+        elif out.get(ours) is not None and out[ours] != converted:
+            problems.append(f"`{name}` (Transformer Lab's name for `{ours}`) and `{ours}` are both given, with "
+                            f"different values ({value!r}, {out[ours]!r}): give one")
+        else:
+            out[ours] = converted
+    return out
+
+
+def _ours_for(trainer: str) -> "Manifest | None":
+    """This app's own manifest for a trainer program (the parameter set that trainer reads)."""
+    for path in sorted(settings.MANIFEST_DIR.glob("*.json")):
+        try:
+            manifest = load_manifest(path)
+        except (ValueError, OSError):
+            continue
+        if manifest.trainer == trainer and not manifest.foreign:
+            return manifest
+    return None
+
+
+def _wandb_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
 NO_TRAINER = "this app has no trainer for this plugin (Transformer Lab runs its main.py)"
 
 
@@ -193,14 +255,8 @@ class Manifest(BaseModel):
             self._unrunnable.append(NO_TRAINER)
         elif not (settings.TRAINERS_DIR / self.trainer).is_file():
             self._unrunnable.append(f"trainer program {self.trainer!r} does not exist in tlab_gradio/trainers/")
-        elif self._foreign:
-            theirs = [f"{n}→{TLAB_ALIASES[n]}" for n in self.parameters if n in TLAB_ALIASES]
-            theirs += [f"{n} (not declared)" for n in ("device", "gpu_ids")
-                       if n not in self.parameters and not (n == "device" and "train_device" in self.parameters)]
-            # Always, even with no alias in it: our trainer reads parameters their manifest does not declare.
-            mapped = ", ".join(theirs) or "their parameter set is not our trainer's"
-            self._unrunnable.append(f"parameters not mapped yet: {mapped} (runs on {self.trainer} once "
-                                    "Transformer Lab's parameter names are mapped to ours)")
+        elif self._foreign and _ours_for(self.trainer) is None:
+            self._unrunnable.append(f"this app has no manifest of its own for {self.trainer} to map it onto")
         missing = [n for n in ("device", "gpu_ids") if n not in self.parameters]
         if missing and not self._foreign:  # the app's own manifests: the launcher needs them
             raise ValueError(f"a trainer must declare the parameter {missing[0]!r}")
@@ -228,7 +284,46 @@ class Manifest(BaseModel):
         titles = [g.title for g in self.parameter_groups]
         if len(set(titles)) != len(titles) or OTHER_GROUP in titles:
             raise ValueError(f"parameter_groups titles must be unique and not {OTHER_GROUP!r}")
+        if self._foreign and not self._unrunnable:
+            self._adopt(_ours_for(self.trainer))
         return self
+
+    def _adopt(self, ours: "Manifest") -> None:
+        """Run a Transformer Lab manifest on our trainer: our parameter set (everything the trainer reads)
+        with their defaults under our names where they pass our checks, their titles, our help and groups;
+        their name, description, version and hardware stay."""
+        from .params import check_value
+
+        theirs = self.parameters
+        params = {name: p.model_copy() for name, p in ours.parameters.items()}
+        for name, p in theirs.items():
+            target = name if name in params else tlab_target(ours, name)
+            if target is None:
+                self._notes.append(f"their parameter {name!r} has no equivalent in {self.trainer}: ignored")
+                continue
+            params[target].title = p.title
+            if p.default is None:
+                continue
+            value, problem = _tlab_value(name, p.default)
+            if not problem and name == "log_to_wandb" and value == "wandb" and not _wandb_importable():
+                problem = "the wandb package is not installed, so report_to is 'none'"
+                value = "none"
+                params[target].default = value
+            elif not problem:
+                problem = check_value(params[target], value)
+                if not problem:
+                    params[target].default = value
+            if problem:
+                shown = f"{name} → {target}" if target != name else name
+                self._notes.append(f"their default {p.default!r} for {shown} was not taken ({problem}); "
+                                   f"default {params[target].default!r}")
+        self.parameters = params
+        self.parameters_ui = {k: dict(v) for k, v in ours.parameters_ui.items()}
+        self.parameter_groups = [g.model_copy() for g in ours.parameter_groups]
+        self.requirements = list(ours.requirements)
+        self.sample_dataset = ours.sample_dataset
+        self.environment = ours.environment
+        self.requirements_file = ours.requirements_file
 
     def groups(self) -> list[ParameterGroup]:
         """The form's sections: the manifest's groups, then every parameter no group names, in manifest
@@ -253,7 +348,7 @@ class Manifest(BaseModel):
 
     @property
     def unrunnable(self) -> list[str]:
-        """Why this app can never start it (no trainer, parameters not mapped); empty when it can."""
+        """Why this app can never start it (no trainer here); empty when it can."""
         return list(self._unrunnable)
 
     @property

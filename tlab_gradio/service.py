@@ -237,7 +237,7 @@ class Service:
         if not isinstance(values, dict):
             problems.append("`params` must be an object of parameter names and values")
             values = {}
-        values = dict(values)
+        values = manifests.rename_tlab(manifest, dict(values), problems)  # Transformer Lab's names -> ours
         for key in TOP_LEVEL_PARAMS:
             if request.get(key) is not None:
                 if values.get(key) is not None and values[key] != request[key]:
