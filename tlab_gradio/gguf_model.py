@@ -99,9 +99,6 @@ def ensure(path: Path) -> Path:
         raise GGUFError(refusal.read_text())
     arch = architecture(path)  # needs the gguf package, as the conversion does: fail here, fast
     with _lock(str(target)):  # one conversion per file per process (the page previews repeatedly)
-        if (target / "config.json").is_file():
-            return target
-
         def convert(tmp: Path) -> None:
             run = subprocess.run([sys.executable, "-m", __name__, "convert", str(path), str(tmp)],
                                  capture_output=True, text=True, env={**os.environ, **_QUIET})

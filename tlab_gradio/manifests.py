@@ -161,15 +161,10 @@ def rename_tlab(manifest: "Manifest", values: dict[str, Any], problems: list[str
 
 
 def _ours_for(trainer: str) -> "Manifest | None":
-    """This app's own manifest for a trainer program (the parameter set that trainer reads)."""
-    for path in sorted(settings.MANIFEST_DIR.glob("*.json")):
-        try:
-            manifest = load_manifest(path)
-        except (ValueError, OSError):
-            continue
-        if manifest.trainer == trainer and not manifest.foreign:
-            return manifest
-    return None
+    """This app's own manifest for a trainer program (the parameter set that trainer reads), from our
+    manifests folder as load_all has it (read again only when a file there changes)."""
+    ours, _ = load_all(settings.MANIFEST_DIR)
+    return next((m for m in ours.values() if m.trainer == trainer and not m.foreign), None)
 
 
 def _wandb_importable() -> bool:
@@ -251,12 +246,15 @@ class Manifest(BaseModel):
                              f"{', '.join(k for k in APP_KEYS if k not in given)})")
         if self._foreign and self.uniqueId in TLAB_EQUIVALENTS:
             self.train_type, self.trainer, self.multi_gpu = TLAB_EQUIVALENTS[self.uniqueId]
+        ours = None
         if self.trainer is None:
             self._unrunnable.append(NO_TRAINER)
         elif not (settings.TRAINERS_DIR / self.trainer).is_file():
             self._unrunnable.append(f"trainer program {self.trainer!r} does not exist in tlab_gradio/trainers/")
-        elif self._foreign and _ours_for(self.trainer) is None:
-            self._unrunnable.append(f"this app has no manifest of its own for {self.trainer} to map it onto")
+        elif self._foreign:
+            ours = _ours_for(self.trainer)
+            if ours is None:
+                self._unrunnable.append(f"this app has no manifest of its own for {self.trainer} to map it onto")
         missing = [n for n in ("device", "gpu_ids") if n not in self.parameters]
         if missing and not self._foreign:  # the app's own manifests: the launcher needs them
             raise ValueError(f"a trainer must declare the parameter {missing[0]!r}")
@@ -284,8 +282,8 @@ class Manifest(BaseModel):
         titles = [g.title for g in self.parameter_groups]
         if len(set(titles)) != len(titles) or OTHER_GROUP in titles:
             raise ValueError(f"parameter_groups titles must be unique and not {OTHER_GROUP!r}")
-        if self._foreign and not self._unrunnable:
-            self._adopt(_ours_for(self.trainer))
+        if ours is not None and not self._unrunnable:
+            self._adopt(ours)
         return self
 
     def _adopt(self, ours: "Manifest") -> None:

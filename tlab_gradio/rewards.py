@@ -36,6 +36,12 @@ class Markers:
                 f"{self.answer_start}\n...\n{self.answer_end}")
 
 
+def system_prompt(template: str | None, markers: Markers) -> str:
+    """The instruction (system) template with the format the markers ask for: what the GRPO trainers put
+    before each question, and what the app's pre-launch reward check hands a user's functions."""
+    return "\n\n".join(t for t in ((template or "").strip(), markers.format_instructions()) if t)
+
+
 DEFAULT_WEIGHTS = {"correctness": 2.0, "integer": 0.5, "strict_format": 0.5, "soft_format": 0.5, "tag_count": 1.0}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _MATH = re.compile(r"[0-9\\]")  # a digit or a LaTeX command

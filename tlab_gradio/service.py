@@ -392,7 +392,7 @@ class Service:
     def _custom_reward_problems(self, choices, clean, spec, templates, model_ref, manifest) -> list[str]:
         """Hosted refusal, missing files, name clashes, then each function called on a sample completion
         in a child process (the web process never imports a user's file)."""
-        from .rewards import SCORERS, Markers, reference_answer
+        from .rewards import SCORERS, Markers, reference_answer, system_prompt
 
         if settings.hosted():
             return [reward_files.HOSTED_REFUSAL]
@@ -409,8 +409,7 @@ class Service:
             except Exception:  # noqa: BLE001 - the fixed sample will do
                 pass
         markers = Markers(clean["reasoning_start"], clean["reasoning_end"], clean["answer_start"], clean["answer_end"])
-        system = "\n\n".join(t for t in ((clean.get("system_template") or "").strip(), markers.format_instructions())
-                              if t)
+        system = system_prompt(clean.get("system_template"), markers)  # as the trainer builds it
         sample = reward_files.sample(question, answer, system, markers, _chat_model(model_ref))
         python = str(installer.env_python(manifest.environment)) if manifest.environment else None
         return reward_files.probe(self.home, choices, sample, python)

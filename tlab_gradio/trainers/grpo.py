@@ -28,7 +28,22 @@ GRPO_KEYS = (
 
 def system_prompt(p: dict, markers) -> str:
     """The instruction (system) template with the format the markers ask for."""
-    return "\n\n".join(t for t in ((p.get("system_template") or "").strip(), markers.format_instructions()) if t)
+    from tlab_gradio import rewards
+
+    return rewards.system_prompt(p.get("system_template"), markers)
+
+
+def reward_setup(job_dir: Path, p: dict, markers):
+    """The built-in rewards the form ticked and your own (imported from the job folder's copies), as TRL reward
+    functions with their names and weights, and how correctness compares answers (`auto` resolved)."""
+    from tlab_gradio import reward_files, rewards
+
+    names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]  # the form's checkboxes
+    weights = [float(p[f"reward_{n}_weight"]) for n in names]
+    method = rewards.resolve_method(p.get("correctness_method"))
+    custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))
+    funcs = rewards.trl_reward_funcs(names, markers, method) + custom
+    return funcs, names + [f.__name__ for f in custom], weights + custom_weights, method
 
 
 def as_text_prompts(dataset, tokenizer):
@@ -94,7 +109,7 @@ def main() -> None:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from tlab_gradio import data, reward_files, rewards, tiny_model
+    from tlab_gradio import data, rewards, tiny_model
 
     model_path = cfg["model"]
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
@@ -111,12 +126,7 @@ def main() -> None:
         dataset = as_text_prompts(dataset, tokenizer)
         dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
 
-    names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]  # the form's checkboxes
-    weights = [float(p[f"reward_{n}_weight"]) for n in names]
-    method = rewards.resolve_method(p.get("correctness_method"))
-    custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))
-    reward_funcs = rewards.trl_reward_funcs(names, markers, method) + custom
-    names, weights = names + [f.__name__ for f in custom], weights + custom_weights
+    reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
     precision = cfg["mixed_precision"]
     gen_batch = generation_batch(p)
     dtype, cache = weights_and_cache(p, precision, on_cpu)

@@ -29,7 +29,7 @@ def main() -> None:
     common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
     from trl import GRPOConfig, GRPOTrainer
 
-    from tlab_gradio import data, reward_files, rewards, tiny_model
+    from tlab_gradio import data, rewards, tiny_model
     from tlab_gradio.trainers import grpo
     model_path = cfg["model"]
     if cfg.get("embedded_model"):
@@ -67,12 +67,7 @@ def main() -> None:
     dataset = data.grpo_formatted(rows, templates, grpo.system_prompt(p, markers))
     dataset = grpo.as_text_prompts(dataset, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
-    names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
-    weights = [float(p[f"reward_{n}_weight"]) for n in names]
-    method = rewards.resolve_method(p.get("correctness_method"))
-    custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))  # the job folder's copies
-    reward_funcs = rewards.trl_reward_funcs(names, markers, method) + custom
-    names, weights = names + [f.__name__ for f in custom], weights + custom_weights
+    reward_funcs, names, weights, method = grpo.reward_setup(job_dir, p, markers)
     print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} dropout={p.get('lora_dropout') or 0} "
           f"4-bit={p['load_in_4bit']}; "
           f"generation: {'vLLM (fast_inference)' if fast else 'transformers'}; rewards {dict(zip(names, weights))} "
