@@ -73,7 +73,7 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards
-    from tlab_gradio.trainers.grpo import as_text_prompts, drop_long_prompts, system_prompt
+    from tlab_gradio.trainers.grpo import drop_long_prompts, prompts
 
     if not cudnn_attention:  # the plugin's fix of the NaN gradients (see trainers/common.avoid_cudnn_attention)
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -87,8 +87,8 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     templates = data.Templates(cfg["template"], cfg["completion_template"])
-    dataset = data.grpo_formatted(data.load(data.parse_spec(cfg["dataset"])), templates, system_prompt(p, markers))
-    dataset = drop_long_prompts(as_text_prompts(dataset, tok), tok, p["max_prompt_length"], True)
+    dataset = prompts(data.load(data.parse_spec(cfg["dataset"])), templates, p, markers, tok)
+    dataset = drop_long_prompts(dataset, tok, p["max_prompt_length"], True)
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
     same = {k: p[k] for k in ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
                               "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
@@ -110,7 +110,9 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
     method = rewards.resolve_method(p.get("correctness_method"))
-    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=rewards.trl_reward_funcs(names, markers, method), args=args,
+    prefix = rewards.reply_prefix(bool(p.get("prefill_reasoning")), markers)  # the prompts end with it
+    funcs = [rewards.scoring_whole_reply(f, prefix) for f in rewards.trl_reward_funcs(names, markers, method)]
+    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=funcs, args=args,
                           train_dataset=dataset, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     per_step = same["per_device_train_batch_size"] * same["gradient_accumulation_steps"]
@@ -236,7 +238,7 @@ def main() -> None:
                   "model_given": args.model, "model_folder": cfg["model"], "model_name": Path(args.model).stem or
                   "the embedded model", "params": cfg["params"], "dataset": cfg["dataset"]}
         variants = dict(parse_variant(v) for v in args.variant)
-        for run in args.runs.split(",") + list(variants):
+        for run in [r for r in args.runs.split(",") if r] + list(variants):
             try:
                 report[run] = (run_plugin(home / "plugin", args.model, args.steps) if run == "plugin" else
                                run_plugin(home / run, args.model, args.steps, **variants[run]) if run in variants

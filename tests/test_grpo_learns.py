@@ -55,6 +55,9 @@ SFT_PARAMS = {"use_lora": False, "max_steps": 200, "learning_rate": 5e-3, "lr_sc
 GRPO_PARAMS = {"max_steps": 50, "learning_rate": 5e-4, "lr_scheduler_type": "constant", "warmup_steps": 0,
                "per_device_train_batch_size": 32, "gradient_accumulation_steps": 1, "num_generations": 8,
                "max_completion_length": 80, "system_template": "", "logging_steps": 1, "save_steps": 100000,
+               # the model writes the whole format itself: the rewarded mode competes with the plain one from
+               # the first token (a prefilled marker would settle most of it before GRPO starts)
+               "prefill_reasoning": False,
                "report_to": "none", "seed": 42,
                "reward_correctness": False, "reward_integer": False, "reward_strict_format": False,
                "reward_soft_format": True, "reward_soft_format_weight": 1.0,
@@ -72,6 +75,28 @@ def test_the_embedded_model_prompts_as_it_was_trained_and_stops_at_the_turn_end(
     trained = tok.apply_chat_template([*chat, {"role": "assistant", "content": "2"}], tokenize=False)
     assert prompt.endswith("<|im_start|>assistant\n") and trained.startswith(prompt)
     assert tok.convert_tokens_to_ids("<|im_end|>") in GenerationConfig.from_pretrained(tiny_model_dir).eos_token_id
+
+
+def test_prefilled_prompts_open_the_reply_with_the_thinking_marker(tiny_model_dir):
+    """prefill_reasoning: each prompt is the chat template's text with the assistant turn opened and the thinking
+    marker after it (TRL would close a prefilled assistant message); off, prompts stay chat messages."""
+    from transformers import AutoTokenizer
+
+    from tlab_gradio import data
+    from tlab_gradio.trainers import grpo
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = data.load(data.parse_spec("grpo_arithmetic")).select(range(3))
+    templates = data.Templates("{{question}}", "{{answer}}")
+    p = {"system_template": "Solve it.", "prefill_reasoning": True}
+    on = grpo.prompts(rows, templates, p, rewards.Markers(), tok)
+    off = grpo.prompts(rows, templates, {**p, "prefill_reasoning": False}, rewards.Markers(), tok)
+    assert isinstance(off[0]["prompt"], list) and off[0]["answer"] == on[0]["answer"] == "68"
+    chat = tok.apply_chat_template(off[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    assert on[0]["prompt"] == chat.removeprefix(tok.bos_token or "\0") + "<reasoning>\n"
+    assert on[0]["prompt"].endswith("<|im_start|>assistant\n<reasoning>\n") and "Solve it." in on[0]["prompt"]
+    ids = tok(on[0]["prompt"])["input_ids"]
+    assert ids[:2] != [tok.bos_token_id] * 2  # the tokenizer's own BOS is not doubled
 
 
 def metrics(svc, job_id) -> list[dict]:

@@ -117,3 +117,27 @@ def test_trl_reward_funcs_pass_the_correctness_method():
     chat = [[{"role": "assistant", "content": "<answer>\\frac{1}{2}</answer>"}]]
     assert numbers(prompts=[None], completions=chat, answer=["0.5"]) == [0.0]
     assert latex(prompts=[None], completions=chat, answer=["0.5"]) == [1.0]
+
+
+def test_prefilled_replies_are_scored_with_the_marker_the_prompt_wrote():
+    """With `prefill_reasoning` the prompt ends with the thinking marker and the model's completion starts after
+    it: every reward (built-in or your own) scores the whole reply, marker included, and keeps its name."""
+    prefix = rewards.reply_prefix(True, Markers())
+    assert prefix == "<reasoning>\n" and rewards.reply_prefix(False, Markers()) == ""
+    completion = GOOD[len(prefix):]
+    seen = []
+
+    def mine(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [0.0] * len(completions)
+
+    funcs = [rewards.scoring_whole_reply(f, prefix)
+             for f in rewards.trl_reward_funcs(["strict_format", "tag_count", "correctness"], Markers()) + [mine]]
+    assert [f.__name__ for f in funcs] == ["strict_format", "tag_count", "correctness", "mine"]
+    scores = [f(prompts=["q"], completions=[completion], answer=["42"])[0] for f in funcs[:3]]
+    assert scores == [1.0, rewards.tag_count(GOOD), 1.0]
+    funcs[3](prompts=["q"], completions=[completion])
+    assert seen == [GOOD]
+    unwrapped = rewards.trl_reward_funcs(["strict_format"], Markers())[0]
+    assert rewards.scoring_whole_reply(unwrapped, "") is unwrapped
+    assert unwrapped(prompts=["q"], completions=[completion])[0] == 0.0  # unprefixed, the format is broken

@@ -42,6 +42,27 @@ def system_prompt(template: str | None, markers: Markers) -> str:
     return "\n\n".join(t for t in ((template or "").strip(), markers.format_instructions()) if t)
 
 
+def reply_prefix(prefill: bool, markers: Markers) -> str:
+    """What each prompt ends with when replies start with the thinking marker ('' when they do not).
+    A small model that ignores the format instructions then begins inside the reasoning block (DeepSeek-R1's
+    own chat template opens `<think>` the same way), and the format rewards can tell replies apart."""
+    return f"{markers.reasoning_start}\n" if prefill else ""
+
+
+def scoring_whole_reply(func: Callable, prefix: str) -> Callable:
+    """A TRL reward function that scores `prefix + completion`, the reply as it reads with the part the prompt
+    wrote for the model, so the format rewards (and your own functions) see the opening marker."""
+    if not prefix:
+        return func
+
+    def reward(prompts=None, completions=(), **kwargs):
+        return func(prompts=prompts, completions=[prefix + completion_text(c) for c in completions], **kwargs)
+
+    reward.__name__ = func.__name__  # TRL logs rewards/<name>/mean
+    reward.__wrapped__ = func
+    return reward
+
+
 DEFAULT_WEIGHTS = {"correctness": 2.0, "integer": 0.5, "strict_format": 0.5, "soft_format": 0.5, "tag_count": 1.0}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _MATH = re.compile(r"[0-9\\]")  # a digit or a LaTeX command

@@ -35,15 +35,45 @@ def system_prompt(p: dict, markers) -> str:
 
 def reward_setup(job_dir: Path, p: dict, markers):
     """The built-in rewards the form ticked and your own (imported from the job folder's copies), as TRL reward
-    functions with their names and weights, and how correctness compares answers (`auto` resolved)."""
+    functions with their names and weights, and how correctness compares answers (`auto` resolved). Each scores
+    the whole reply: with `prefill_reasoning`, the thinking marker the prompt ends with comes first."""
     from tlab_gradio import reward_files, rewards
 
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]  # the form's checkboxes
     weights = [float(p[f"reward_{n}_weight"]) for n in names]
     method = rewards.resolve_method(p.get("correctness_method"))
     custom, custom_weights = reward_files.load(job_dir, p.get("custom_rewards"))
-    funcs = rewards.trl_reward_funcs(names, markers, method) + custom
+    prefix = rewards.reply_prefix(bool(p.get("prefill_reasoning")), markers)
+    funcs = [rewards.scoring_whole_reply(f, prefix) for f in rewards.trl_reward_funcs(names, markers, method) + custom]
     return funcs, names + [f.__name__ for f in custom], weights + custom_weights, method
+
+
+def prompts(rows, templates, p: dict, markers, tokenizer):
+    """The dataset as GRPO prompts: the system prompt and the rendered question in the model's chat template
+    (plain text without one) and, with `prefill_reasoning`, the thinking marker the reply starts with."""
+    from tlab_gradio import data, rewards
+
+    dataset = as_text_prompts(data.grpo_formatted(rows, templates, system_prompt(p, markers)), tokenizer)
+    return prefilled(dataset, tokenizer, rewards.reply_prefix(bool(p.get("prefill_reasoning")), markers))
+
+
+def prefilled(dataset, tokenizer, prefix: str):
+    """Prompts that end with `prefix` after the assistant turn opens. TRL opens the turn itself for chat prompts
+    (and would close a prefilled assistant message), so these become text rendered with the chat template."""
+    if not prefix:
+        return dataset
+    bos = tokenizer.bos_token
+    adds_bos = bool(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def render(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            if adds_bos and prompt.startswith(bos):  # the tokenizer adds it again
+                prompt = prompt[len(bos):]
+        return {"prompt": prompt + prefix}
+
+    return dataset.map(render)
 
 
 def as_text_prompts(dataset, tokenizer):
@@ -122,8 +152,7 @@ def main() -> None:
         templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
         rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"),
                                  state.is_main_process)
-        dataset = data.grpo_formatted(rows, templates, system_prompt(p, markers))
-        dataset = as_text_prompts(dataset, tokenizer)
+        dataset = prompts(rows, templates, p, markers, tokenizer)
         dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
 
     reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)

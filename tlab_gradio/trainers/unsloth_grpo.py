@@ -64,8 +64,7 @@ def main() -> None:
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
     templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
     rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"), True)
-    dataset = data.grpo_formatted(rows, templates, grpo.system_prompt(p, markers))
-    dataset = grpo.as_text_prompts(dataset, tokenizer)
+    dataset = grpo.prompts(rows, templates, p, markers, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
     reward_funcs, names, weights, method = grpo.reward_setup(job_dir, p, markers)
     print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} dropout={p.get('lora_dropout') or 0} "
