@@ -66,7 +66,7 @@ def code_digest() -> dict:
     """sha256 (first 12 hex) of each core source file: which code this run exercised."""
     import hashlib
 
-    files = sorted((REPO / "tlab_gradio").rglob("*.py")) + sorted((REPO / "plugin_manifests").glob("*.json"))
+    files = sorted((REPO / "tlab_gradio").rglob("*.py")) + sorted((REPO / "plugin_manifests").rglob("*.json"))
     return {str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in files}
 
 

@@ -1,6 +1,7 @@
 """Issue 16, item 5: a manifest that validates cannot crash on a missing parameter.
 
-For each plugin manifest in plugin_manifests/, two directions are checked:
+For each plugin manifest in plugin_manifests/, as the app loads it (its own parameters, the shared sets it
+names and the app's launch settings: parameter_sets.compose), two directions are checked:
 
 * MISSING: every parameter its trainer program reads from the job's `params` is declared by the
   manifest (or put into `params` by the app itself). A `p["x"]` on an undeclared name is a KeyError in
@@ -585,7 +586,16 @@ class _Visitor(ast.NodeVisitor):
 
 
 def load_manifests() -> dict[str, dict]:
-    return {f.stem: json.loads(f.read_text()) for f in sorted(MANIFESTS.glob("*.json"))}
+    """Each plugin's manifest as the app loads it: what it declares, its shared sets and the launch settings."""
+    from tlab_gradio import manifests
+
+    found, errors = manifests.load_all(MANIFESTS)
+    assert not errors, errors
+    return {plugin: json.loads(m.model_dump_json()) for plugin, m in sorted(found.items())}
+
+
+def declared_for(plugin: str) -> str:
+    return f"{plugin} (plugin_manifests/{plugin}.json, its parameter_sets, the app's launch settings)"
 
 
 def plugin_reads(manifest: dict, sources: Sources) -> Result:
@@ -645,11 +655,11 @@ def check_manifest(plugin: str, manifest: dict, sources: Sources | None = None,
             what = ("a setting the form can never set" if not r.can_crash else "KeyError when the job runs"
                     if r.file.startswith("tlab_gradio/trainers/") else "KeyError when the job is submitted")
             missing.append(f"{plugin}: parameter `{r.name}` is read at {r.where} ({r.detail}) but "
-                           f"plugin_manifests/{plugin}.json does not declare it: {what}")
+                           f"it is not declared for {declared_for(plugin)}: {what}")
     if app is None:
         app = _default_app_reads() if not sources.overrides else app_reads(sources)
     used = {r.name for r in result.reads if r.name} | {r.name for r in app if r.name}
-    unused = [f"{plugin}: parameter `{name}` is declared in plugin_manifests/{plugin}.json but read nowhere "
+    unused = [f"{plugin}: parameter `{name}` is declared for {declared_for(plugin)} but read nowhere "
               f"(not by tlab_gradio/trainers/{manifest['trainer']} and the modules it hands `p` to, nor by the app)"
               for name in sorted(declared - used)]
     return missing, unused
@@ -713,6 +723,8 @@ def _line(where: str) -> str:
     ("unsloth_grpo", "system_template", "tlab_gradio/trainers/grpo.py", "get"),
     # Service.prepare -> PLUGIN_CHECKS["grpo"] -> _grpo_checks: a KeyError when the job is submitted
     ("unsloth_grpo", "num_generations", "tlab_gradio/service.py", "subscript"),
+    # a launch setting the app adds (launch_settings.py), read by Service.prepare
+    ("llama_sft_multi_gpu", "device", "tlab_gradio/service.py", "subscript"),
 ])
 def test_a_manifest_missing_a_read_parameter_is_reported(plugin, name, file, pattern):
     manifest = copy.deepcopy(load_manifests()[plugin])
@@ -728,6 +740,19 @@ def test_a_manifest_missing_a_read_parameter_is_reported(plugin, name, file, pat
     # and the intact manifest is fine
     missing, _ = check_manifest(plugin, load_manifests()[plugin])
     assert not [line for line in missing if f"`{name}`" in line]
+
+
+def test_the_launch_settings_and_the_shared_sets_are_counted():
+    """The manifests' files name neither the launch settings nor their shared sets' parameters: the loaded
+    manifests this test checks hold them (a one-GPU plugin only the launch settings that apply to it)."""
+    loaded = load_manifests()
+    for plugin, manifest in loaded.items():
+        own = json.loads((MANIFESTS / f"{plugin}.json").read_text())["parameters"]
+        launch = {"device", "gpu_ids", "mixed_precision"}
+        assert launch <= set(manifest["parameters"]) and not launch & set(own), plugin
+    assert "fsdp_auto_wrap" in loaded["llama_sft_multi_gpu"]["parameters"]
+    assert "distributed_strategy" not in loaded["unsloth_grpo"]["parameters"]
+    assert {"reward_tag_count_weight", "temperature", "adam_beta2"} <= set(loaded["unsloth_grpo"]["parameters"])
 
 
 def test_a_declared_parameter_nothing_reads_is_reported():

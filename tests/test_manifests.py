@@ -42,23 +42,26 @@ BROKEN = {
         "minimum 10 is greater than maximum 5",
     ),
     "enum_type": (
-        _mutate(lambda d: d["parameters"]["device"].update(enum=["cuda", 3])),
+        _mutate(lambda d: d["parameters"]["attn_implementation"].update(enum=["auto", 3])),
         "enum values [3] are not of type 'string'",
     ),
     "trainer_path": (_mutate(lambda d: d.update(trainer="../sft.py")), "must be a file name like 'sft.py'"),
     "no_train_type": (_mutate(lambda d: d.pop("train_type")),
                       "must set train_type, trainer, multi_gpu (missing: train_type)"),
-    "no_device": (_mutate(lambda d: d["parameters"].pop("device")), "must declare the parameter 'device'"),
+    "launch_retitled": (_mutate(lambda d: d["parameters"].update(gpu_ids={"title": "GPUs"})),
+                        "`gpu_ids` is a launch setting the app defines (tlab_gradio/launch_settings.py); a manifest "
+                        "may only narrow it (default, enum, minimum, maximum): its title is the app's"),
+    "unknown_set": (_mutate(lambda d: d["parameter_sets"].append("trainig")),
+                    "parameter_sets: unknown parameter set 'trainig' (did you mean `training`?)"),
     "ui_unknown": (
         _mutate(lambda d: d["parameters_ui"].update(lora_rr={"ui:help": "x"})),
         "parameters_ui names parameters that do not exist: lora_rr",
     ),
     "bad_requirement": (_mutate(lambda d: d.update(requirements=["trl>>1"])), "not a valid pip requirement"),
-    "no_gpu_ids": (_mutate(lambda d: d["parameters"].pop("gpu_ids")), "must declare the parameter 'gpu_ids'"),
     "group_unknown": (_mutate(lambda d: d["parameter_groups"][0]["parameters"].append("lora_rr")),
-                      "parameter_groups 'Hardware' names parameters that do not exist: lora_rr"),
-    "group_twice": (_mutate(lambda d: d["parameter_groups"][1]["parameters"].append("device")),
-                    "parameter 'device' is in two parameter_groups: 'Hardware' and 'Training'"),
+                      "parameter_groups 'Training' names parameters that do not exist: lora_rr"),
+    "group_twice": (_mutate(lambda d: d["parameter_groups"][0]["parameters"].append("lora_r")),
+                    "parameter 'lora_r' is in two parameter_groups: 'Training' and 'LoRA and output'"),
     "group_typo_key": (_mutate(lambda d: d["parameter_groups"][0].update(opened=False)), "parameter_groups.0.opened"),
     "bad_hardware": (_mutate(lambda d: d.update(supported_hardware_architectures=["tpu"])),
                      "supported_hardware_architectures.0"),
@@ -99,20 +102,25 @@ def test_readiness_names_missing_packages_and_cuda():
 
 
 def test_form_sections_cover_every_parameter_once():
-    """The shipped manifests group every parameter; one that names no group (a manifest from
-    elsewhere) gets the rest in one open section, in manifest order."""
+    """The shipped manifests group every parameter; the app's and the shared sets' groups come with their
+    parameters, and what no group names is one open section, in manifest order."""
     for m in manifests.load_all()[0].values():
         listed = [n for g in m.groups() for n in g.parameters]
         assert sorted(listed) == sorted(m.parameters) and len(listed) == len(set(listed)), m.id
         assert manifests.OTHER_GROUP not in [g.title for g in m.groups()], m.id
     partial = manifests.Manifest.model_validate(_mutate(lambda d: d.update(parameter_groups=[
         {"title": "Speed", "open": False, "parameters": ["torch_compile", "packing"]}])))
-    speed, rest = partial.groups()
+    app_and_set = ["Training", "Optimiser, logging and checkpoints", "Several GPUs and machines"]
+    hardware, speed, *placed, rest = partial.groups()
+    assert (hardware.title, [g.title for g in placed]) == ("Hardware", app_and_set)
     assert (speed.title, speed.open, speed.parameters) == ("Speed", False, ["torch_compile", "packing"])
     assert rest.title == manifests.OTHER_GROUP and rest.open
-    assert rest.parameters == [n for n in GOOD["parameters"] if n not in ("torch_compile", "packing")]
+    set_defaults = {"learning_rate", "warmup_steps", "logging_steps", "save_steps"}  # SFT's overrides of the set's
+    own = [n for n in GOOD["parameters"] if n not in set_defaults]
+    assert rest.parameters == [n for n in own if n not in ("torch_compile", "packing")]
     bare = manifests.Manifest.model_validate(_mutate(lambda d: d.pop("parameter_groups")))
-    assert [(g.title, g.parameters) for g in bare.groups()] == [(manifests.OTHER_GROUP, list(GOOD["parameters"]))]
+    assert [g.title for g in bare.groups()] == ["Hardware", *app_and_set, manifests.OTHER_GROUP]
+    assert bare.groups()[-1].parameters == own
 
 
 def test_a_changed_added_or_removed_manifest_is_read_again(tmp_path):

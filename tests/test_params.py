@@ -53,3 +53,17 @@ def test_multiple_of():
     with pytest.raises(params.ParamError) as info:
         params.validate(m, {"lora_r": 6})
     assert info.value.problems == ["`lora_r` (R): 6 is not a multiple of 4"]
+
+
+def test_the_checks_need_the_parameter_schema_not_the_manifest_loader():
+    """No import circle: params.py and manifests.py both import parameter.py, and not each other."""
+    import ast
+    from pathlib import Path
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((Path(params.__file__).parent / f"{module}.py").read_text())
+        return {alias.name if node.module is None else node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
+
+    assert "manifests" not in imports("params") and "parameter" in imports("params")
+    assert "params" not in imports("manifests") and "parameter" in imports("manifests")

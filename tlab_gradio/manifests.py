@@ -2,8 +2,11 @@
 
 The schema is a pydantic model. Top-level keys Transformer Lab uses that the app
 does not need (`plugin-format`, `files`, `git`, …) are accepted and kept; inside a
-parameter every key must be known, so a typo such as `maximun` is an error rather
-than a silently missing limit.
+parameter every key must be known (parameter.Parameter).
+
+A manifest of this app declares only what its trainer trains with: the app adds its launch settings
+(launch_settings.py) and the shared parameter sets the manifest names (parameter_sets.py) before it
+is validated, so the loaded Manifest holds every parameter of the plugin's form.
 
 Transformer Lab's own manifests (no `train_type`/`trainer`/`multi_gpu`: the keys this app adds) load
 too, leniently: hints for undeclared parameters become notes, hardware this app does not drive makes
@@ -19,72 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-from . import settings
-
-ParamType = Literal["string", "integer", "number", "boolean"]
-_PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
-
-
-def value_has_type(value: Any, kind: str) -> bool:
-    if kind != "boolean" and isinstance(value, bool):
-        return False  # bool is an int subclass; True is not a number here
-    if kind == "integer" and isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, _PY_TYPES[kind])
-
-
-class Parameter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    title: str
-    type: ParamType
-    default: Any = None
-    minimum: int | float | None = None
-    maximum: int | float | None = None
-    multipleOf: int | float | None = Field(default=None, gt=0)
-    enum: list[Any] | None = None
-    pattern: str | None = None
-    required: bool = False
-    description: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "Parameter":
-        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
-        if self.pattern is not None and self.type != "string":
-            raise ValueError(f"pattern only applies to strings, not to type {self.type!r}")
-        if (self.minimum is not None or self.maximum is not None or self.multipleOf) and self.type not in (
-            "integer",
-            "number",
-        ):
-            raise ValueError(f"minimum/maximum/multipleOf only apply to numbers, not to type {self.type!r}")
-        if self.enum is not None:
-            if not self.enum:
-                raise ValueError("enum is empty")
-            bad = [v for v in self.enum if not value_has_type(v, self.type)]
-            if bad:
-                raise ValueError(f"enum values {bad!r} are not of type {self.type!r}")
-        if self.default is not None:
-            from .params import check_value  # one rule set for defaults and for user values
-
-            problem = check_value(self, self.default)
-            if problem:
-                raise ValueError(f"default {self.default!r}: {problem}")
-        return self
-
-
-class ParameterGroup(BaseModel):
-    """A titled section of the config form. Closed groups start collapsed (the form opens one
-    that holds a value other than its default, e.g. from a preset)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str = Field(min_length=1)
-    parameters: list[str] = Field(min_length=1)
-    open: bool = True
-    help: str | None = None
+from . import parameter_sets, settings
+from .parameter import Parameter, ParameterGroup, check_value, problems
 
 
 OTHER_GROUP = "Other settings"
@@ -191,6 +133,7 @@ class Manifest(BaseModel):
     parameters_ui: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # What the app needs beyond Transformer Lab's vocabulary:
     parameter_groups: list[ParameterGroup] = Field(default_factory=list)  # form sections, in order
+    parameter_sets: list[str] = Field(default_factory=list)  # shared sets it takes parameters from (by name)
     # Required in the app's own manifests; absent from Transformer Lab's (inferred for TLAB_EQUIVALENTS).
     train_type: Literal["sft", "grpo"] | None = None
     trainer: str | None = None  # program file in tlab_gradio/trainers/, run by `accelerate launch`
@@ -202,6 +145,17 @@ class Manifest(BaseModel):
     _foreign: bool = PrivateAttr(default=False)
     _notes: list[str] = PrivateAttr(default_factory=list)
     _unrunnable: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compose(cls, data: Any, info: ValidationInfo) -> Any:
+        """The app's own manifests get the launch settings and their shared sets; Transformer Lab's load as
+        they are (a mapped one takes ours, composed, in _adopt). The sets are looked up in the folders the
+        loader gives (context "set_folders"), else in the app's plugin_manifests/shared/."""
+        if not isinstance(data, dict) or not any(k in data for k in APP_KEYS):
+            return data
+        where = (info.context or {}).get("set_folders") or parameter_sets.folders(settings.MANIFEST_DIR)
+        return parameter_sets.compose(data, where)
 
     @field_validator("requirements")
     @classmethod
@@ -255,9 +209,6 @@ class Manifest(BaseModel):
             ours = _ours_for(self.trainer)
             if ours is None:
                 self._unrunnable.append(f"this app has no manifest of its own for {self.trainer} to map it onto")
-        missing = [n for n in ("device", "gpu_ids") if n not in self.parameters]
-        if missing and not self._foreign:  # the app's own manifests: the launcher needs them
-            raise ValueError(f"a trainer must declare the parameter {missing[0]!r}")
         unknown_ui = sorted(set(self.parameters_ui) - set(self.parameters))
         if unknown_ui and not self._foreign:  # ours: a typo; theirs: leftovers of a removed parameter
             raise ValueError(f"parameters_ui names parameters that do not exist: {', '.join(unknown_ui)}")
@@ -290,8 +241,6 @@ class Manifest(BaseModel):
         """Run a Transformer Lab manifest on our trainer: our parameter set (everything the trainer reads)
         with their defaults under our names where they pass our checks, their titles, our help and groups;
         their name, description, version and hardware stay."""
-        from .params import check_value
-
         theirs = self.parameters
         params = {name: p.model_copy() for name, p in ours.parameters.items()}
         for name, p in theirs.items():
@@ -318,6 +267,7 @@ class Manifest(BaseModel):
         self.parameters = params
         self.parameters_ui = {k: dict(v) for k, v in ours.parameters_ui.items()}
         self.parameter_groups = [g.model_copy() for g in ours.parameter_groups]
+        self.parameter_sets = list(ours.parameter_sets)
         self.requirements = list(ours.requirements)
         self.sample_dataset = ours.sample_dataset
         self.environment = ours.environment
@@ -375,13 +325,9 @@ def _stem(path: Path) -> str:
     return path.parent.name if path.name == "index.json" else path.stem
 
 
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+def _folder(path: Path) -> Path:
+    """The manifests folder a file is in: NAME.json's folder, or the one above NAME/index.json."""
+    return path.parent.parent if path.name == "index.json" else path.parent
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -393,9 +339,9 @@ def load_manifest(path: Path) -> Manifest:
     if not isinstance(raw, dict):
         raise ValueError("the manifest must be a JSON object")
     try:
-        manifest = Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw, context={"set_folders": parameter_sets.folders(_folder(path))})
     except ValidationError as exc:
-        raise ValueError(_format_validation(exc)) from None
+        raise ValueError(problems(exc)) from None
     if manifest.uniqueId != _stem(path):
         what = "folder's name" if path.name == "index.json" else "file name's stem"
         raise ValueError(f"uniqueId {manifest.uniqueId!r} must equal the {what} {_stem(path)!r}")
@@ -406,14 +352,16 @@ _LOADED: dict[tuple[Path, ...], tuple[tuple, dict[str, Manifest], list[ManifestE
 
 
 def _files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.json")) + sorted(directory.glob("*/index.json"))
+    """The plugin manifests in a folder (its shared/ holds parameter sets, not plugins)."""
+    folders = [p for p in sorted(directory.glob("*/index.json")) if p.parent.name != parameter_sets.SHARED]
+    return sorted(directory.glob("*.json")) + folders
 
 
 def load_all(directory: Path | list[Path] | None = None) -> tuple[dict[str, Manifest], list[ManifestError]]:
     """Every manifest in the folder(s) (TLAB_MANIFEST_DIR may name several, separated by os.pathsep): NAME.json
     or NAME/index.json; a broken one is reported and the others still load; a uniqueId already loaded from
-    an earlier folder is reported, not replaced. Read again only when a file is added, removed or changed
-    (the form checks every keystroke against them)."""
+    an earlier folder is reported, not replaced. Read again only when a file (a shared set's included) is added,
+    removed or changed (the form checks every keystroke against them)."""
     if directory is None:
         folders = tuple(settings.manifest_dirs())
     elif isinstance(directory, (list, tuple)):
@@ -421,8 +369,8 @@ def load_all(directory: Path | list[Path] | None = None) -> tuple[dict[str, Mani
     else:
         folders = (Path(directory),)
     try:
-        signature = tuple((str(p), st.st_mtime_ns, st.st_size) for d in folders for p in _files(d)
-                          for st in [p.stat()])
+        signature = tuple((str(p), st.st_mtime_ns, st.st_size) for d in folders
+                          for p in _files(d) + parameter_sets.files(d) for st in [p.stat()])
     except OSError:  # a file went away mid-listing: read the folder as it is now
         signature = None
     cached = _LOADED.get(folders)

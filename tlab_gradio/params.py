@@ -1,20 +1,22 @@
 """A job's parameters checked against its manifest before anything is launched.
 
-Each parameter is turned into a JSON Schema and checked with `jsonschema`, so the
-rules are the standard ones users know from Transformer Lab's forms; the messages
-name the parameter, and an unknown name gets the nearest known one suggested.
+Each value is checked by its parameter's own rules (parameter.check_value: JSON Schema, as in Transformer
+Lab's forms); the messages name the parameter, and an unknown name gets the nearest known one suggested.
+A manifest is anything with `parameters`, so this module needs the parameter schema, not the manifest loader.
 """
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from jsonschema import Draft202012Validator
+from .parameter import Parameter, check_value
 
-if TYPE_CHECKING:
-    from .manifests import Manifest, Parameter
 
-_SCHEMA_KEYS = ("type", "minimum", "maximum", "multipleOf", "enum", "pattern")
+class Declares(Protocol):
+    """What validate() needs of a manifest: its parameters by name."""
+
+    parameters: Mapping[str, Parameter]
 
 
 class ParamError(ValueError):
@@ -25,22 +27,12 @@ class ParamError(ValueError):
         super().__init__("; ".join(problems))
 
 
-def _schema(param: "Parameter") -> dict[str, Any]:
-    return {k: getattr(param, k) for k in _SCHEMA_KEYS if getattr(param, k) is not None}
-
-
-def check_value(param: "Parameter", value: Any) -> str | None:
-    """The problem with one value, or None when it is valid."""
-    error = next(Draft202012Validator(_schema(param)).iter_errors(value), None)
-    return None if error is None else error.message
-
-
 def suggest(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
-def validate(manifest: "Manifest", values: dict[str, Any]) -> dict[str, Any]:
+def validate(manifest: Declares, values: dict[str, Any]) -> dict[str, Any]:
     """Return the complete parameter set (defaults filled in) or raise ParamError naming each bad one."""
     problems: list[str] = []
     known = list(manifest.parameters)

@@ -1,0 +1,122 @@
+"""The vocabulary of a plugin's form, in Transformer Lab's terms: one parameter's schema and the check of a
+value against it, the titled groups the form shows parameters in, and a set of parameters declared together.
+
+The value check is the schema turned into JSON Schema and run by `jsonschema`, so the rules are the
+standard ones users know from Transformer Lab's forms. It lives beside the schema because a parameter's
+own default is checked with it when the parameter is read: the manifest loader and the request check
+(params.py) both import this module, and neither needs the other.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ParamType = Literal["string", "integer", "number", "boolean"]
+_PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
+_SCHEMA_KEYS = ("type", "minimum", "maximum", "multipleOf", "enum", "pattern")
+
+
+def value_has_type(value: Any, kind: str) -> bool:
+    if kind != "boolean" and isinstance(value, bool):
+        return False  # bool is an int subclass; True is not a number here
+    if kind == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _PY_TYPES[kind])
+
+
+class Parameter(BaseModel):
+    # Every key must be known: a typo such as `maximun` is an error, not a silently missing limit.
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    type: ParamType
+    default: Any = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    multipleOf: int | float | None = Field(default=None, gt=0)
+    enum: list[Any] | None = None
+    pattern: str | None = None
+    required: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Parameter":
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        if self.pattern is not None and self.type != "string":
+            raise ValueError(f"pattern only applies to strings, not to type {self.type!r}")
+        if (self.minimum is not None or self.maximum is not None or self.multipleOf) and self.type not in (
+            "integer",
+            "number",
+        ):
+            raise ValueError(f"minimum/maximum/multipleOf only apply to numbers, not to type {self.type!r}")
+        if self.enum is not None:
+            if not self.enum:
+                raise ValueError("enum is empty")
+            bad = [v for v in self.enum if not value_has_type(v, self.type)]
+            if bad:
+                raise ValueError(f"enum values {bad!r} are not of type {self.type!r}")
+        if self.default is not None:
+            problem = check_value(self, self.default)  # one rule set for defaults and for user values
+            if problem:
+                raise ValueError(f"default {self.default!r}: {problem}")
+        return self
+
+
+def check_value(param: Parameter, value: Any) -> str | None:
+    """The problem with one value, or None when it is valid."""
+    schema = {k: getattr(param, k) for k in _SCHEMA_KEYS if getattr(param, k) is not None}
+    error = next(Draft202012Validator(schema).iter_errors(value), None)
+    return None if error is None else error.message
+
+
+class ParameterGroup(BaseModel):
+    """A titled section of the config form. Closed groups start collapsed (the form opens one
+    that holds a value other than its default, e.g. from a preset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1)
+    parameters: list[str] = Field(min_length=1)
+    open: bool = True
+    help: str | None = None
+
+
+class ParameterSet(BaseModel):
+    """Parameters declared together with their form hints and groups: a shared set that manifests name
+    (plugin_manifests/shared/), or the app's launch settings (launch_settings.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    parameters: dict[str, Parameter] = Field(min_length=1)
+    parameters_ui: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    parameter_groups: list[ParameterGroup] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_its_own_parameters(self) -> "ParameterSet":
+        places = [("parameters_ui", list(self.parameters_ui))]
+        places += [(f"parameter_groups {g.title!r}", g.parameters) for g in self.parameter_groups]
+        for where, names in places:
+            unknown = [n for n in names if n not in self.parameters]
+            if unknown:
+                raise ValueError(f"{where} names parameters the set does not declare: {', '.join(unknown)}")
+        grouped = [n for g in self.parameter_groups for n in g.parameters]
+        twice = sorted({n for n in grouped if grouped.count(n) > 1})
+        titles = [g.title for g in self.parameter_groups]
+        if twice or len(set(titles)) != len(titles):
+            raise ValueError(f"a parameter or a group title appears twice in parameter_groups: "
+                             f"{', '.join(twice or sorted({t for t in titles if titles.count(t) > 1}))}")
+        return self
+
+
+def problems(exc: ValidationError) -> str:
+    """A schema's validation errors as one line: `where: what`, each."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
