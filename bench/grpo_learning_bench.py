@@ -12,6 +12,12 @@ runs, and a plot.
 
     python3 bench/grpo_learning_bench.py --model /path/SmolLM2-135M-Instruct.gguf --steps 60 \\
         --out $OUT/grpo-learning.json --plot $OUT/grpo-learning.png
+
+One seed's two curves can drift apart by more than their step-to-step noise (RL trajectories diverge once
+sampling differs). To tell drift from a real difference, run several seeds (`--seed N`, one process each, side
+by side on one GPU: the curves do not depend on the load, the speeds do) and compare them:
+
+    python3 bench/grpo_learning_bench.py --compare seed1.json seed2.json seed3.json --out seeds.json
 """
 from __future__ import annotations
 
@@ -36,9 +42,12 @@ WINDOW = 10
 DEVICE = {"device": "cuda", "gpu_ids": "0"}  # --device cpu: a smoke run of the whole script
 
 
+SEED: dict = {}  # --seed N: {"seed": N} for the plugin and so for plain TRL (which reads the plugin's config)
+
+
 def plugin_request(model: str, steps: int, **params) -> dict:
     return {"plugin": "grpo_multi_gpu", "name": "learning-plugin", "model": model,
-            "params": {**DEVICE, "max_steps": steps, **params}}
+            "params": {**DEVICE, "max_steps": steps, **SEED, **params}}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -171,6 +180,31 @@ def speed(curve: list[dict]) -> dict:
             "step_time_median_s": statistics.median(times) if times else None}
 
 
+def across_seeds(reports: list[dict]) -> dict:
+    """Several seeds' reports: per WINDOW, the plugin's and plain TRL's mean over the seeds, and the gap against
+    the seeds' own spread (standard deviation of the seeds' window means, pooled over the two sides). The
+    plugin follows plain TRL when every gap is within that spread, and rose when every seed's did."""
+    def windows(curve):
+        rewards = [r["reward"] for r in curve if isinstance(r.get("reward"), (int, float))]
+        return [statistics.fmean(rewards[i:i + WINDOW]) for i in range(0, len(rewards) // WINDOW * WINDOW, WINDOW)]
+
+    plugin = [windows(r["plugin"]["curve"]) for r in reports]
+    plain = [windows(r["plain_trl"]["curve"]) for r in reports]
+    n = min(len(w) for w in plugin + plain)
+    rows = []
+    for i in range(n):
+        a, b = [w[i] for w in plugin], [w[i] for w in plain]
+        spread = math.sqrt((statistics.pvariance(a) + statistics.pvariance(b)) / 2)
+        gap = statistics.fmean(a) - statistics.fmean(b)
+        rows.append({"steps": f"{i * WINDOW + 1}-{(i + 1) * WINDOW}", "plugin": statistics.fmean(a),
+                     "plain_trl": statistics.fmean(b), "gap": gap, "seed_spread": spread,
+                     "within_spread": abs(gap) <= spread})
+    return {"seeds": [r["params"].get("seed") for r in reports], "windows": rows,
+            "follows": bool(rows) and all(w["within_spread"] for w in rows),
+            "plugin_rose_every_seed": all(learned(r["plugin"]["curve"]).get("rose") for r in reports),
+            "plain_trl_rose_every_seed": all(learned(r["plain_trl"]["curve"]).get("rose") for r in reports)}
+
+
 def plot(report: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -206,7 +240,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a GGUF file, a model folder, or '' for the embedded model")
+    ap.add_argument("--model", default="", help="a GGUF file, a model folder, or '' for the embedded model")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--runs", default="plugin,plain_trl")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
@@ -216,7 +250,17 @@ def main() -> None:
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--recompute", action="store_true", help="redo the summary and plot of --out")
+    ap.add_argument("--seed", type=int, help="the seed of both runs (default: the plugin's)")
+    ap.add_argument("--compare", type=Path, nargs="+", metavar="REPORT",
+                    help="several seeds' reports: the gap between the curves against the seeds' spread, to --out")
     args = ap.parse_args()
+    if args.compare:
+        result = across_seeds([json.loads(p.read_text()) for p in args.compare])
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
+    if args.seed is not None:
+        SEED["seed"] = args.seed
 
     if args.recompute:
         report = json.loads(args.out.read_text())

@@ -40,8 +40,9 @@ def test_grpo_learning_bench_runs_on_cpu(tmp_path, home):
     job config describes, each step's reward, the rise against the spread, and the curves compared."""
     out = tmp_path / "learning.json"
     subprocess.run([sys.executable, "bench/grpo_learning_bench.py", "--model", "", "--device", "cpu", "--steps", "2",
-                    "--out", str(out)], cwd=REPO, check=True, timeout=600, capture_output=True)
+                    "--seed", "7", "--out", str(out)], cwd=REPO, check=True, timeout=600, capture_output=True)
     report = json.loads(out.read_text())
+    assert report["params"]["seed"] == report["plain_trl"]["settings"]["seed"] == 7
     assert [r["step"] for r in report["plugin"]["curve"]] == [1, 2]
     assert [r["step"] for r in report["plain_trl"]["curve"]] == [1, 2]
     same = report["plain_trl"]["settings"]
@@ -63,3 +64,28 @@ def test_app_gpu_check_runs_on_cpu(tmp_path, home):
     assert all(j["state"] == "COMPLETE" and j["metrics_finite"] for j in ran.values()), ran
     assert report["summary"]["missing_gpu_ids_refused"]
     assert all("does not exist" in r["message"] for r in report["refusals"])
+
+
+def test_grpo_learning_bench_tells_drift_between_seeds_from_a_gap(tmp_path):
+    """--compare: the curves' gap per 10 steps against the seeds' own spread. Seeds that scatter around the
+    same curve follow; a plugin below plain TRL on every seed does not."""
+    def report(seed, plugin_shift, plain_shift):
+        curve = lambda shift: [{"step": i + 1, "reward": 0.2 + 0.01 * i + shift} for i in range(30)]  # noqa: E731
+        return {"params": {"seed": seed}, "plugin": {"curve": curve(plugin_shift)},
+                "plain_trl": {"curve": curve(plain_shift)}}
+
+    def compare(reports):
+        paths = []
+        for i, r in enumerate(reports):
+            paths.append(tmp_path / f"seed{i}.json")
+            paths[-1].write_text(json.dumps(r))
+        out = tmp_path / "seeds.json"
+        subprocess.run([sys.executable, "bench/grpo_learning_bench.py", "--compare", *map(str, paths), "--out", str(out)],
+                       cwd=REPO, check=True, timeout=120, capture_output=True)
+        return json.loads(out.read_text())
+
+    drift = compare([report(1, 0.05, -0.05), report(2, -0.05, 0.05), report(3, 0.0, 0.0)])
+    assert drift["seeds"] == [1, 2, 3] and drift["follows"] and len(drift["windows"]) == 3
+    assert drift["plugin_rose_every_seed"] and drift["plain_trl_rose_every_seed"]
+    behind = compare([report(1, -0.1, 0.0), report(2, -0.11, 0.01), report(3, -0.09, -0.01)])
+    assert not behind["follows"] and all(w["gap"] < -0.05 for w in behind["windows"])
