@@ -132,8 +132,8 @@ def run_one(svc, gpu_ids: str, args: argparse.Namespace) -> dict:
         command=info["command"],
         command_txt=(Path(info["job_dir"]) / "command.txt").read_text().strip()
         if (Path(info["job_dir"]) / "command.txt").is_file() else None,
-        mixed_precision=info["config"].get("mixed_precision"),
-        num_processes=info["config"].get("num_processes"),
+        mixed_precision=info["config"]["launch"]["mixed_precision"],
+        num_processes=info["config"]["launch"]["num_processes"],
         job_gpus=info["gpus"],
         **world_sizes(log_lines),
         last_metrics=(logs.last_metrics(metrics_path) or [None])[-1],

@@ -110,8 +110,10 @@ def main() -> None:
             config = svc.prepare({"plugin": "llama_sft_multi_gpu", "name": "sft_fsdp_1proc", "device": "cuda",
                                   "gpu_ids": "0", "params": {"max_steps": 5, "logging_steps": 1, "report_to": "none",
                                                              "use_lora": False}})
-            config["params"]["distributed_strategy"] = "fsdp"
-            job = svc.jobs.create(config["name"], config["plugin"], config, config["gpu_ids"])
+            launch = config.launch.model_copy(update={"distributed": config.launch.distributed.model_copy(
+                update={"strategy": "fsdp"})})
+            job = svc.jobs.create(config.model_copy(update={
+                "params": {**config.params, "distributed_strategy": "fsdp"}, "launch": launch}))
             svc.jobs.wait(job.id, 600)
             result = summary(svc, job.id, started)
             result["accelerate_yaml"] = (job.job_dir / "accelerate.yaml").read_text()

@@ -75,8 +75,8 @@ def run_plugin(home: Path, model: str, steps: int, **params) -> dict:
     return job
 
 
-def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
-    """Plain TRL on the problem the plugin's job config describes (`cfg` from Service.prepare)."""
+def run_plain_trl(spec, steps: int, cudnn_attention: bool) -> dict:
+    """Plain TRL on the problem the plugin's job spec describes (`spec` from Service.prepare)."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -86,17 +86,17 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
 
     if not cudnn_attention:  # the plugin's fix of the NaN gradients (see trainers/common.avoid_cudnn_attention)
         torch.backends.cuda.enable_cudnn_sdp(False)
-    p = cfg["params"]
-    if cfg.get("embedded_model"):
+    p = spec.params
+    if spec.model.embedded:
         from tlab_gradio import tiny_model
 
-        tiny_model.ensure(Path(cfg["model"]))
+        tiny_model.ensure(Path(spec.model.path))
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
-    tok = AutoTokenizer.from_pretrained(cfg["model"], padding_side="left")
+    tok = AutoTokenizer.from_pretrained(spec.model.path, padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    templates = data.Templates(cfg["template"], cfg["completion_template"])
-    dataset = prompts(data.load(data.parse_spec(cfg["dataset"])), templates, p, markers, tok)
+    templates = data.Templates(spec.data.template, spec.data.completion_template)
+    dataset = prompts(data.load(data.parse_spec(spec.data.dataset)), templates, p, markers, tok)
     dataset = drop_long_prompts(dataset, tok, p["max_prompt_length"], True)
     names = [n for n in rewards.SCORERS if p.get(f"reward_{n}")]
     same = {k: p[k] for k in ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
@@ -110,7 +110,7 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
             if logs and "loss" in logs and "train_runtime" not in logs:
                 records.append({"step": state.global_step, **logs, "time": time.time()})
 
-    on_cpu = cfg["device"] == "cpu"
+    on_cpu = spec.launch.device == "cpu"
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-learning-"), max_steps=steps, logging_steps=1,
                       report_to=[], bf16=not on_cpu, use_cpu=on_cpu, save_strategy="no", disable_tqdm=True, gradient_checkpointing=False,
                       model_init_kwargs={"dtype": torch.float32 if on_cpu else torch.bfloat16}, reward_weights=[float(p[f"reward_{n}_weight"])
@@ -121,7 +121,7 @@ def run_plain_trl(cfg: dict, steps: int, cudnn_attention: bool) -> dict:
     method = rewards.resolve_method(p.get("correctness_method"))
     prefix = rewards.reply_prefix(bool(p.get("prefill_reasoning")), markers)  # the prompts end with it
     funcs = [rewards.scoring_whole_reply(f, prefix) for f in rewards.trl_reward_funcs(names, markers, method)]
-    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=funcs, args=args,
+    trainer = GRPOTrainer(model=spec.model.path, reward_funcs=funcs, args=args,
                           train_dataset=dataset, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     per_step = same["per_device_train_batch_size"] * same["gradient_accumulation_steps"]
@@ -277,16 +277,16 @@ def main() -> None:
         os.environ["TLAB_HOME"] = str(home)
         from tlab_gradio.service import Service
 
-        cfg = Service().prepare(plugin_request(args.model, args.steps))  # the app resolves (and converts) the model
+        spec = Service().prepare(plugin_request(args.model, args.steps))  # the app resolves (and converts) the model
         report = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "steps": args.steps,
-                  "model_given": args.model, "model_folder": cfg["model"], "model_name": Path(args.model).stem or
-                  "the embedded model", "params": cfg["params"], "dataset": cfg["dataset"]}
+                  "model_given": args.model, "model_folder": spec.model.path, "model_name": Path(args.model).stem or
+                  "the embedded model", "params": spec.params, "dataset": spec.data.dataset}
         variants = dict(parse_variant(v) for v in args.variant)
         for run in [r for r in args.runs.split(",") if r] + list(variants):
             try:
                 report[run] = (run_plugin(home / "plugin", args.model, args.steps) if run == "plugin" else
                                run_plugin(home / run, args.model, args.steps, **variants[run]) if run in variants
-                               else run_plain_trl(cfg, args.steps, args.cudnn_attention))
+                               else run_plain_trl(spec, args.steps, args.cudnn_attention))
             except Exception as exc:  # noqa: BLE001 - keep the other run's figures
                 report[run] = {"error": f"{type(exc).__name__}: {exc}"}
             args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")

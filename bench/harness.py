@@ -36,6 +36,6 @@ def plugin_job(home: Path, request: dict, timeout: float) -> dict:
         return {"error": done.reason, "state": done.state, "log_tail": svc.job_log(job["id"], 60),
                 "records": steps}
     speed = [line for line in svc.job_log(job["id"], 400) if line.startswith("[tlab] speed:")]
-    return {"records": steps, "params": done.config["params"], "command": " ".join(done.command),
+    return {"records": steps, "params": done.spec.params, "command": " ".join(done.command),
             "peak_gib": max((m["peak_memory_gb"] for m in steps if "peak_memory_gb" in m), default=None),
             "plan": speed[0] if speed else None}

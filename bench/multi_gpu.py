@@ -80,7 +80,7 @@ def run_job(svc, request: dict, skip: int, timeout: float) -> dict:
         done = svc.jobs.wait(job["id"], timeout)
     log = svc.job_log(job["id"], 2000)
     result = {"state": done.state, "command": " ".join(done.command or []), "wall_s": time.time() - started,
-              "gpu_ids_requested": request["gpu_ids"], "gpu_ids_used": done.config["gpu_ids"],
+              "gpu_ids_requested": request["gpu_ids"], "gpu_ids_used": done.spec.launch.gpu_ids,
               "world_size_lines": harness.world_size_lines(log),
               "peak_gib_per_gpu_nvidia_smi": {str(k): round(v, 2) for k, v in sorted(mem.peak.items())}}
     steps = [r for r in harness.records(done.job_dir) if "loss" in r]

@@ -6,15 +6,21 @@ import pytest
 import yaml
 
 from tlab_gradio import gpus, launcher, memory
+from tlab_gradio.job_spec import Distributed, Launch
 from tlab_gradio.service import RequestError, Service
 
 SFT = "llama_sft_multi_gpu"
 GPUS = [gpus.GPU(i, str(i), "H100", 81559, 0, 0, 30, (9, 0)) for i in range(4)]
 
 
+def launch_on(placement, dist=Distributed(), mixed_precision="bf16", trainer="sft.py"):
+    return Launch(trainer=str(trainer), device=placement.device, gpu_ids=placement.physical_ids,
+                  num_processes=placement.num_processes, mixed_precision=mixed_precision, distributed=dist)
+
+
 def config_for(strategy, **kw):
-    dist = launcher.Distributed(strategy=strategy, **kw)
-    return launcher.accelerate_config(gpus.resolve("cuda", "0,1", None, GPUS), "bf16", 29500, dist), dist
+    dist = Distributed(strategy=strategy, **kw)
+    return launcher.accelerate_config(launch_on(gpus.resolve("cuda", "0,1", None, GPUS), dist), 29500), dist
 
 
 def test_ddp_config():
@@ -47,7 +53,7 @@ def test_deepspeed_configs(strategy, offload, expected):
                         gradient_clipping=0.5)
     assert cfg["distributed_type"] == "DEEPSPEED"
     assert cfg["deepspeed_config"] == {**expected, "gradient_accumulation_steps": 4, "gradient_clipping": 0.5}
-    from_form = launcher.Distributed.from_params({"distributed_strategy": strategy, "gradient_accumulation_steps": 8,
+    from_form = Distributed.from_params({"distributed_strategy": strategy, "gradient_accumulation_steps": 8,
                                                   "max_grad_norm": 2.0, "deepspeed_cpu_offload": offload})
     assert (from_form.gradient_accumulation_steps, from_form.gradient_clipping) == (8, 2.0)
 
@@ -57,9 +63,9 @@ def test_accelerate_loads_every_config(tmp_path, strategy):
     from accelerate.commands.config.config_args import load_config_from_file
 
     placement = gpus.resolve("cuda", "0,1", None, GPUS)
-    dist = launcher.Distributed(strategy=strategy, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
-                                main_process_port=29400)
-    argv = launcher.write_launch_files(tmp_path, placement, "bf16", tmp_path / "sft.py", None, dist)
+    dist = Distributed(strategy=strategy, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1",
+                       main_process_port=29400)
+    argv = launcher.write_launch_files(tmp_path, launch_on(placement, dist, trainer=tmp_path / "sft.py"))
     loaded = load_config_from_file(str(tmp_path / "accelerate.yaml"))
     assert loaded.distributed_type.value == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(strategy, "DEEPSPEED")
     assert loaded.num_processes == 4 and loaded.num_machines == 2 and loaded.machine_rank == 1
@@ -130,7 +136,7 @@ def test_fsdp_is_refused_on_cpu_where_accelerate_would_ignore_it(home, monkeypat
     monkeypatch.setattr(service_mod.gpus, "list_gpus", lambda refresh=False: GPUS)
     config = Service().prepare({"plugin": SFT, "device": "cuda", "gpu_ids": "auto",
                                 "params": {"distributed_strategy": "fsdp"}}, check_data=False)
-    assert config["params"]["distributed_strategy"] == "fsdp"
+    assert config.params["distributed_strategy"] == "fsdp" and config.launch.distributed.strategy == "fsdp"
 
 
 def test_two_machines_over_loopback(home, tmp_path):

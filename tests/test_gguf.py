@@ -54,11 +54,11 @@ def smollm2():
 def test_smollm2_gguf_converts_once_and_trains(home, smollm2, tmp_path):
     svc = Service()
     config = svc.prepare(request(smollm2))
-    folder = Path(config["model"])
+    folder = Path(config.model.path)
     assert folder.parent == home / "models" / "gguf" and folder.name.startswith("SmolLM2-135M-Instruct")
-    assert config["architecture"] == "LlamaForCausalLM"
+    assert config.model.architecture == "LlamaForCausalLM"
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert config["model_config"]["num_hidden_layers"] == 30  # the memory estimate reads the real shape
+    assert config.model.config["num_hidden_layers"] == 30  # the memory estimate reads the real shape
 
     from tokenizers import Tokenizer
 
@@ -74,7 +74,7 @@ def test_smollm2_gguf_converts_once_and_trains(home, smollm2, tmp_path):
     (holder / smollm2.name).symlink_to(smollm2)
     started = time.monotonic()
     again = svc.prepare(request(holder), check_data=False)
-    assert again["model"] == str(folder) and time.monotonic() - started < 10
+    assert again.model.path == str(folder) and time.monotonic() - started < 10
     assert (folder / "config.json").stat().st_mtime_ns == written
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no second build left aside
     assert svc.memory_estimate(request(smollm2))["trainable_parameters"] > 0
@@ -82,7 +82,7 @@ def test_smollm2_gguf_converts_once_and_trains(home, smollm2, tmp_path):
     job = svc.start_job(request(smollm2))
     done = svc.jobs.wait(job["id"], 300)
     assert done.state == "COMPLETE", "\n".join(svc.job_log(job["id"], 60))
-    assert done.config["model"] == str(folder)
+    assert done.spec.model.path == str(folder)
     assert (Path(done.output_dir) / "tlab-sft" / "adapter_config.json").is_file()
 
 

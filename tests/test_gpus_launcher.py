@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from tlab_gradio import gpus, launcher
+from tlab_gradio.job_spec import Launch
 
 
 def fake_gpus(n, cc=(9, 0), physical=None):
@@ -70,12 +71,17 @@ def test_user_index_maps_to_the_physical_gpu():
     visible = fake_gpus(2, physical=["2", "3"])
     placement = gpus.resolve("cuda", "1", None, visible)
     assert placement.physical_ids == ["3"] and placement.num_processes == 1
-    argv = launcher.build_argv(placement, launcher.Path("t.py"), launcher.Path("/j"), "bf16", 1234)
+    argv = launcher.build_argv(launch_on(placement), launcher.Path("/j"), 1234)
     assert argv[argv.index("--gpu_ids") + 1] == "3"
 
 
+def launch_on(placement, mixed_precision="bf16", trainer="t.py"):
+    return Launch(trainer=str(trainer), device=placement.device, gpu_ids=placement.physical_ids,
+                  num_processes=placement.num_processes, mixed_precision=mixed_precision)
+
+
 def argv_for(placement, mp="bf16"):
-    return launcher.build_argv(placement, launcher.Path("/x/sft.py"), launcher.Path("/jobs/7"), mp, 29555)
+    return launcher.build_argv(launch_on(placement, mp, "/x/sft.py"), launcher.Path("/jobs/7"), 29555)
 
 
 def test_argv_one_gpu():
@@ -118,7 +124,7 @@ def test_launch_files_are_accepted_by_accelerate(tmp_path):
     from accelerate.commands.config.config_args import load_config_from_file
 
     placement = gpus.resolve("cuda", "1,3", None, FOUR)
-    argv = launcher.write_launch_files(tmp_path, placement, "bf16", tmp_path / "sft.py")
+    argv = launcher.write_launch_files(tmp_path, launch_on(placement, trainer=tmp_path / "sft.py"))
     cfg = yaml.safe_load((tmp_path / "accelerate.yaml").read_text())
     assert cfg["distributed_type"] == "MULTI_GPU" and cfg["num_processes"] == 2 and cfg["gpu_ids"] == "1,3"
     assert cfg["mixed_precision"] == "bf16" and cfg["use_cpu"] is False

@@ -15,7 +15,7 @@ names and the app's launch settings: parameter_sets.compose), two directions are
 The reads are found by parsing the sources with `ast` (no regexes). What counts as "the params dict":
 
 * in a trainer, the third value of `common.begin(...)` (found generically: the callee's `return` tuple
-  holds `cfg["params"]` there), and any `X["params"]` / `X.get("params")`;
+  holds `spec.params` there), and any `X.params` / `X["params"]` / `X.get("params")`;
 * a name assigned from `params.validate(...)` (Service.prepare's `clean`);
 * in app modules, function arguments named `p` or `params` (unless the name is an imported module, as
   `params` is in service.py);
@@ -29,8 +29,8 @@ A read is `p["x"]` (subscript), `p.get("x")` (get) or `"x" in p` (in). The key i
 * a string constant;
 * a loop / comprehension variable over a literal tuple or list of strings, over a module-level tuple,
   list, set or dict of strings (same module, `from m import NAME` or `module.NAME`: e.g.
-  `p[k] for k in grpo.GRPO_KEYS`), or over `cls.__dataclass_fields__` (launcher.Distributed.from_params:
-  the dataclass's annotated fields); comprehension filters `k != "const"` / `k not in (...)` drop values;
+  `p[k] for k in grpo.GRPO_KEYS`), or over `cls.model_fields` / `cls.__dataclass_fields__` (job_spec.Distributed.from_params:
+  the class's annotated fields); comprehension filters `k != "const"` / `k not in (...)` drop values;
 * an f-string whose holes are such loop variables: `p[f"reward_{n}_weight"] for n in rewards.SCORERS`
   expands to one read per scorer name (SCORERS is a dict: its keys).
 
@@ -293,6 +293,9 @@ class Analyzer:
             return env.get(node.id) is PARAMS
         if isinstance(node, ast.Subscript):  # cfg["params"]
             return isinstance(node.slice, ast.Constant) and node.slice.value == "params"
+        if isinstance(node, ast.Attribute) and node.attr == "params" and not (
+                isinstance(node.value, ast.Name) and node.value.id in mod.module_aliases):  # spec.params (JobSpec)
+            return True
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             if node.func.attr == "get" and node.args and isinstance(node.args[0], ast.Constant) \
                     and node.args[0].value == "params":  # cfg.get("params")
@@ -322,7 +325,7 @@ class Analyzer:
         if isinstance(node, ast.Attribute):
             if isinstance(node.value, ast.Name) and node.value.id in mod.module_aliases:
                 return mod.starred(node)
-            if node.attr == "__dataclass_fields__" and isinstance(node.value, ast.Name):
+            if node.attr in ("__dataclass_fields__", "model_fields") and isinstance(node.value, ast.Name):
                 cls = mod.owner.get(id(fn)) if node.value.id in ("cls", "self") else node.value.id
                 if cls in mod.classes:
                     return [s.target.id for s in mod.classes[cls].body

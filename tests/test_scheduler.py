@@ -10,13 +10,14 @@ import sys
 import pytest
 
 from tlab_gradio import jobs as jobs_mod
+from tlab_gradio.job_spec import DataRef, JobSpec, Launch, ModelRef
 from tlab_gradio.jobs import JobError, JobManager
 
 
 @pytest.fixture
 def manager(home, monkeypatch):
-    def fake_launch_files(job_dir, placement, mp, trainer, python=None, dist=None):
-        fake = json.loads((job_dir / "config.json").read_text())["fake"]
+    def fake_launch_files(job_dir, launch):
+        fake = json.loads((job_dir / "config.json").read_text())["params"]
         code = "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))"
         return [sys.executable, "-c", code, str(fake["seconds"]), str(fake["exit"]), str(job_dir)]
 
@@ -29,17 +30,20 @@ def manager(home, monkeypatch):
             mgr.wait(job.id, 10)
 
 
-def config(gpus, seconds=60, exit=0):
-    return {"device": "cuda" if gpus else "cpu", "num_processes": max(len(gpus), 1),
-            "mixed_precision": "no", "trainer": "x.py", "fake": {"seconds": seconds, "exit": exit}}
+def config(name, gpus, seconds=60, exit=0):
+    """A job spec whose stand-in process sleeps `seconds` and exits with `exit` (read from its params)."""
+    return JobSpec(name=name, plugin="p", model=ModelRef(path="m", source="local"), data=DataRef(dataset={}),
+                   launch=Launch(trainer="x.py", device="cuda" if gpus else "cpu", gpu_ids=gpus,
+                                 num_processes=max(len(gpus), 1)),
+                   params={"seconds": seconds, "exit": exit})
 
 
 def test_a_job_waits_for_its_gpus_and_reservations_keep_order(manager):
-    a = manager.create("a", "p", config(["0"]), ["0"])
-    b = manager.create("b", "p", config(["0", "1"]), ["0", "1"])
-    c = manager.create("c", "p", config(["1"]), ["1"])  # free GPU, but b is waiting for it
-    manager.create("d", "p", config(["2"]), ["2"])
-    manager.create("cpu", "p", config([]), [])
+    a = manager.create(config("a", ["0"]))
+    b = manager.create(config("b", ["0", "1"]))
+    c = manager.create(config("c", ["1"]))  # free GPU, but b is waiting for it
+    manager.create(config("d", ["2"]))
+    manager.create(config("cpu", []))
     states = {j.name: j.state for j in manager.list()}
     assert states == {"a": "RUNNING", "b": "QUEUED", "c": "QUEUED", "d": "RUNNING", "cpu": "RUNNING"}
     manager.stop(a.id, grace=0.5)
@@ -48,13 +52,13 @@ def test_a_job_waits_for_its_gpus_and_reservations_keep_order(manager):
     assert manager.get(c.id).state == "QUEUED"
     manager.stop(b.id, grace=0.5)
     assert manager.wait(c.id, 10, until=lambda j: j.state == "RUNNING").state == "RUNNING"
-    stopped_queued = manager.create("e", "p", config(["1"]), ["1"])
+    stopped_queued = manager.create(config("e", ["1"]))
     assert manager.stop(stopped_queued.id).state == "STOPPED"  # never launched
 
 
 def test_exit_code_decides_the_end_state(manager):
-    ok = manager.create("ok", "p", config([], seconds=0.1, exit=0), [])
-    bad = manager.create("bad", "p", config([], seconds=0.1, exit=3), [])
+    ok = manager.create(config("ok", [], seconds=0.1, exit=0))
+    bad = manager.create(config("bad", [], seconds=0.1, exit=3))
     assert manager.wait(ok.id, 10).state == "COMPLETE"
     failed = manager.wait(bad.id, 10)
     assert (failed.state, failed.exit_code, failed.reason) == ("FAILED", 3, "exited with code 3")
@@ -62,7 +66,7 @@ def test_exit_code_decides_the_end_state(manager):
 
 
 def test_stop_refuses_finished_jobs_and_resume_needs_a_checkpoint(manager):
-    job = manager.create("j", "p", config([]), [])
+    job = manager.create(config("j", []))
     manager.stop(job.id, grace=0.5)
     manager.wait(job.id, 10)
     with pytest.raises(JobError, match="is STOPPED, not running"):
@@ -74,7 +78,7 @@ def test_stop_refuses_finished_jobs_and_resume_needs_a_checkpoint(manager):
 
 
 def test_restart_marks_vanished_running_jobs_failed(home, manager):
-    job = manager.create("j", "p", config([]), [])
+    job = manager.create(config("j", []))
     manager.stop(job.id, grace=0.5)
     manager.wait(job.id, 10)
     # Pretend the app died while the job ran: the row says RUNNING with a pid that is gone.
@@ -87,8 +91,8 @@ def test_restart_marks_vanished_running_jobs_failed(home, manager):
 
 def test_concurrency_cap_keeps_jobs_queued(manager, monkeypatch):
     monkeypatch.setenv("TLAB_MAX_CONCURRENT_JOBS", "1")
-    first = manager.create("a", "p", config([]), [])
-    second = manager.create("b", "p", config([], seconds=0.1), [])
+    first = manager.create(config("a", []))
+    second = manager.create(config("b", [], seconds=0.1))
     assert manager.get(first.id).state == "RUNNING" and manager.get(second.id).state == "QUEUED"
     manager.stop(first.id, grace=0.5)
     assert manager.wait(second.id, 15).state == "COMPLETE"
@@ -96,23 +100,23 @@ def test_concurrency_cap_keeps_jobs_queued(manager, monkeypatch):
 
 def test_time_limit_stops_a_job_with_that_reason(manager, monkeypatch):
     monkeypatch.setenv("TLAB_MAX_JOB_SECONDS", "0.5")
-    job = manager.create("slow", "p", config([]), [])
+    job = manager.create(config("slow", []))
     done = manager.wait(job.id, 15)
     assert done.state == "STOPPED"
     assert done.reason == "stopped: ran past this server's limit of 0.5 s per job"
 
 
 def test_delete_removes_a_finished_job_and_its_folder_and_refuses_an_active_one(manager):
-    running = manager.create("running", "p", config([]), [])
-    gpu_job = manager.create("gpu", "p", config(["0"]), ["0"])
-    waiting = manager.create("waiting", "p", config(["0"]), ["0"])  # queued behind `gpu`
+    running = manager.create(config("running", []))
+    gpu_job = manager.create(config("gpu", ["0"]))
+    waiting = manager.create(config("waiting", ["0"]))  # queued behind `gpu`
     for job in (running, waiting):
         state = manager.get(job.id).state
         with pytest.raises(JobError, match=f"job {job.id} is {state}: stop it first, then delete it"):
             manager.delete(job.id)
     assert manager.get(running.id).job_dir.is_dir()  # refused: nothing removed
 
-    done = manager.create("done", "p", config([], seconds=0.1), [])
+    done = manager.create(config("done", [], seconds=0.1))
     finished = manager.wait(done.id, 10)
     (finished.job_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     (finished.job_dir / "checkpoints" / "checkpoint-1" / "weights.bin").write_bytes(b"\0" * 4096)

@@ -49,9 +49,10 @@ def test_gpu_ids_checked_against_the_gpus_present(home, monkeypatch):
         "gpu_ids '0,2': GPU 2 does not exist (GPUs on this machine: 0, 1)"]
     assert refused(svc, {"plugin": SFT, "params": {"gpu_ids": "1,1"}}) == ["gpu_ids '1,1': GPU 1 is listed twice"]
     config = svc.prepare({"plugin": SFT, "params": {"gpu_ids": "1"}})  # device defaults to cuda here
-    assert config["device"] == "cuda" and config["gpu_ids"] == ["1"] and config["num_processes"] == 1
-    assert config["mixed_precision"] == "bf16"
-    assert svc.prepare({"plugin": SFT})["num_processes"] == 2  # auto: every GPU
+    launch = config.launch
+    assert launch.device == "cuda" and launch.gpu_ids == ["1"] and launch.num_processes == 1
+    assert launch.mixed_precision == "bf16"
+    assert svc.prepare({"plugin": SFT}).launch.num_processes == 2  # auto: every GPU
 
 
 def test_unsupported_architecture_is_refused_before_launch(home, tmp_path):
@@ -64,11 +65,12 @@ def test_unsupported_architecture_is_refused_before_launch(home, tmp_path):
 
 def test_a_good_request_becomes_a_complete_config(home):
     config = Service().prepare({"plugin": SFT, "params": {"device": "cpu", "cpu_processes": 2}})
-    assert config["device"] == "cpu" and config["num_processes"] == 2 and config["mixed_precision"] == "no"
-    assert config["embedded_model"] and config["architecture"] == "LlamaForCausalLM"
-    assert config["dataset"] == {"source": "sample", "name": "sft_instructions", "subset": None, "split": None}
-    assert config["completion_template"] == "{{output}}"
-    assert config["params"]["lora_r"] == 16 and config["name"].startswith("sft-")
+    assert config.launch.device == "cpu" and config.launch.num_processes == 2
+    assert config.launch.mixed_precision == "no"
+    assert config.model.embedded and config.model.architecture == "LlamaForCausalLM"
+    assert config.data.dataset == {"source": "sample", "name": "sft_instructions", "subset": None, "split": None}
+    assert config.data.completion_template == "{{output}}"
+    assert config.params["lora_r"] == 16 and config.name.startswith("sft-")
 
 
 def test_plugin_list_marks_broken_manifests(home, tmp_path, monkeypatch):
@@ -108,7 +110,7 @@ def test_presets_save_load_and_clone_a_past_job(home, monkeypatch):
     clone = svc.clone_request(job["id"])
     assert clone == {**request, "name": "mine (copy)"}
     again = svc.prepare(clone)
-    assert again["params"]["lora_r"] == 8 and again["params"]["max_steps"] == 7
+    assert again.params["lora_r"] == 8 and again.params["max_steps"] == 7
     assert svc.delete_preset("small lora") == []
 
 

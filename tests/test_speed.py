@@ -60,13 +60,12 @@ def test_liger_auto_only_where_memory_is_tight(monkeypatch):
 
 def test_compile_auto_only_where_measured():
     auto = {"torch_compile": "auto"}
-    assert sft.use_compile(auto, on_cpu=False)
-    assert sft.use_compile({**auto, "distributed_strategy": "ddp"}, on_cpu=False)
-    assert not sft.use_compile(auto, on_cpu=True)
-    assert not sft.use_compile({**auto, "load_in_4bit": True}, on_cpu=False)
-    assert not sft.use_compile({**auto, "distributed_strategy": "fsdp"}, on_cpu=False)
-    assert sft.use_compile({"torch_compile": "on"}, on_cpu=True)
-    assert not sft.use_compile({"torch_compile": False}, on_cpu=False)  # a config from before "auto"
+    assert sft.use_compile(auto, on_cpu=False, strategy="ddp")
+    assert not sft.use_compile(auto, on_cpu=True, strategy="ddp")
+    assert not sft.use_compile({**auto, "load_in_4bit": True}, on_cpu=False, strategy="ddp")
+    assert not sft.use_compile(auto, on_cpu=False, strategy="fsdp")
+    assert sft.use_compile({"torch_compile": "on"}, on_cpu=True, strategy="ddp")
+    assert not sft.use_compile({"torch_compile": False}, on_cpu=False, strategy="ddp")  # a config from before "auto"
 
 
 def test_memory_plan_fits_the_gpu_it_gets():
@@ -104,7 +103,7 @@ def test_speed_options_that_cannot_run_are_refused(home, params, needle):
 def test_old_boolean_switch_still_loads(home):
     config = Service().prepare({"plugin": "llama_sft_multi_gpu", "device": "cpu",
                                 "params": {"gradient_checkpointing": True}})
-    assert config["params"]["gradient_checkpointing"] == "on"
+    assert config.params["gradient_checkpointing"] == "on"
 
 
 def test_the_form_shows_the_plan(home):
@@ -140,7 +139,7 @@ def test_padding_free_and_compiled_batches_learn_what_padded_batches_learn(home)
         if compiled:  # compiled in place: the saved adapter keeps the model's own names (no `_orig_mod.`)
             from safetensors import safe_open
 
-            saved = Path(done.job_dir) / "output" / done.config["params"]["adaptor_name"] / "adapter_model.safetensors"
+            saved = Path(done.job_dir) / "output" / done.spec.params["adaptor_name"] / "adapter_model.safetensors"
             with safe_open(str(saved), "pt") as fh:
                 keys = list(fh.keys())
             assert keys and not any("_orig_mod" in k for k in keys), keys[:3]

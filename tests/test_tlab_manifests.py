@@ -144,7 +144,7 @@ def test_their_names_in_a_request_are_renamed_per_plugin(home, monkeypatch):
     svc = Service()
     theirs = {"train_device": "cpu", "batch_size": 2, "learning_rate_schedule": "linear",
               "maximum_sequence_length": 256, "adaptor_name": "mine", "log_to_wandb": False}
-    p = _prepare(svc, "llama_sft_multi_gpu", theirs)["params"]
+    p = _prepare(svc, "llama_sft_multi_gpu", theirs).params
     assert (p["device"], p["per_device_train_batch_size"], p["lr_scheduler_type"]) == ("cpu", 2, "linear")
     assert (p["max_length"], p["adaptor_name"], p["report_to"]) == (256, "mine", "none")
     assert not set(theirs) - {"adaptor_name"} & set(p)
@@ -152,7 +152,7 @@ def test_their_names_in_a_request_are_renamed_per_plugin(home, monkeypatch):
     grpo = {"train_device": "cpu", "maximum_completion_length": 64, "adaptor_name": "g", "log_to_wandb": False,
             "start_thinking_string": "<think>", "end_thinking_string": "</think>",
             "start_answer_string": "<a>", "end_answer_string": "</a>"}
-    p = _prepare(svc, "grpo_multi_gpu", grpo, template="{{question}}", completion_template="{{answer}}")["params"]
+    p = _prepare(svc, "grpo_multi_gpu", grpo, template="{{question}}", completion_template="{{answer}}").params
     assert (p["max_completion_length"], p["output_name"], p["report_to"]) == (64, "g", "none")
     assert (p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"]) == \
         ("<think>", "</think>", "<a>", "</a>")
@@ -180,7 +180,7 @@ def test_their_name_and_ours_disagreeing_or_unmapped_is_refused(home, monkeypatc
                for p in info.value.problems)
     # The same value under both names is fine
     p = _prepare(svc, "llama_sft_multi_gpu", {"device": "cpu", "batch_size": 4, "per_device_train_batch_size": 4})
-    assert p["params"]["per_device_train_batch_size"] == 4
+    assert p.params["per_device_train_batch_size"] == 4
     with pytest.raises(RequestError) as info:
         _prepare(svc, "grpo_multi_gpu", {"device": "cpu", "maximum_sequence_length": 512},
                  template="{{question}}", completion_template="{{answer}}")
@@ -207,7 +207,7 @@ def test_their_sft_manifest_runs_a_real_cpu_job_with_their_names(home, tmp_path,
     done = svc.jobs.wait(job["id"], 420)
     log = "\n".join(svc.job_log(job["id"], 400))
     assert done.state == "COMPLETE", log
-    cfg = done.config["params"]
+    cfg = done.spec.params
     assert (cfg["device"], cfg["per_device_train_batch_size"], cfg["lr_scheduler_type"]) == ("cpu", 4, "constant")
     assert cfg["report_to"] == "none" and cfg["max_steps"] == 2
     assert (Path(done.output_dir) / "their-adaptor" / "adapter_config.json").is_file()

@@ -66,7 +66,7 @@ def test_two_process_cpu_job_completes_with_both_ranks(home):
 
     out = Path(done.output_dir) / "tlab-sft"
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer.json").is_file()
-    base = AutoModelForCausalLM.from_pretrained(done.config["model"])
+    base = AutoModelForCausalLM.from_pretrained(done.spec.model.path)
     adapted = PeftModel.from_pretrained(base, str(out))
     assert any("lora_A" in name for name, _ in adapted.named_parameters())
     fused = AutoModelForCausalLM.from_pretrained(Path(done.output_dir) / "tlab-sft-fused")

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import launcher, logs, settings
-from .jobfiles import CHECKPOINTS, CONFIG, LOG, METRICS, OUTPUT, RESULT, last_checkpoint
+from .job_spec import JobSpec
+from .jobfiles import CHECKPOINTS, LOG, METRICS, OUTPUT, RESULT, last_checkpoint
 
 QUEUED, RUNNING, STOPPING, COMPLETE, FAILED, STOPPED = "QUEUED", "RUNNING", "STOPPING", "COMPLETE", "FAILED", "STOPPED"
 ACTIVE = (RUNNING, STOPPING)
@@ -85,6 +86,11 @@ class Job:
             stop_requested=bool(row["stop_requested"]), attempts=row["attempts"], created=row["created"],
             started=row["started"], finished=row["finished"],
         )
+
+    @property
+    def spec(self) -> JobSpec:
+        """The job's spec (a job stored before the spec was typed is read from its flat config)."""
+        return JobSpec.model_validate(self.config)
 
     @property
     def log_path(self) -> Path:
@@ -170,14 +176,14 @@ class JobManager:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def create(self, name: str, plugin: str, config: dict, gpus: list[str],
-               files: dict[str, Path] | None = None) -> Job:
-        """Insert the job QUEUED, write its folder, config.json and the job's own copies of `files`
-        (relative path in the folder -> source), and schedule it."""
+    def create(self, spec: JobSpec, files: dict[str, Path] | None = None) -> Job:
+        """Insert the job QUEUED, write its folder, its spec as config.json and the job's own copies of
+        `files` (relative path in the folder -> source), and schedule it."""
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO jobs (name, plugin, state, config, gpus, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, plugin, QUEUED, json.dumps(config), json.dumps(gpus), time.time()),
+                (spec.name, spec.plugin, QUEUED, json.dumps(spec.to_json()), json.dumps(spec.launch.gpu_ids),
+                 time.time()),
             )
             job_id = cur.lastrowid
             job_dir = self.jobs_root / str(job_id)
@@ -185,9 +191,9 @@ class JobManager:
             for rel, src in (files or {}).items():  # before the trainer can start and read them
                 (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, job_dir / rel)
-            config = {**config, "job_id": job_id, "job_dir": str(job_dir)}
-            (job_dir / CONFIG).write_text(json.dumps(config, indent=2))
-            self._update(job_id, config=config, job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))
+            spec = spec.model_copy(update={"job_id": job_id, "job_dir": str(job_dir)})
+            spec.write(job_dir)
+            self._update(job_id, config=spec.to_json(), job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))
         self._schedule()
         return self.get(job_id)
 
@@ -217,16 +223,8 @@ class JobManager:
                     running += 1
 
     def _launch(self, job: Job) -> bool:
-        from .gpus import GPU, Placement
-
-        cfg = job.config
-        gpus = tuple(GPU(i, p, "", 0, 0, None, None, None) for i, p in enumerate(job.gpus))
-        placement = Placement(cfg["device"], gpus, cfg["num_processes"])
         try:
-            argv = launcher.write_launch_files(
-                job.job_dir, placement, cfg["mixed_precision"], Path(cfg["trainer"]), cfg.get("python"),
-                launcher.Distributed.from_params(cfg.get("params", {})),
-            )
+            argv = launcher.write_launch_files(job.job_dir, job.spec.launch)
             with open(job.log_path, "a") as log:
                 log.write(f"[tlab] job {job.id} attempt {job.attempts + 1}: {' '.join(argv)}\n")
             proc = launcher.spawn(argv, job.job_dir, job.log_path)
@@ -317,10 +315,10 @@ class JobManager:
             checkpoint = last_checkpoint(job.job_dir / CHECKPOINTS)
             if checkpoint is None:
                 raise JobError(f"job {job_id} saved no checkpoint to resume from; start it again instead")
-            config = {**job.config, "resume_from_checkpoint": str(checkpoint)}
-            (job.job_dir / CONFIG).write_text(json.dumps(config, indent=2))
+            spec = job.spec.model_copy(update={"resume_from_checkpoint": str(checkpoint)})
+            spec.write(job.job_dir)
             (job.job_dir / RESULT).unlink(missing_ok=True)
-            self._update(job_id, state=QUEUED, config=config, stop_requested=0, exit_code=None,
+            self._update(job_id, state=QUEUED, config=spec.to_json(), stop_requested=0, exit_code=None,
                          reason=f"resuming from {checkpoint.name}", finished=None, pid=None)
         self._schedule()
         return self.get(job_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .job_spec import Distributed
 from .parameter import Parameter, ParameterGroup, ParameterSet
 
 HARDWARE = "Hardware"  # shown first unless a manifest places it
@@ -34,32 +35,34 @@ MIXED_PRECISION = _setting("auto: bf16 on GPUs that have it (Ampere and newer), 
                            "precision on CPU.", title="Mixed Precision", type="string",
                            enum=["auto", "bf16", "fp16", "no"], default="auto")
 # Spreading one job over several processes and machines: only for a plugin whose trainer can (multi_gpu).
+# Their defaults are the job spec's (job_spec.Distributed), so a job without them launches the same way.
+_D = Distributed()
 DISTRIBUTED = {
     "distributed_strategy": _setting(
         "ddp: every GPU holds the whole model (fastest when it fits). fsdp: weights, gradients and optimizer "
         "state are sharded over the GPUs (full shard). deepspeed_zero2 shards gradients and optimizer state; "
         "deepspeed_zero3 shards the weights too. Sharding lets a model that does not fit one GPU train on several.",
         title="Distributed Strategy", type="string", enum=["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"],
-        default="ddp"),
+        default=_D.strategy),
     "fsdp_cpu_offload": _setting("Keep sharded parameters in CPU memory between uses: far less GPU memory, much "
-                                 "slower.", title="FSDP: CPU Offload", type="boolean", default=False),
+                                 "slower.", title="FSDP: CPU Offload", type="boolean", default=_D.fsdp_cpu_offload),
     "fsdp_activation_checkpointing": _setting(
         "FSDP's own activation checkpointing (replaces Gradient Checkpointing under FSDP).",
-        title="FSDP: Activation Checkpointing", type="boolean", default=False),
-    "fsdp_auto_wrap": _setting("", title="FSDP: Auto Wrap by Transformer Layer", type="boolean", default=True),
+        title="FSDP: Activation Checkpointing", type="boolean", default=_D.fsdp_activation_checkpointing),
+    "fsdp_auto_wrap": _setting("", title="FSDP: Auto Wrap by Transformer Layer", type="boolean", default=_D.fsdp_auto_wrap),
     "deepspeed_cpu_offload": _setting("Optimizer state (and with ZeRO-3 the weights) in CPU memory. Needs the "
                                       "deepspeed package.", title="DeepSpeed: CPU Offload", type="boolean",
-                                      default=False),
+                                      default=_D.deepspeed_cpu_offload),
     "num_machines": _setting("Several machines: start the same task on each, with its own rank; the main machine "
                              "(rank 0) shows the run's progress.", title="Number of Machines", type="integer",
-                             default=1, minimum=1, maximum=1024),
+                             default=_D.num_machines, minimum=1, maximum=1024),
     "machine_rank": _setting("0 on the main machine, 1, 2, ... on the others.", title="This Machine's Rank",
-                             type="integer", default=0, minimum=0, maximum=1023),
+                             type="integer", default=_D.machine_rank, minimum=0, maximum=1023),
     "main_process_ip": _setting("Address of the main machine (rank 0) that every machine can reach. Needed with "
-                                "several machines.", title="Main Process Address", type="string", default=""),
+                                "several machines.", title="Main Process Address", type="string", default=_D.main_process_ip),
     "main_process_port": _setting("Port on the main machine; give the same one on every machine when there are "
                                   "several.", title="Main Process Port (0: any free port)", type="integer",
-                                  default=0, minimum=0, maximum=65535),
+                                  default=_D.main_process_port, minimum=0, maximum=65535),
 }
 NAMES = ("device", "gpu_ids", "cpu_processes", "mixed_precision", *DISTRIBUTED)  # every launch setting
 

@@ -13,12 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .gpus import Placement
+from .job_spec import Launch
 
 
 def free_port() -> int:
@@ -37,38 +37,9 @@ def mixed_precision_for(placement: Placement, requested: str | None) -> str:
     return requested
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """How the processes share the work, and where they are: accelerate's choices, the form's words.
-
-    strategy: ddp (each process a full copy), fsdp (full shard), deepspeed_zero2 / deepspeed_zero3.
-    Several machines: each launches its own processes with its machine_rank; all meet at the main
-    process's address and port."""
-
-    strategy: str = "ddp"
-    fsdp_cpu_offload: bool = False
-    fsdp_activation_checkpointing: bool = False
-    fsdp_auto_wrap: bool = True
-    deepspeed_cpu_offload: bool = False
-    num_machines: int = 1
-    machine_rank: int = 0
-    main_process_ip: str = ""
-    main_process_port: int = 0
-    gradient_accumulation_steps: int = 1  # DeepSpeed wants the Trainer's values in its config
-    gradient_clipping: float = 1.0
-
-    @classmethod
-    def from_params(cls, p: dict) -> "Distributed":
-        fields = cls.__dataclass_fields__
-        values = {k: p[k] for k in fields if p.get(k) is not None and k != "strategy"}
-        if p.get("max_grad_norm") is not None:
-            values["gradient_clipping"] = p["max_grad_norm"]
-        return cls(**values, strategy=p.get("distributed_strategy") or "ddp")
-
-
-def accelerate_config(placement: Placement, mixed_precision: str, port: int,
-                      dist: Distributed = Distributed()) -> dict:
-    total = placement.num_processes * dist.num_machines
+def accelerate_config(launch: Launch, port: int) -> dict:
+    dist = launch.distributed
+    total = launch.total_processes
     config = {
         "compute_environment": "LOCAL_MACHINE",
         # Several CPU processes go through the multi-GPU launcher too: torch's elastic
@@ -77,9 +48,9 @@ def accelerate_config(placement: Placement, mixed_precision: str, port: int,
         "num_processes": total,  # accelerate counts every machine's processes
         "num_machines": dist.num_machines,
         "machine_rank": dist.machine_rank,
-        "gpu_ids": ",".join(placement.physical_ids) if placement.gpus else "all",
-        "mixed_precision": mixed_precision,
-        "use_cpu": placement.device == "cpu",
+        "gpu_ids": ",".join(launch.gpu_ids) if launch.gpu_ids else "all",
+        "mixed_precision": launch.mixed_precision,
+        "use_cpu": launch.device == "cpu",
         "main_process_port": port,
         "rdzv_backend": "static",
         "same_network": True,
@@ -125,41 +96,40 @@ def accelerate_executable(python: str | None = None) -> list[str]:
     return [python, "-m", "accelerate.commands.launch"]
 
 
-def build_argv(
-    placement: Placement,
-    trainer: Path,
-    job_dir: Path,
-    mixed_precision: str,
-    port: int,
-    python: str | None = None,
-    dist: Distributed = Distributed(),
-) -> list[str]:
-    total = placement.num_processes * dist.num_machines
-    argv = accelerate_executable(python) + ["--config_file", str(job_dir / "accelerate.yaml")]
+def build_argv(launch: Launch, job_dir: Path, port: int | str) -> list[str]:
+    """The command, as an argv list. `port` is a number, or a placeholder in the form's preview."""
+    dist = launch.distributed
+    total = launch.total_processes
+    argv = accelerate_executable(launch.python) + ["--config_file", str(job_dir / "accelerate.yaml")]
     if dist.strategy == "fsdp":
         argv.append("--use_fsdp")
     elif dist.strategy.startswith("deepspeed_zero"):
         argv.append("--use_deepspeed")
     elif total > 1:
         argv.append("--multi_gpu")
-    elif placement.device == "cpu":
+    elif launch.device == "cpu":
         argv.append("--cpu")
     argv += ["--num_processes", str(total), "--num_machines", str(dist.num_machines)]
     if dist.num_machines > 1:
         argv += ["--machine_rank", str(dist.machine_rank), "--main_process_ip", dist.main_process_ip]
-    if placement.gpus:
-        argv += ["--gpu_ids", ",".join(placement.physical_ids)]
-    argv += ["--mixed_precision", mixed_precision, "--main_process_port", str(port)]
-    argv += [str(trainer), "--job-dir", str(job_dir)]
+    if launch.gpu_ids:
+        argv += ["--gpu_ids", ",".join(launch.gpu_ids)]
+    argv += ["--mixed_precision", launch.mixed_precision, "--main_process_port", str(port)]
+    argv += [launch.trainer, "--job-dir", str(job_dir)]
     return argv
 
 
-def write_launch_files(job_dir: Path, placement: Placement, mixed_precision: str, trainer: Path, python=None,
-                       dist: Distributed = Distributed()):
+def preview(launch: Launch) -> str:
+    """The command the form shows before Start: the same argv, with the job folder and port not known yet."""
+    return " ".join(build_argv(launch, Path("$TLAB_HOME/jobs/<id>"),
+                               launch.distributed.main_process_port or "<free port>"))
+
+
+def write_launch_files(job_dir: Path, launch: Launch) -> list[str]:
     """Write accelerate.yaml and command.txt; return the argv."""
-    port = dist.main_process_port or free_port()
-    (job_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(placement, mixed_precision, port, dist)))
-    argv = build_argv(placement, trainer, job_dir, mixed_precision, port, python, dist)
+    port = launch.distributed.main_process_port or free_port()
+    (job_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(launch, port)))
+    argv = build_argv(launch, job_dir, port)
     (job_dir / "command.txt").write_text(shlex.join(argv) + "\n")
     return argv
 

@@ -122,18 +122,19 @@ def estimate(shape: Shape, *, processes: int, strategy: str = "ddp", precision: 
                     parameters=n_params, trainable_parameters=trainable)
 
 
-def job_kwargs(p: dict, processes_per_machine: int, precision: str) -> dict:
-    """`estimate`'s arguments from a job's parameters (the form's names), for the form and the trainer alike."""
+def job_kwargs(p: dict, launch) -> dict:
+    """`estimate`'s arguments from a job's parameters (the form's names) and its launch (job_spec.Launch), for
+    the form and the trainer alike."""
+    dist = launch.distributed
     return dict(
-        processes=processes_per_machine * (p.get("num_machines") or 1),
-        strategy=p.get("distributed_strategy") or "ddp", precision=precision,
+        processes=launch.total_processes, strategy=dist.strategy, precision=launch.mixed_precision,
         use_lora=bool(p.get("use_lora", "lora_r" in p)),  # Unsloth is LoRA without a switch
         lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
         load_in_4bit=bool(p.get("load_in_4bit")),
         batch=p.get("per_device_train_batch_size") or 1,
         seq=p.get("max_length") or ((p.get("max_prompt_length") or 0) + (p.get("max_completion_length") or 0))
         or 1024,
-        cpu_offload=bool(p.get("fsdp_cpu_offload") or p.get("deepspeed_cpu_offload")),
+        cpu_offload=dist.fsdp_cpu_offload or dist.deepspeed_cpu_offload,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, reward_files, settings
 from .jobfiles import read_json
+from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .jobs import Job, JobError, JobManager
 
 REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template",
@@ -122,11 +123,9 @@ PLUGIN_CHECKS = {"sft": _sft_checks, "grpo": _grpo_checks}
 def _distributed_checks(p: dict, placement: gpus.Placement, manifest: manifests.Manifest) -> list[str]:
     """Strategy and multi-machine settings that cannot work, refused with the reason."""
     problems = []
-    strategy = p.get("distributed_strategy") or "ddp"
-    machines, rank = p.get("num_machines") or 1, p.get("machine_rank") or 0
+    dist = Distributed.from_params(p)
+    strategy, machines, rank = dist.strategy, dist.num_machines, dist.machine_rank
     total = placement.num_processes * machines
-    if strategy != "ddp" and not manifest.multi_gpu:
-        problems.append(f"{manifest.name} trains on one GPU: distributed strategy {strategy} does not apply")
     if strategy.startswith("deepspeed"):
         if placement.device != "cuda":
             problems.append(f"{strategy}: DeepSpeed needs CUDA GPUs; on cpu use ddp (or fsdp)")
@@ -258,8 +257,8 @@ class Service:
         return [f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}"
                 for key in request if key not in REQUEST_KEYS]
 
-    def prepare(self, request: dict[str, Any], check_data: bool = True) -> dict[str, Any]:
-        """Check everything and return the job config, or raise RequestError listing every problem.
+    def prepare(self, request: dict[str, Any], check_data: bool = True) -> JobSpec:
+        """Check everything and return the job's spec, or raise RequestError listing every problem.
 
         `check_data=False` skips loading the dataset (the live command preview does that)."""
         problems = self._check_request_shape(request)
@@ -339,37 +338,27 @@ class Service:
             problems.append("`name` is longer than 200 characters")
         if problems:
             raise RequestError(problems)
-        return {
-            "name": name,
-            "plugin": manifest.id,
-            "train_type": manifest.train_type,
-            "trainer": str(manifest.trainer_path),
-            "model": model_ref.path,
-            "model_source": model_ref.source,
-            "embedded_model": model_ref.source == "embedded",
-            "architecture": model_ref.architecture,
-            "model_config": model_ref.config,
-            "dataset": spec.as_dict(),
-            "dataset_info": dataset_info,
-            "template": templates.template,
-            "completion_template": templates.completion_template,
-            "device": placement.device,
-            "gpu_ids": placement.physical_ids,
-            "num_processes": placement.num_processes,
-            "mixed_precision": precision,
-            "params": clean,
-            "request": {k: v for k, v in request.items() if k in REQUEST_KEYS},  # for clone and presets
-            # A plugin with its own environment runs with that environment's python and accelerate.
-            "python": str(installer.env_python(manifest.environment)) if manifest.environment else None,
-        }
+        return JobSpec(
+            name=name, plugin=manifest.id, train_type=manifest.train_type,
+            model=ModelRef(path=model_ref.path, source=model_ref.source, architecture=model_ref.architecture,
+                           config=model_ref.config),
+            data=DataRef(dataset=spec.as_dict(), template=templates.template,
+                         completion_template=templates.completion_template, info=dataset_info),
+            launch=Launch(trainer=str(manifest.trainer_path), device=placement.device, gpu_ids=placement.physical_ids,
+                          num_processes=placement.num_processes, mixed_precision=precision,
+                          distributed=Distributed.from_params(clean),
+                          # A plugin with its own environment runs with that environment's python and accelerate.
+                          python=str(installer.env_python(manifest.environment)) if manifest.environment else None),
+            params=clean,
+            request={k: v for k, v in request.items() if k in REQUEST_KEYS},  # for clone and presets
+        )
 
     # --- jobs ---------------------------------------------------------------------
     def start_job(self, request: dict[str, Any]) -> dict[str, Any]:
         """Check and queue a job; returns at once. Raises RequestError (nothing is created)."""
-        config = self.prepare(request)
-        choices, _ = reward_files.parse_choices(config["params"].get("custom_rewards"))
-        job = self.jobs.create(config["name"], config["plugin"], config, config["gpu_ids"],
-                               files=reward_files.job_files(self.home, choices))  # the job's own copies
+        spec = self.prepare(request)
+        choices, _ = reward_files.parse_choices(spec.params.get("custom_rewards"))
+        job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices))  # the job's own copies
         return job.as_dict()
 
     # --- your own reward functions (GRPO) -----------------------------------------
@@ -437,33 +426,20 @@ class Service:
     def launch_preview(self, request: dict[str, Any]) -> dict[str, Any]:
         """What the form shows before Start, from one check of the request: the command and the
         memory estimate."""
-        config = self.prepare(request, check_data=False)
-        return {"command": self._command(config), "memory": self._memory(config)}
+        spec = self.prepare(request, check_data=False)
+        return {"command": launcher.preview(spec.launch), "memory": self._memory(spec)}
 
     def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
         """GPU memory per device the job should need, next to each chosen GPU's free memory."""
         return self._memory(self.prepare(request, check_data=False))
 
-    def _command(self, config: dict[str, Any]) -> str:
-        placement = gpus.Placement(
-            config["device"],
-            tuple(g for g in gpus.list_gpus() if g.physical in config["gpu_ids"]),
-            config["num_processes"],
-        )
-        dist = launcher.Distributed.from_params(config["params"])
-        argv = launcher.build_argv(placement, Path(config["trainer"]), Path("$TLAB_HOME/jobs/<id>"),
-                                   config["mixed_precision"], dist.main_process_port, config["python"], dist)
-        if not dist.main_process_port:
-            argv[argv.index("--main_process_port") + 1] = "<free port>"
-        return " ".join(argv)
-
-    def _memory(self, config: dict[str, Any]) -> dict[str, Any]:
-        p = config["params"]
-        shape = memory.Shape.from_config(config["model_config"])
-        chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in config["gpu_ids"]]
+    def _memory(self, spec: JobSpec) -> dict[str, Any]:
+        p = spec.params
+        shape = memory.Shape.from_config(spec.model.config)
+        chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in spec.launch.gpu_ids]
         free = [{"index": g.index, "name": g.name, "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)}
                 for g in chosen]
-        kwargs = memory.job_kwargs(p, config["num_processes"], config["mixed_precision"])
+        kwargs = memory.job_kwargs(p, spec.launch)
         checkpointing = p.get("gradient_checkpointing")
         plan = None
         if isinstance(checkpointing, str):  # "auto" / "on" / "off": the trainer plans as memory.plan does
@@ -477,7 +453,7 @@ class Service:
             est = memory.estimate(shape, checkpointing=bool(checkpointing or p.get("fsdp_activation_checkpointing")),
                                   **kwargs).as_dict()
         est["gpus"] = free
-        est["disk"] = self._disk(shape, p, kwargs, est["trainable_parameters"], config["device"])
+        est["disk"] = self._disk(shape, p, kwargs, est["trainable_parameters"], spec.launch.device)
         if plan:
             est["plan"] = plan.describe()
         short = [g for g in free if g["free_gb"] < est["total_gb"]]
@@ -536,7 +512,7 @@ class Service:
     def clone_request(self, job_id: int) -> dict[str, Any]:
         """The request that made a job, to start it again (the UI loads it into the form)."""
         job = self.jobs.get(job_id)
-        request = dict(job.config.get("request") or {"plugin": job.plugin, "params": job.config.get("params", {})})
+        request = dict(job.spec.request or {"plugin": job.plugin, "params": job.spec.params})
         request["name"] = f"{job.name} (copy)"
         return request
 

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tlab_gradio.jobfiles import METRICS, PROGRESS, RESULT, last_checkpoint, write_json_atomic  # noqa: F401
+from tlab_gradio.job_spec import JobSpec
 
 
 def parse_args(description: str) -> Path:
@@ -24,28 +25,24 @@ def parse_args(description: str) -> Path:
     return parser.parse_args().job_dir.resolve()
 
 
-def load_config(job_dir: Path) -> dict[str, Any]:
-    return json.loads((job_dir / "config.json").read_text())
-
-
 def begin(description: str, cpu_capable: bool = True):
-    """A trainer's first steps: the job folder from the command line, its config, the process
-    group (gloo on CPU), and each rank announcing itself. Returns (job_dir, config, params, state)."""
+    """A trainer's first steps: the job folder from the command line, its spec (config.json), the process
+    group (gloo on CPU), and each rank announcing itself. Returns (job_dir, spec, params, state)."""
     job_dir = parse_args(description)
-    cfg = load_config(job_dir)
+    spec = JobSpec.read(job_dir)
     from accelerate import PartialState
 
-    state = PartialState(cpu=cfg["device"] == "cpu") if cpu_capable else PartialState()
+    state = PartialState(cpu=spec.launch.device == "cpu") if cpu_capable else PartialState()
     announce(state)
-    return job_dir, cfg, cfg["params"], state
+    return job_dir, spec, spec.params, state
 
 
-def train(trainer, cfg: dict):
+def train(trainer, spec: JobSpec):
     """Say what accelerate set up, then train, from the checkpoint when the job is resumed, stopping
     the job as soon as the loss or the gradient norm stops being finite (FiniteGuard)."""
     announce_strategy(trainer)
     trainer.add_callback(FiniteGuard(scaled=getattr(trainer.accelerator, "scaler", None) is not None))
-    resume = cfg.get("resume_from_checkpoint")
+    resume = spec.resume_from_checkpoint
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)
     return trainer.train(resume_from_checkpoint=resume or None)

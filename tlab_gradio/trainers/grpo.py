@@ -132,8 +132,8 @@ def generation_batch(p: dict) -> int | None:
 
 
 def main() -> None:
-    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0])
-    on_cpu = cfg["device"] == "cpu"
+    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
+    on_cpu = spec.launch.device == "cpu"
     common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
 
     from transformers import AutoTokenizer
@@ -141,22 +141,22 @@ def main() -> None:
 
     from tlab_gradio import data, rewards, tiny_model
 
-    model_path = cfg["model"]
+    model_path = spec.model.path
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
     with state.main_process_first():
-        if cfg.get("embedded_model"):
+        if spec.model.embedded:
             tiny_model.ensure(Path(model_path))
         tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-        rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"),
+        templates = data.Templates(spec.data.template, spec.data.completion_template)
+        rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"),
                                  state.is_main_process)
         dataset = prompts(rows, templates, p, markers, tokenizer)
         dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
 
     reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
-    precision = cfg["mixed_precision"]
+    precision = spec.launch.mixed_precision
     gen_batch = generation_batch(p)
     dtype, cache = weights_and_cache(p, precision, on_cpu)
     if state.is_main_process:
@@ -179,7 +179,7 @@ def main() -> None:
         output_dir=str(job_dir / "checkpoints"),
         use_cpu=on_cpu,
         report_to=[] if report_to == "none" else [report_to],
-        run_name=cfg.get("name") or job_dir.name,
+        run_name=spec.name or job_dir.name,
         model_init_kwargs={"dtype": dtype},
         reward_weights=weights,
         generation_batch_size=gen_batch,
@@ -205,7 +205,7 @@ def main() -> None:
         # TRL builds its generation config with disable_compile=True; the static cache pays off
         # only when transformers compiles the decoding step (CUDA graphs), so let it.
         trainer.generation_config.disable_compile = False
-    result = common.train(trainer, cfg)
+    result = common.train(trainer, spec)
 
     out_dir = job_dir / "output" / p["output_name"]
     trainer.save_model(str(out_dir))  # the whole model, safetensors

@@ -74,7 +74,7 @@ def switch(p: dict, key: str) -> str | None:
     return ("on" if value else "off") if isinstance(value, bool) else value
 
 
-def use_compile(p: dict, on_cpu: bool) -> bool:
+def use_compile(p: dict, on_cpu: bool, strategy: str) -> bool:
     """torch.compile of the decoder layers (common.compile_layers). `auto` takes it on CUDA GPUs under DDP or
     one GPU: a 0.5B step there is bound by launching small kernels, and compiled layers cut it from 0.26 to
     0.14 s padding-free, 0.21 to 0.13 s packed (H100, bench/results/sft-probe-2026-11-27-h100.json), same
@@ -84,11 +84,10 @@ def use_compile(p: dict, on_cpu: bool) -> bool:
     choice = switch(p, "torch_compile")
     if choice in ("on", "off"):
         return choice == "on"
-    strategy = p.get("distributed_strategy") or "ddp"
     return not on_cpu and not p.get("load_in_4bit") and strategy == "ddp"
 
 
-def memory_plan(model_path: str, cfg: dict, p: dict, state):
+def memory_plan(model_path: str, spec, p: dict, state):
     """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
     from transformers import AutoConfig
 
@@ -96,7 +95,7 @@ def memory_plan(model_path: str, cfg: dict, p: dict, state):
 
     shape = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
     checkpointing = switch(p, "gradient_checkpointing")
-    kwargs = memory.job_kwargs(p, state.num_processes // (p.get("num_machines") or 1), cfg["mixed_precision"])
+    kwargs = memory.job_kwargs(p, spec.launch)
     return memory.plan(
         shape, common.gpu_memory_budget(p.get("max_gpu_memory_gb"), state), checkpointing=checkpointing or "auto",
         # DeepSpeed's config carries the form's accumulation (launcher.py): it must not change under it
@@ -116,8 +115,8 @@ def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) ->
 
 
 def main() -> None:
-    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0])
-    on_cpu = cfg["device"] == "cpu"
+    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
+    on_cpu = spec.launch.device == "cpu"
 
     import torch
     from transformers import AutoTokenizer
@@ -125,20 +124,20 @@ def main() -> None:
 
     from tlab_gradio import data, tiny_model
 
-    model_path = cfg["model"]
+    model_path = spec.model.path
     with state.main_process_first():  # rank 0 builds / downloads / maps, the others reuse its cache
-        if cfg.get("embedded_model"):
+        if spec.model.embedded:
             tiny_model.ensure(Path(model_path))
-        spec = data.parse_spec(cfg["dataset"])
-        templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-        train_dataset = data.formatted(common.limit_rows(data.load(spec), p.get("max_samples"), state.is_main_process),
+        dataset = data.load(data.parse_spec(spec.data.dataset))
+        templates = data.Templates(spec.data.template, spec.data.completion_template)
+        train_dataset = data.formatted(common.limit_rows(dataset, p.get("max_samples"), state.is_main_process),
                                        templates)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    precision = cfg["mixed_precision"]
+    precision = spec.launch.mixed_precision
     use_lora = bool(p["use_lora"])
     model_kwargs: dict = {"dtype": common.model_dtype(precision, use_lora), "attn_implementation": attention(p, on_cpu)}
     if p.get("load_in_4bit"):
@@ -151,8 +150,8 @@ def main() -> None:
         )
         model_kwargs["device_map"] = {"": state.local_process_index}
 
-    plan = memory_plan(model_path, cfg, p, state)
-    compiled = use_compile(p, on_cpu)
+    plan = memory_plan(model_path, spec, p, state)
+    compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy)
     use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled)
     packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
     if state.is_main_process:
@@ -166,10 +165,10 @@ def main() -> None:
         output_dir=str(job_dir / "checkpoints"),
         use_cpu=on_cpu,
         report_to=[] if report_to == "none" else [report_to],
-        run_name=cfg.get("name") or job_dir.name,
+        run_name=spec.name or job_dir.name,
         model_init_kwargs=model_kwargs,
-        completion_only_loss=bool(p.get("completion_only_loss")) if cfg.get("completion_template") else None,
-        assistant_only_loss=bool(p.get("assistant_only_loss")) and not cfg.get("template"),
+        completion_only_loss=bool(p.get("completion_only_loss")) if spec.data.completion_template else None,
+        assistant_only_loss=bool(p.get("assistant_only_loss")) and not spec.data.template,
         **common.checkpointing_kwargs(SFTConfig, plan.checkpointing, p),
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=p["gradient_accumulation_steps"] * plan.accumulation,
@@ -203,7 +202,7 @@ def main() -> None:
         sample = [trainer.train_dataset[i] for i in range(min(plan.micro_batch, len(trainer.train_dataset)))]
         rows, tokens = trainer.data_collator(sample)["input_ids"].shape
         print(f"[tlab] batch layout: {len(sample)} rows of the dataset -> {rows} x {tokens} tokens", flush=True)
-    result = common.train(trainer, cfg)
+    result = common.train(trainer, spec)
 
     out_dir = job_dir / "output" / p["adaptor_name"]
     trainer.save_model(str(out_dir))  # adapter only for LoRA; the whole model otherwise

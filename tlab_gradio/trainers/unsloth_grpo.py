@@ -25,14 +25,14 @@ from tlab_gradio.trainers import common  # noqa: E402
 def main() -> None:
     from unsloth import FastLanguageModel
 
-    job_dir, cfg, p, state = common.begin(__doc__.splitlines()[0], cpu_capable=False)
+    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0], cpu_capable=False)
     common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards, tiny_model
     from tlab_gradio.trainers import grpo
-    model_path = cfg["model"]
-    if cfg.get("embedded_model"):
+    model_path = spec.model.path
+    if spec.model.embedded:
         tiny_model.ensure(Path(model_path))
 
     load_kwargs = dict(model_name=model_path, max_seq_length=p["max_seq_length"], load_in_4bit=p["load_in_4bit"],
@@ -62,8 +62,8 @@ def main() -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
-    templates = data.Templates(cfg.get("template", ""), cfg.get("completion_template", ""))
-    rows = common.limit_rows(data.load(data.parse_spec(cfg["dataset"])), p.get("max_samples"), True)
+    templates = data.Templates(spec.data.template, spec.data.completion_template)
+    rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"), True)
     dataset = grpo.prompts(rows, templates, p, markers, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
     reward_funcs, names, weights, method = grpo.reward_setup(job_dir, p, markers)
@@ -77,13 +77,13 @@ def main() -> None:
     args = GRPOConfig(
         output_dir=str(job_dir / "checkpoints"),
         report_to=[] if report_to == "none" else [report_to],
-        run_name=cfg.get("name") or job_dir.name,
+        run_name=spec.name or job_dir.name,
         reward_weights=weights,
         use_vllm=fast,
         save_strategy="steps",
         logging_first_step=True,
         disable_tqdm=True,
-        **common.precision_flags(cfg["mixed_precision"]),
+        **common.precision_flags(spec.launch.mixed_precision),
         **{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},
     )
     trainer = GRPOTrainer(
@@ -91,7 +91,7 @@ def main() -> None:
         train_dataset=dataset, callbacks=[common.MetricsCallback(job_dir, 1, completions_per_step=(
             p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
     )
-    result = common.train(trainer, cfg)
+    result = common.train(trainer, spec)
     out_dir = job_dir / "output" / p["adaptor_name"]
     model.save_pretrained(str(out_dir))  # the LoRA adapter
     tokenizer.save_pretrained(str(out_dir))
