@@ -6,8 +6,8 @@ names and the app's launch settings: parameter_sets.compose), two directions are
 * MISSING: every parameter its trainer program reads from the job's `params` is declared by the
   manifest (or put into `params` by the app itself). A `p["x"]` on an undeclared name is a KeyError in
   the middle of a launched job; a `p.get("x")` in the trainer's own module is a setting the form can
-  never reach. The app's checks run for the plugin by `Service.prepare()` (PLUGIN_CHECKS[train_type]
-  and the rest) are part of the program too: a KeyError there breaks submitting the job.
+  never reach. The plugin's own checks (`check(p, placement)` in its trainer module, run by
+  `Service.prepare()`) and the app's are part of the program too: a KeyError there breaks submitting the job.
 * UNUSED: every parameter the manifest declares is read somewhere: by its trainer program, by the
   shared modules the trainer hands `p` to, or by the app (launcher, memory estimate, service checks,
   UI). A declared but unread parameter is a form field that does nothing.
@@ -224,7 +224,7 @@ class Result:
 
 class Analyzer:
     """Follows the params dict from entry functions through every call it is handed to; collects the reads.
-    `train_type`: the plugin's (picks PLUGIN_CHECKS' entry and TRAIN_TYPE_ONLY calls), None for every one."""
+    `train_type`: the plugin's (picks a dispatch table's entry and TRAIN_TYPE_ONLY calls), None for every one."""
 
     def __init__(self, sources: Sources, train_type: str | None = None):
         self.src = sources
@@ -604,7 +604,9 @@ def declared_for(plugin: str) -> str:
 def plugin_reads(manifest: dict, sources: Sources) -> Result:
     """What the plugin's trainer program reads from params, and what Service.prepare reads and adds for it."""
     an = Analyzer(sources, manifest.get("train_type"))
-    an.run(f"tlab_gradio/trainers/{manifest['trainer']}", "main", {})
+    trainer = f"tlab_gradio/trainers/{manifest['trainer']}"
+    an.run(trainer, "main", {})
+    an.run(trainer, "check", {"p": PARAMS})  # the plugin's own checks, run by Service.prepare (plugin_checks)
     an.run(SERVICE, "Service.prepare", {})
     return an.result
 
@@ -724,8 +726,8 @@ def _line(where: str) -> str:
     ("unsloth_grpo", "temperature", "tlab_gradio/trainers/unsloth_grpo.py", "tuple"),
     # grpo.system_prompt(p, ...) called from unsloth_grpo.py: a helper in another trainer module
     ("unsloth_grpo", "system_template", "tlab_gradio/trainers/grpo.py", "get"),
-    # Service.prepare -> PLUGIN_CHECKS["grpo"] -> _grpo_checks: a KeyError when the job is submitted
-    ("unsloth_grpo", "num_generations", "tlab_gradio/service.py", "subscript"),
+    # Service.prepare -> unsloth_grpo.check -> grpo.check_rewards_and_groups: a KeyError when the job is submitted
+    ("unsloth_grpo", "num_generations", "tlab_gradio/trainers/grpo.py", "subscript"),
     # a launch setting the app adds (launch_settings.py), read by Service.prepare
     ("llama_sft_multi_gpu", "device", "tlab_gradio/service.py", "subscript"),
 ])

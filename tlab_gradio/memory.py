@@ -122,13 +122,13 @@ def estimate(shape: Shape, *, processes: int, strategy: str = "ddp", precision: 
                     parameters=n_params, trainable_parameters=trainable)
 
 
-def job_kwargs(p: dict, launch) -> dict:
-    """`estimate`'s arguments from a job's parameters (the form's names) and its launch (job_spec.Launch), for
-    the form and the trainer alike."""
+def job_kwargs(p: dict, launch, use_lora: bool) -> dict:
+    """`estimate`'s arguments from a job's parameters (the form's names), its launch (job_spec.Launch) and
+    whether it trains a LoRA adapter (the plugin says: plugin_code.trains_lora), for the form and the trainer."""
     dist = launch.distributed
     return dict(
         processes=launch.total_processes, strategy=dist.strategy, precision=launch.mixed_precision,
-        use_lora=bool(p.get("use_lora", "lora_r" in p)),  # Unsloth is LoRA without a switch
+        use_lora=use_lora,
         lora_r=p.get("lora_r") or 16, lora_targets=p.get("lora_target_modules") or "all-linear",
         load_in_4bit=bool(p.get("load_in_4bit")),
         batch=p.get("per_device_train_batch_size") or 1,

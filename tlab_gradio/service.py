@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, reward_files, settings
+from . import (data, gpus, installer, jobfiles, launcher, logs, manifests, memory, models, params, plugin_code,
+               reward_files, settings)
 from .jobfiles import read_json
 from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .jobs import Job, JobError, JobManager
@@ -33,83 +34,6 @@ class RequestError(ValueError):
         super().__init__("; ".join(problems))
 
 
-def _sft_checks(p: dict, placement: gpus.Placement) -> list[str]:
-    problems = []
-    if p.get("load_in_4bit"):
-        if not p.get("use_lora"):
-            problems.append("`load_in_4bit` (QLoRA) needs `use_lora`: a 4-bit base cannot be fully fine-tuned")
-        if placement.device != "cuda":
-            problems.append("`load_in_4bit` (QLoRA) needs device `cuda`: bitsandbytes 4-bit runs on CUDA GPUs")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("`load_in_4bit` (QLoRA) needs the bitsandbytes package: pip install bitsandbytes")
-    if p.get("fuse_model") and not p.get("use_lora"):
-        problems.append("`fuse_model` merges a LoRA adapter: it needs `use_lora`")
-    if p.get("liger_kernels") == "on":
-        if placement.device != "cuda":
-            problems.append("`liger_kernels` on needs device `cuda`: Liger's kernels are Triton GPU kernels")
-        if importlib.util.find_spec("liger_kernel") is None:
-            problems.append("`liger_kernels` on needs the liger-kernel package: pip install liger-kernel")
-    if p.get("attn_implementation") == "flash_attention_2":
-        if placement.device != "cuda":
-            problems.append("`attn_implementation` flash_attention_2 needs device `cuda`")
-        if importlib.util.find_spec("flash_attn") is None:
-            problems.append("`attn_implementation` flash_attention_2 needs the flash-attn package: pip install "
-                            "flash-attn (or choose auto / flex_attention)")
-    if p.get("attn_implementation") == "flex_attention" and placement.device != "cuda":
-        # torch raises "FlexAttention does not support backward on CPU" at the first step (seen, torch 2.13)
-        problems.append("`attn_implementation` flex_attention trains on CUDA GPUs only (PyTorch has no flex "
-                        "attention backward on CPU): use auto or sdpa on cpu")
-    if p.get("max_gpu_memory_gb") and placement.device == "cuda":
-        smallest = min((g.memory_total_mb / 1024 for g in placement.gpus), default=None)
-        if smallest is not None and p["max_gpu_memory_gb"] > smallest:
-            problems.append(f"`max_gpu_memory_gb` {p['max_gpu_memory_gb']:g} is more than the chosen GPU's "
-                            f"{smallest:.1f} GiB (0 uses the whole GPU)")
-    return problems
-
-
-def _grpo_checks(p: dict, placement: gpus.Placement) -> list[str]:
-    from .rewards import SCORERS
-
-    problems = []
-    if not any(p.get(f"reward_{name}") for name in SCORERS) and not p.get("custom_rewards"):
-        problems.append("choose at least one reward function")
-    if p.get("reward_correctness") and p.get("correctness_method") == "math_verify" \
-            and importlib.util.find_spec("math_verify") is None:
-        problems.append("`correctness_method` math_verify needs the math-verify package: pip install math-verify "
-                        "(or choose auto / numbers)")
-    n, batch, accum, gens = placement.num_processes, p["per_device_train_batch_size"], \
-        p["gradient_accumulation_steps"], p["num_generations"]
-    step = n * batch * accum
-    if step % gens:
-        divisors = [str(d) for d in range(2, min(step, 64) + 1) if step % d == 0]
-        hint = (f"num_generations {' or '.join(divisors[-3:])} would fit" if divisors
-                else "raise the batch or the accumulation")
-        problems.append(
-            f"{n} process{'es' if n > 1 else ''} x batch {batch} x accumulation {accum} = {step} completions per "
-            f"step is not divisible by num_generations {gens}: each prompt's {gens} completions are generated "
-            f"in the same step ({hint})")
-    chosen = p.get("generation_batch_size") or 0
-    if chosen:
-        if chosen % (n * batch):
-            problems.append(f"generation_batch_size {chosen} must be a multiple of processes x batch = {n * batch}")
-        if chosen % gens:
-            problems.append(f"generation_batch_size {chosen} must be a multiple of num_generations {gens}")
-    fp32_weights = p.get("model_dtype") == "float32" or (p.get("model_dtype") in (None, "auto")
-                                                          and placement.device != "cuda")
-    if p.get("cache_implementation") == "static" and fp32_weights and placement.device == "cuda":
-        # transformers sizes a static cache in the weights' dtype, while bf16/fp16 autocast hands it
-        # 16-bit keys and values: generate fails at the first step (seen on an H100).
-        problems.append("`cache_implementation` static needs 16-bit weights: with float32 weights under bf16/fp16 "
-                        "autocast the cache and the activations differ in dtype (use model_dtype bfloat16, or a "
-                        "dynamic cache)")
-    if p.get("use_vllm"):
-        if placement.device != "cuda":
-            problems.append("`use_vllm` needs device `cuda`")
-        if importlib.util.find_spec("vllm") is None:
-            problems.append("`use_vllm` needs the vllm package (an optional extra): pip install vllm")
-    return problems
-
-
 def _logging_checks(p: dict, placement: gpus.Placement) -> list[str]:
     report_to = p.get("report_to")
     if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
@@ -117,7 +41,6 @@ def _logging_checks(p: dict, placement: gpus.Placement) -> list[str]:
     return []
 
 
-PLUGIN_CHECKS = {"sft": _sft_checks, "grpo": _grpo_checks}
 
 
 def _distributed_checks(p: dict, placement: gpus.Placement, manifest: manifests.Manifest) -> list[str]:
@@ -300,7 +223,7 @@ class Service:
                 problems.append("`mixed_precision` bf16: not every chosen GPU supports bf16 (needs Ampere or newer); use fp16")
             if precision == "fp16" and placement.device == "cpu":
                 problems.append("`mixed_precision` fp16 does not run on cpu; use `no` or bf16")
-            problems += PLUGIN_CHECKS.get(manifest.train_type, lambda *_: [])(clean, placement)
+            problems += plugin_code.check(manifest.trainer_path)(clean, placement)  # beside its trainer
             problems += _logging_checks(clean, placement)
             if "distributed_strategy" in clean or "num_machines" in clean:
                 problems += _distributed_checks(clean, placement, manifest)
@@ -439,7 +362,7 @@ class Service:
         chosen = [g for g in gpus.list_gpus(refresh=True) if g.physical in spec.launch.gpu_ids]
         free = [{"index": g.index, "name": g.name, "free_gb": round((g.memory_total_mb - g.memory_used_mb) / 1024, 2)}
                 for g in chosen]
-        kwargs = memory.job_kwargs(p, spec.launch)
+        kwargs = memory.job_kwargs(p, spec.launch, plugin_code.trains_lora(Path(spec.launch.trainer), p))
         checkpointing = p.get("gradient_checkpointing")
         plan = None
         if isinstance(checkpointing, str):  # "auto" / "on" / "off": the trainer plans as memory.plan does

@@ -26,6 +26,64 @@ GRPO_KEYS = (
 )
 
 
+def check(p: dict, placement) -> list[str]:
+    """This plugin's own checks, run by the app before anything is launched (`Service.prepare`): those every
+    GRPO plugin shares, then the generation batch, the cache against the weights' dtype and vLLM
+    (`placement`: gpus.Placement, the chosen device and GPUs)."""
+    import importlib.util
+
+    problems = check_rewards_and_groups(p, placement)
+    n, batch, gens = placement.num_processes, p["per_device_train_batch_size"], p["num_generations"]
+    chosen = p.get("generation_batch_size") or 0
+    if chosen:
+        if chosen % (n * batch):
+            problems.append(f"generation_batch_size {chosen} must be a multiple of processes x batch = {n * batch}")
+        if chosen % gens:
+            problems.append(f"generation_batch_size {chosen} must be a multiple of num_generations {gens}")
+    fp32_weights = p.get("model_dtype") == "float32" or (p.get("model_dtype") in (None, "auto")
+                                                          and placement.device != "cuda")
+    if p.get("cache_implementation") == "static" and fp32_weights and placement.device == "cuda":
+        # transformers sizes a static cache in the weights' dtype, while bf16/fp16 autocast hands it
+        # 16-bit keys and values: generate fails at the first step (seen on an H100).
+        problems.append("`cache_implementation` static needs 16-bit weights: with float32 weights under bf16/fp16 "
+                        "autocast the cache and the activations differ in dtype (use model_dtype bfloat16, or a "
+                        "dynamic cache)")
+    if p.get("use_vllm"):
+        if placement.device != "cuda":
+            problems.append("`use_vllm` needs device `cuda`")
+        if importlib.util.find_spec("vllm") is None:
+            problems.append("`use_vllm` needs the vllm package (an optional extra): pip install vllm")
+    return problems
+
+
+def check_rewards_and_groups(p: dict, placement) -> list[str]:
+    """What every GRPO plugin checks (this one and Unsloth GRPO): at least one reward, math-verify when chosen,
+    and each step's completions divisible into whole groups of num_generations."""
+    import importlib.util
+
+    from tlab_gradio.rewards import SCORERS
+
+    problems = []
+    if not any(p.get(f"reward_{name}") for name in SCORERS) and not p.get("custom_rewards"):
+        problems.append("choose at least one reward function")
+    if p.get("reward_correctness") and p.get("correctness_method") == "math_verify" \
+            and importlib.util.find_spec("math_verify") is None:
+        problems.append("`correctness_method` math_verify needs the math-verify package: pip install math-verify "
+                        "(or choose auto / numbers)")
+    n, batch, accum, gens = placement.num_processes, p["per_device_train_batch_size"], \
+        p["gradient_accumulation_steps"], p["num_generations"]
+    step = n * batch * accum
+    if step % gens:
+        divisors = [str(d) for d in range(2, min(step, 64) + 1) if step % d == 0]
+        hint = (f"num_generations {' or '.join(divisors[-3:])} would fit" if divisors
+                else "raise the batch or the accumulation")
+        problems.append(
+            f"{n} process{'es' if n > 1 else ''} x batch {batch} x accumulation {accum} = {step} completions per "
+            f"step is not divisible by num_generations {gens}: each prompt's {gens} completions are generated "
+            f"in the same step ({hint})")
+    return problems
+
+
 def system_prompt(p: dict, markers) -> str:
     """The instruction (system) template with the format the markers ask for."""
     from tlab_gradio import rewards
@@ -140,6 +198,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards, tiny_model
+    from tlab_gradio.trainers import callbacks
 
     model_path = spec.model.path
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
@@ -198,7 +257,7 @@ def main() -> None:
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[common.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
+        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
             p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]))],
     )
     if cache == "static" and hasattr(trainer, "generation_config"):

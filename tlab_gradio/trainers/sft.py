@@ -21,6 +21,50 @@ SFT_KEYS = (
 )
 
 
+def check(p: dict, placement) -> list[str]:
+    """This plugin's own checks, run by the app before anything is launched (`Service.prepare`): the
+    parameters against each other and against the machine (`placement`: the chosen device and GPUs with their
+    memory and capabilities, gpus.Placement). Each problem names the setting and the way out."""
+    import importlib.util
+
+    problems = []
+    if p.get("load_in_4bit"):
+        if not p.get("use_lora"):
+            problems.append("`load_in_4bit` (QLoRA) needs `use_lora`: a 4-bit base cannot be fully fine-tuned")
+        if placement.device != "cuda":
+            problems.append("`load_in_4bit` (QLoRA) needs device `cuda`: bitsandbytes 4-bit runs on CUDA GPUs")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("`load_in_4bit` (QLoRA) needs the bitsandbytes package: pip install bitsandbytes")
+    if p.get("fuse_model") and not p.get("use_lora"):
+        problems.append("`fuse_model` merges a LoRA adapter: it needs `use_lora`")
+    if p.get("liger_kernels") == "on":
+        if placement.device != "cuda":
+            problems.append("`liger_kernels` on needs device `cuda`: Liger's kernels are Triton GPU kernels")
+        if importlib.util.find_spec("liger_kernel") is None:
+            problems.append("`liger_kernels` on needs the liger-kernel package: pip install liger-kernel")
+    if p.get("attn_implementation") == "flash_attention_2":
+        if placement.device != "cuda":
+            problems.append("`attn_implementation` flash_attention_2 needs device `cuda`")
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append("`attn_implementation` flash_attention_2 needs the flash-attn package: pip install "
+                            "flash-attn (or choose auto / flex_attention)")
+    if p.get("attn_implementation") == "flex_attention" and placement.device != "cuda":
+        # torch raises "FlexAttention does not support backward on CPU" at the first step (seen, torch 2.13)
+        problems.append("`attn_implementation` flex_attention trains on CUDA GPUs only (PyTorch has no flex "
+                        "attention backward on CPU): use auto or sdpa on cpu")
+    if p.get("max_gpu_memory_gb") and placement.device == "cuda":
+        smallest = min((g.memory_total_mb / 1024 for g in placement.gpus), default=None)
+        if smallest is not None and p["max_gpu_memory_gb"] > smallest:
+            problems.append(f"`max_gpu_memory_gb` {p['max_gpu_memory_gb']:g} is more than the chosen GPU's "
+                            f"{smallest:.1f} GiB (0 uses the whole GPU)")
+    return problems
+
+
+def trains_lora(p: dict) -> bool:
+    """LoRA (PEFT) with `use_lora`, else the whole model: the memory estimate asks (plugin_code)."""
+    return bool(p.get("use_lora"))
+
+
 def build_peft_config(p: dict):
     from peft import LoraConfig
 
@@ -95,7 +139,7 @@ def memory_plan(model_path: str, spec, p: dict, state):
 
     shape = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
     checkpointing = switch(p, "gradient_checkpointing")
-    kwargs = memory.job_kwargs(p, spec.launch)
+    kwargs = memory.job_kwargs(p, spec.launch, trains_lora(p))
     return memory.plan(
         shape, common.gpu_memory_budget(p.get("max_gpu_memory_gb"), state), checkpointing=checkpointing or "auto",
         # DeepSpeed's config carries the form's accumulation (launcher.py): it must not change under it
@@ -123,6 +167,7 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     from tlab_gradio import data, tiny_model
+    from tlab_gradio.trainers import callbacks
 
     model_path = spec.model.path
     with state.main_process_first():  # rank 0 builds / downloads / maps, the others reuse its cache
@@ -187,7 +232,7 @@ def main() -> None:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=build_peft_config(p) if use_lora else None,
-        callbacks=[common.MetricsCallback(job_dir, state.num_processes)],
+        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes)],
     )
     common.check_kept(len(train_dataset), len(trainer.train_dataset), p.get("max_length"), state.is_main_process)
     if p.get("padding_free") and not p.get("packing"):

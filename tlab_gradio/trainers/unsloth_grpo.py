@@ -15,11 +15,23 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a plain script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-# Unsloth first, before anything imports transformers, peft or trl (common.py does): it patches
-# them as they are imported, and warns that optimisations are lost otherwise (seen on an H100).
-import unsloth  # noqa: E402,F401
+if __name__ == "__main__":  # a run, not the app importing check(): nothing heavy then
+    # Unsloth first, before anything imports transformers, peft or trl: it patches them as they are
+    # imported, and warns that optimisations are lost otherwise (seen on an H100).
+    import unsloth  # noqa: F401
 
-from tlab_gradio.trainers import common  # noqa: E402
+from tlab_gradio.trainers import common, grpo  # noqa: E402
+
+
+def trains_lora(p: dict) -> bool:
+    """Always a LoRA adapter (the memory estimate asks, plugin_code)."""
+    return True
+
+
+def check(p: dict, placement) -> list[str]:
+    """This plugin's own checks, run by the app before launch: the ones every GRPO plugin shares (rewards,
+    whole groups of generations per step)."""
+    return grpo.check_rewards_and_groups(p, placement)
 
 
 def main() -> None:
@@ -30,7 +42,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from tlab_gradio import data, rewards, tiny_model
-    from tlab_gradio.trainers import grpo
+    from tlab_gradio.trainers import callbacks
     model_path = spec.model.path
     if spec.model.embedded:
         tiny_model.ensure(Path(model_path))
@@ -88,7 +100,7 @@ def main() -> None:
     )
     trainer = GRPOTrainer(
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args,
-        train_dataset=dataset, callbacks=[common.MetricsCallback(job_dir, 1, completions_per_step=(
+        train_dataset=dataset, callbacks=[callbacks.MetricsCallback(job_dir, 1, completions_per_step=(
             p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
     )
     result = common.train(trainer, spec)
