@@ -61,7 +61,7 @@ TRAINERS = PKG / "trainers"
 # Modules that serve one plugin: a get/in read of an undeclared name there is a mismatch.
 PLUGIN_MODULES = {"tlab_gradio/trainers/sft.py", "tlab_gradio/trainers/grpo.py",
                   "tlab_gradio/trainers/unsloth_grpo.py"}
-SERVICE = "tlab_gradio/service.py"
+REQUEST = "tlab_gradio/job_request.py"  # job_request.prepare: a request checked into a JobSpec
 
 # Known mismatches in the current code, (plugin, parameter) -> why it is tolerated for now. Keep these
 # narrow; test_allow_lists_are_still_needed fails when an entry no longer applies, so the lists shrink.
@@ -69,11 +69,11 @@ ALLOWED_MISSING: dict[tuple[str, str], str] = {}
 ALLOWED_UNUSED: dict[tuple[str, str], str] = {}
 
 # The analysis is not path-sensitive. These functions are reached, in the code, only for one train type, so
-# the per-plugin analysis follows a call into them only for that train type: Service.prepare hands `clean`
+# the per-plugin analysis follows a call into them only for that train type: job_request.prepare hands `clean`
 # to _custom_reward_problems only when `choices` is not empty, and `choices` comes from
 # `values.pop("custom_rewards", None) if manifest.train_type == "grpo" else None`
 # (test_train_type_only_calls_are_still_gated checks that this is still so).
-TRAIN_TYPE_ONLY = {(SERVICE, "Service._custom_reward_problems"): "grpo"}
+TRAIN_TYPE_ONLY = {(REQUEST, "_custom_reward_problems"): "grpo"}
 
 PARAMS = "<params>"  # env binding: this name is the params dict
 
@@ -607,7 +607,7 @@ def plugin_reads(manifest: dict, sources: Sources) -> Result:
     trainer = f"tlab_gradio/trainers/{manifest['trainer']}"
     an.run(trainer, "main", {})
     an.run(trainer, "check", {"p": PARAMS})  # the plugin's own checks, run by Service.prepare (plugin_checks)
-    an.run(SERVICE, "Service.prepare", {})
+    an.run(REQUEST, "prepare", {})
     return an.result
 
 
@@ -729,7 +729,7 @@ def _line(where: str) -> str:
     # Service.prepare -> unsloth_grpo.check -> grpo.check_rewards_and_groups: a KeyError when the job is submitted
     ("unsloth_grpo", "num_generations", "tlab_gradio/trainers/grpo.py", "subscript"),
     # a launch setting the app adds (launch_settings.py), read by Service.prepare
-    ("llama_sft_multi_gpu", "device", "tlab_gradio/service.py", "subscript"),
+    ("llama_sft_multi_gpu", "device", "tlab_gradio/job_request.py", "subscript"),
 ])
 def test_a_manifest_missing_a_read_parameter_is_reported(plugin, name, file, pattern):
     manifest = copy.deepcopy(load_manifests()[plugin])
@@ -808,9 +808,9 @@ def test_shared_modules_may_get_undeclared_names_but_not_subscript_them():
 
 def test_train_type_only_calls_are_still_gated():
     """TRAIN_TYPE_ONLY's premise: Service.prepare takes custom rewards (what makes `choices`) only for grpo."""
-    prepare = Sources().module(SERVICE).functions["Service.prepare"]
+    prepare = Sources().module(REQUEST).functions["prepare"]
     gated = [node for node in ast.walk(prepare) if isinstance(node, ast.IfExp)
              and "custom_rewards" in ast.unparse(node.body)
              and re.fullmatch(r"manifest\.train_type == '(\w+)'", ast.unparse(node.test))]
     assert gated, "Service.prepare no longer takes custom_rewards for grpo only: revisit TRAIN_TYPE_ONLY"
-    assert ast.unparse(gated[0].test).split("'")[1] == TRAIN_TYPE_ONLY[(SERVICE, "Service._custom_reward_problems")]
+    assert ast.unparse(gated[0].test).split("'")[1] == TRAIN_TYPE_ONLY[(REQUEST, "_custom_reward_problems")]

@@ -1,6 +1,7 @@
 """Requests are checked in full before anything is created or launched."""
 import pytest
 
+from tlab_gradio import estimates
 from tlab_gradio import service as service_mod
 from tlab_gradio.service import RequestError, Service
 
@@ -154,7 +155,7 @@ def test_disk_estimate_counts_checkpoints_and_warns_when_the_disk_is_short(home,
     disk = svc.memory_estimate(request)["disk"]
     assert disk["checkpoints"] == 10 and disk["warning"] is None  # ten saves in the run, all kept
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(service_mod.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(estimates.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     disk = svc.memory_estimate(request)["disk"]
     assert disk["warning"].startswith("may not fit on disk: checkpoints and output need about ")
     assert disk["warning"].endswith("the workspace disk has 0.0 GB free")

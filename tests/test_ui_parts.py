@@ -1,4 +1,6 @@
 """Pure helpers of the page, without a browser (the browser tests drive the same paths end to end)."""
+from pathlib import Path
+
 from tlab_gradio.ui import jobs_view
 
 
@@ -31,16 +33,53 @@ def test_compared_runs_are_named_by_job_and_the_legend_follows():
 
 
 
-def test_a_compared_job_that_still_runs_keeps_growing(tmp_path):
+def test_a_compared_job_that_still_runs_keeps_growing(home, monkeypatch):
+    """The page follows a compared job through the service (job_metrics from an offset), not its files; a job
+    deleted meanwhile keeps the curve it had."""
     import json
 
-    metrics = tmp_path / "metrics.jsonl"
+    from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.service import Service
+
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", lambda job_dir, launch: ["true"])
+    svc = Service()
+    job = svc.start_job({"plugin": "llama_sft_multi_gpu", "device": "cpu", "name": "run"})
+    svc.jobs.wait(job["id"], 30)
+    metrics = Path(job["job_dir"]) / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
-    others = {"3": {"label": "3 · run", "path": str(metrics), "series": {}, "offset": 0}}
-    others, grew = jobs_view.follow_others(others)
-    assert grew and others["3"]["series"]["loss"] == [[1, 2.0]]
-    assert jobs_view.follow_others(others)[1] is False  # nothing new: the chart is not re-sent
+    others = {str(job["id"]): {"label": f"{job['id']} · run", "series": {}, "offset": 0}}
+    others, grew = jobs_view.follow_others(svc, others)
+    assert grew and others[str(job["id"])]["series"]["loss"] == [[1, 2.0]]
+    assert jobs_view.follow_others(svc, others)[1] is False  # nothing new: the chart is not re-sent
     with metrics.open("a") as fh:
         fh.write(json.dumps({"step": 2, "loss": 1.5}) + "\n")
-    others, grew = jobs_view.follow_others(others)
-    assert grew and others["3"]["series"]["loss"] == [[1, 2.0], [2, 1.5]]
+    others, grew = jobs_view.follow_others(svc, others)
+    assert grew and others[str(job["id"])]["series"]["loss"] == [[1, 2.0], [2, 1.5]]
+    svc.delete_job(job["id"])
+    kept, grew = jobs_view.follow_others(svc, others)
+    assert not grew and kept[str(job["id"])]["series"]["loss"] == [[1, 2.0], [2, 1.5]]
+
+
+def test_a_job_view_is_one_snapshot_through_the_service(home, monkeypatch):
+    """What a job's page shows comes from Service.job_view: its row without folders or config, the log's
+    tail, the metrics appended since an offset, and the files once it has finished."""
+    import json
+
+    from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.service import Service
+
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", lambda job_dir, launch: ["true"])
+    svc = Service()
+    job = svc.start_job({"plugin": "llama_sft_multi_gpu", "device": "cpu", "cpu_processes": 2, "name": "v"})
+    svc.jobs.wait(job["id"], 30)
+    folder = Path(job["job_dir"])
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s}) + "\n" for s in (1, 2)))
+    view = svc.job_view(job["id"], 0, log_lines=5)
+    assert view["job"]["processes"] == 2 and view["job"]["gpus"] == [] and view["job"]["state"] == "COMPLETE"
+    assert not {"job_dir", "config", "output_dir", "command"} & set(view["job"])
+    assert [r["step"] for r in view["metrics"]] == [1, 2] and view["log"] and len(view["log"]) <= 5
+    assert str(folder / "log.txt") in view["files"] and view["status"]["state"] == "COMPLETE"
+    again = svc.job_view(job["id"], view["metrics_offset"])
+    assert again["metrics"] == [] and again["metrics_offset"] == view["metrics_offset"]
+    assert [r["processes"] for r in svc.job_rows()] == [2]
+    assert jobs_view.job_rows(svc)[0][4] == "cpu×2"

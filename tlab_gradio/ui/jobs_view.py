@@ -7,13 +7,12 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from .. import logs, settings
+from .. import settings
 from ..jobs import ACTIVE, FINISHED
 from ..service import Service
 from .common import PRIVATE, checked, duration, progress_bar, state_badge, when
@@ -38,14 +37,14 @@ class Parts:
 def job_rows(svc: Service) -> list[list[Any]]:
     rows = []
     now = time.time()
-    for j in svc.list_jobs():
+    for j in svc.job_rows():
         progress = ""
         if j["state"] in ACTIVE:
             st = svc.job_status(j["id"])
             progress = f"{st['progress']:.0f}% ({st['step']}/{st['total_steps'] or '?'})"
         elif j["state"] == "COMPLETE":
             progress = "100%"
-        gpus = ",".join(j["gpus"]) if j["gpus"] else f"cpu×{j['config'].get('num_processes', 1)}"
+        gpus = ",".join(j["gpus"]) if j["gpus"] else f"cpu×{j['processes']}"
         end = j["finished"] or (now if j["state"] in ACTIVE else None)
         rows.append([j["id"], j["name"], j["plugin"], j["state"], gpus, progress, when(j["started"]),
                      duration(end - j["started"]) if j["started"] and end else ""])
@@ -107,24 +106,18 @@ def chart_frame(series: dict[str, list], choice: str | None, others: dict | None
     return pd.DataFrame(rows) if rows else empty_chart()
 
 
-def follow_others(others: dict) -> tuple[dict, bool]:
+def follow_others(svc: Service, others: dict) -> tuple[dict, bool]:
     """The compared jobs' metrics appended since the last tick (a compared job may still run), and
-    whether any came."""
+    whether any came. A compared job deleted meanwhile keeps the curve it had."""
     out, grew = {}, False
     for key, other in others.items():
-        records, offset = logs.read_metrics(other["path"], other["offset"])
+        try:
+            records, offset = svc.job_metrics(int(key), other["offset"])
+        except ValueError:
+            records, offset = [], other["offset"]
         grew = grew or bool(records)
         out[key] = {**other, "series": add_points(other["series"], records), "offset": offset}
     return out, grew
-
-
-def output_files(job: dict) -> list[str]:
-    """The job's whole log and metrics (the page shows only the log's tail), then its output."""
-    job_dir = Path(job["job_dir"])
-    records = [job_dir / name for name in ("log.txt", "metrics.jsonl") if (job_dir / name).is_file()]
-    out = Path(job["output_dir"])
-    files = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
-    return [str(p) for p in records + files[:MAX_FILES]]
 
 
 def redact(text: str, svc: Service, hosted: bool) -> str:
@@ -174,16 +167,16 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
             return [gr.skip()] * 16
-        job = svc.jobs.get(int(job_id)).as_dict()  # the row only: job_status reads progress and metrics
-        status = svc.job_status(int(job_id))
-        fresh = state.get("job") != job["id"]
+        fresh = state.get("job") != int(job_id)
+        view = svc.job_view(int(job_id), 0 if fresh else state["offset"], LOG_LINES)  # one read of the job
+        job, status = view["job"], view["status"]
         if fresh:
             state = {"job": job["id"], "offset": 0, "series": {}, "state": None, "others": {},
                      "label": f"{job['id']} · {job['name']}"}
             choice = DEFAULT_CHART
-        records, offset = logs.read_metrics(Path(job["job_dir"]) / "metrics.jsonl", state["offset"])
+        records, offset = view["metrics"], view["metrics_offset"]
         series = add_points(state["series"], records)
-        others, grew = follow_others(state.get("others") or {})
+        others, grew = follow_others(svc, state.get("others") or {})
         choices = chart_choices(series)
         new_metrics = fresh or choices != chart_choices(state["series"])
         state = {**state, "offset": offset, "series": series, "others": others}
@@ -198,7 +191,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         head = (f'<div class="tl-job-title">{html.escape(job["name"])} {state_badge(job["state"])}</div>'
                 f'<div class="tl-muted">job {job["id"]} · {html.escape(job["plugin"])}{world} · '
                 f'started {when(job["started"]) or "—"}</div>')
-        log_text = redact("\n".join(logs.tail(Path(job["job_dir"]) / "log.txt", LOG_LINES)), svc, hosted)
+        log_text = redact("\n".join(view["log"]), svc, hosted)
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
                 chart_update(series, choice, others, state["label"]) if (records or grew or fresh) else gr.skip(),
                 state,
@@ -212,10 +205,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 err = f"**Failed:** {html.escape(job['reason'] or '')}"
             elif job["state"] in ("STOPPED", "STOPPING") and job["reason"]:
                 err = html.escape(job["reason"])
-            cmd = " ".join(job["command"]) if job["command"] else ""
-            file_list = output_files(job) if finished else []
-            accel_path = Path(job["job_dir"]) / "accelerate.yaml"
-            accel_text = accel_path.read_text() if accel_path.is_file() else ""
+            cmd, file_list, accel_text = view["command"], view["files"], view["accelerate_yaml"]
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
                      gr.update(visible=True), gr.update(visible=finished and not hosted), err,
@@ -238,7 +228,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                  [view, metric], chart, show_progress="hidden", **PRIVATE)
 
     def other_jobs(job_id: int) -> list[tuple[str, int]]:
-        return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.list_jobs() if j["id"] != job_id]
+        return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.job_rows() if j["id"] != job_id]
 
     def compare_with(state, choice, ids):
         """Start following the chosen jobs' metrics, and redraw."""
@@ -249,12 +239,11 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 others[str(other)] = kept[str(other)]
                 continue
             try:
-                job = svc.jobs.get(int(other))
+                job = svc.job_row(int(other))
             except ValueError:  # deleted meanwhile
                 continue
-            others[str(job.id)] = {"label": f"{job.id} · {job.name}", "path": str(job.metrics_path),
-                                   "series": {}, "offset": 0}
-        others, _ = follow_others(others)
+            others[str(job["id"])] = {"label": f"{job['id']} · {job['name']}", "series": {}, "offset": 0}
+        others, _ = follow_others(svc, others)
         state = {**state, "others": others}
         return chart_update(state["series"], choice, others, state.get("label", "this job")), state
 

@@ -1,0 +1,233 @@
+"""Checking a job request: every input is checked here, before anything is launched, and the problems come
+back together, each naming the bad value (RequestError). What passes becomes the job's spec (job_spec.JobSpec).
+
+The checks, in order: the request's shape and its plugin (runnable, ready on this machine); its parameters
+against the manifest (Transformer Lab's names accepted); where it runs (device, GPU ids, processes,
+precision) and the plugin's own checks beside its trainer (plugin_code); logging and distributed settings;
+the model; the dataset and templates; your own reward functions, called once in a child process.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+from . import data, gpus, installer, launcher, manifests, models, params, plugin_catalog, plugin_code, reward_files, settings
+from .jobfiles import read_json
+from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
+from .request_error import RequestError
+
+REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template",
+                "device", "gpu_ids", "cpu_processes", "params")
+TOP_LEVEL_PARAMS = ("device", "gpu_ids", "cpu_processes")  # also accepted inside `params`
+
+def _logging_checks(p: dict, placement: gpus.Placement) -> list[str]:
+    report_to = p.get("report_to")
+    if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
+        return [f"`report_to` {report_to} needs the {report_to} package: pip install {report_to}"]
+    return []
+
+
+
+
+def _distributed_checks(p: dict, placement: gpus.Placement, manifest: manifests.Manifest) -> list[str]:
+    """Strategy and multi-machine settings that cannot work, refused with the reason."""
+    problems = []
+    dist = Distributed.from_params(p)
+    strategy, machines, rank = dist.strategy, dist.num_machines, dist.machine_rank
+    total = placement.num_processes * machines
+    if strategy.startswith("deepspeed"):
+        if placement.device != "cuda":
+            problems.append(f"{strategy}: DeepSpeed needs CUDA GPUs; on cpu use ddp (or fsdp)")
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"{strategy} needs the deepspeed package: pip install deepspeed")
+    if strategy == "fsdp" and placement.device != "cuda":
+        # accelerate applies FSDP on GPUs only: on cpu the run would quietly be plain data parallel.
+        problems.append("fsdp needs CUDA GPUs (accelerate shards only on GPUs; on cpu it would silently run "
+                        "as plain data parallel): use ddp on cpu")
+    elif strategy == "fsdp" and total < 2:
+        problems.append("fsdp with a single process shards nothing: use ddp, or two or more GPUs")
+    if strategy in ("fsdp", "deepspeed_zero3") and p.get("load_in_4bit"):
+        problems.append(f"QLoRA (load_in_4bit) is not supported with {strategy} here; use ddp or deepspeed_zero2")
+    if rank >= machines:
+        problems.append(f"machine_rank {rank} must be below num_machines {machines} (ranks count from 0)")
+    if machines > 1:
+        if not (p.get("main_process_ip") or "").strip():
+            problems.append("with several machines, main_process_ip (the main machine's address) is required")
+        if not p.get("main_process_port"):
+            problems.append("with several machines, main_process_port is required: the same port on every machine")
+    return problems
+
+
+def _values(request: dict[str, Any], problems: list[str], manifest: manifests.Manifest) -> dict[str, Any]:
+    """The parameter values of a request: `params`, plus device/gpu_ids/cpu_processes given at the top."""
+    values = request.get("params") or {}
+    if not isinstance(values, dict):
+        problems.append("`params` must be an object of parameter names and values")
+        values = {}
+    values = manifests.rename_tlab(manifest, dict(values), problems)  # Transformer Lab's names -> ours
+    for key in TOP_LEVEL_PARAMS:
+        if request.get(key) is not None:
+            if values.get(key) is not None and values[key] != request[key]:
+                problems.append(f"`{key}` is given twice with different values ({request[key]!r}, {values[key]!r})")
+            values[key] = request[key]
+    if values.get("device") is None:
+        values["device"] = plugin_catalog.device_default(manifest)
+    return values
+
+
+def check_shape(request: Any) -> list[str]:
+    """Unknown top-level fields, each with a suggestion (a request that is no object is refused at once)."""
+    if not isinstance(request, dict):
+        raise RequestError(["the request must be a JSON object with plugin, name, model, dataset, params"])
+    return [f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}"
+            for key in request if key not in REQUEST_KEYS]
+
+
+def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> JobSpec:
+    """Check everything and return the job's spec, or raise RequestError listing every problem.
+
+    `check_data=False` skips loading the dataset (the live command preview does that)."""
+    problems = check_shape(request)
+    manifest = plugin_catalog.plugin(str(request.get("plugin") or ""))
+    if manifest.unrunnable:  # a Transformer Lab manifest this app cannot run: no trainer, other names
+        raise RequestError([f"plugin {manifest.name} cannot run in this app: {r}" for r in manifest.unrunnable])
+    available = gpus.list_gpus()
+    not_ready = manifests.readiness(manifest, len(available))
+    if not_ready:  # nothing else matters until it can run at all
+        raise RequestError([f"plugin {manifest.name} is not ready: {r}" for r in not_ready])
+
+    values = _values(request, problems, manifest)
+    # GRPO's own reward functions: a list, not a manifest parameter; checked apart, kept in params.
+    choices, custom_problems = reward_files.parse_choices(
+        values.pop("custom_rewards", None) if manifest.train_type == "grpo" else None)
+    problems += custom_problems
+    clean: dict[str, Any] = {}
+    try:
+        clean = params.validate(manifest, values)
+        if choices:
+            clean["custom_rewards"] = [c.as_dict() for c in choices]
+    except params.ParamError as exc:
+        problems += exc.problems
+
+    placement = None
+    precision = None
+    if clean:
+        try:
+            placement = gpus.resolve(clean["device"], clean.get("gpu_ids"), clean.get("cpu_processes"), available)
+        except gpus.DeviceError as exc:
+            problems.append(str(exc))
+    if placement is not None:
+        if placement.device not in manifest.supported_hardware_architectures:
+            problems.append(f"{manifest.name} does not run on {placement.device}")
+        if placement.num_processes > 1 and not manifest.multi_gpu:
+            problems.append(f"{manifest.name} runs on one GPU or process; {placement.num_processes} were chosen")
+        precision = launcher.mixed_precision_for(placement, clean.get("mixed_precision"))
+        if precision == "bf16" and placement.device == "cuda" and not all(g.supports_bf16 for g in placement.gpus):
+            problems.append("`mixed_precision` bf16: not every chosen GPU supports bf16 (needs Ampere or newer); use fp16")
+        if precision == "fp16" and placement.device == "cpu":
+            problems.append("`mixed_precision` fp16 does not run on cpu; use `no` or bf16")
+        problems += plugin_code.check(manifest.trainer_path)(clean, placement)  # beside its trainer
+        problems += _logging_checks(clean, placement)
+        if "distributed_strategy" in clean or "num_machines" in clean:
+            problems += _distributed_checks(clean, placement, manifest)
+
+    model_ref = None
+    try:
+        if settings.hosted() and (request.get("model") or "").strip() and _looks_local(request["model"]):
+            raise models.ModelError("local model folders are turned off on this server; give a Hub id")
+        model_ref = models.resolve(request.get("model"))
+        models.check_supported(model_ref, manifest.model_architectures, manifest.name)
+    except models.ModelError as exc:
+        problems.append(str(exc))
+
+    spec = templates = None
+    dataset_info: dict[str, Any] = {}
+    try:
+        spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
+        if settings.hosted() and spec.source == "file" and not inside(spec.name, settings.uploads_dir()):
+            raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
+        templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
+        if manifest.train_type == "grpo" and not (templates.template.strip() and
+                                                  templates.completion_template.strip()):
+            raise data.DataError("GRPO needs an input template (e.g. `{{question}}`) and an answer template "
+                                 "(e.g. `{{answer}}`)")
+        if check_data:
+            dataset_info = data.check(spec, templates)
+    except data.DataError as exc:
+        problems.append(str(exc))
+
+    if choices and clean:
+        problems += _custom_reward_problems(home, choices, clean, spec, templates, model_ref, manifest)
+
+    name = str(request.get("name") or "").strip() or f"{manifest.train_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if len(name) > 200:
+        problems.append("`name` is longer than 200 characters")
+    if problems:
+        raise RequestError(problems)
+    return JobSpec(
+        name=name, plugin=manifest.id, train_type=manifest.train_type,
+        model=ModelRef(path=model_ref.path, source=model_ref.source, architecture=model_ref.architecture,
+                       config=model_ref.config),
+        data=DataRef(dataset=spec.as_dict(), template=templates.template,
+                     completion_template=templates.completion_template, info=dataset_info),
+        launch=Launch(trainer=str(manifest.trainer_path), device=placement.device, gpu_ids=placement.physical_ids,
+                      num_processes=placement.num_processes, mixed_precision=precision,
+                      distributed=Distributed.from_params(clean),
+                      # A plugin with its own environment runs with that environment's python and accelerate.
+                      python=str(installer.env_python(manifest.environment)) if manifest.environment else None),
+        params=clean,
+        request={k: v for k, v in request.items() if k in REQUEST_KEYS},  # for clone and presets
+    )
+
+def _custom_reward_problems(home: Path, choices, clean, spec, templates, model_ref, manifest) -> list[str]:
+    """Hosted refusal, missing files, name clashes, then each function called on a sample completion
+    in a child process (the web process never imports a user's file)."""
+    from .rewards import SCORERS, Markers, reference_answer, system_prompt
+
+    if settings.hosted():
+        return [reward_files.HOSTED_REFUSAL]
+    builtin = [n for n in SCORERS if clean.get(f"reward_{n}")]
+    problems = reward_files.missing_files(home, choices) + reward_files.name_clashes(choices, builtin)
+    if problems:
+        return problems
+    question, answer = "What is 6 times 7?", "42"
+    if spec is not None and templates is not None and spec.source == "sample":
+        try:  # the job's own first row, when it is at hand
+            row = data._sample_rows(spec.name)[0]
+            question = data.render(templates.template, row)
+            answer = reference_answer(data.render(templates.completion_template, row))
+        except Exception:  # noqa: BLE001 - the fixed sample will do
+            pass
+    markers = Markers(clean["reasoning_start"], clean["reasoning_end"], clean["answer_start"], clean["answer_end"])
+    system = system_prompt(clean.get("system_template"), markers)  # as the trainer builds it
+    sample = reward_files.sample(question, answer, system, markers, _chat_model(model_ref))
+    python = str(installer.env_python(manifest.environment)) if manifest.environment else None
+    return reward_files.probe(home, choices, sample, python)
+
+
+def _chat_model(model_ref) -> bool:
+    """Does the trainer give the model chat messages (a chat template), or plain text? A local folder
+    says; the embedded model and Hub models are taken to have one."""
+    if model_ref is None or model_ref.source != "local":
+        return True
+    folder = Path(model_ref.path)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    return bool((read_json(folder / "tokenizer_config.json") or {}).get("chat_template"))
+
+
+def _looks_local(text: str) -> bool:
+    text = text.strip()
+    return text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
+
+
+def inside(path: str, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+

@@ -1,0 +1,48 @@
+"""Presets: a form's request saved under a name in the workspace (`presets/NAME.json`), to load again."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from . import jobfiles, plugin_catalog
+from .job_request import REQUEST_KEYS, check_shape
+from .request_error import RequestError
+
+PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,79}$")
+
+
+class Presets:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+
+    def _path(self, name: str) -> Path:
+        name = (name or "").strip()
+        if not PRESET_NAME.match(name):
+            raise RequestError([f"preset name {name!r}: use letters, digits, spaces, '_', '.', '-' (up to 80)"])
+        return self.home / "presets" / f"{name}.json"
+
+    def save(self, name: str, request: dict[str, Any]) -> list[str]:
+        problems = check_shape(request)
+        if problems:
+            raise RequestError(problems)
+        plugin_catalog.plugin(str(request.get("plugin") or ""))  # a preset names a real plugin
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobfiles.write_json_atomic(path, {k: v for k, v in request.items() if k in REQUEST_KEYS})
+        return self.names()
+
+    def names(self) -> list[str]:
+        folder = self.home / "presets"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def load(self, name: str) -> dict[str, Any]:
+        path = self._path(name)
+        if not path.is_file():
+            raise RequestError([f"no preset named {name!r}; presets: {', '.join(self.names()) or 'none'}"])
+        return json.loads(path.read_text())
+
+    def delete(self, name: str) -> list[str]:
+        self._path(name).unlink(missing_ok=True)
+        return self.names()
