@@ -80,8 +80,8 @@ def test_grpo_learning_bench_tells_drift_between_seeds_from_a_gap(tmp_path):
             paths.append(tmp_path / f"seed{i}.json")
             paths[-1].write_text(json.dumps(r))
         out = tmp_path / "seeds.json"
-        subprocess.run([sys.executable, "bench/grpo_learning_bench.py", "--compare", *map(str, paths), "--out", str(out)],
-                       cwd=REPO, check=True, timeout=120, capture_output=True)
+        subprocess.run([sys.executable, "bench/grpo_learning_bench.py", "--compare", *map(str, paths),
+                        "--out", str(out)], cwd=REPO, check=True, timeout=120, capture_output=True)
         return json.loads(out.read_text())
 
     drift = compare([report(1, 0.05, -0.05), report(2, -0.05, 0.05), report(3, 0.0, 0.0)])

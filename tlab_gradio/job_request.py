@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import data, gpus, installer, launcher, manifests, models, params, plugin_catalog, plugin_code, reward_files, settings
+from . import (data, gpus, installer, launcher, manifests, models, params, plugin_catalog, plugin_code, reward_files,
+               settings)
 from .jobfiles import read_json
 from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .request_error import RequestError
@@ -125,7 +126,8 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
             problems.append(f"{manifest.name} runs on one GPU or process; {placement.num_processes} were chosen")
         precision = launcher.mixed_precision_for(placement, clean.get("mixed_precision"))
         if precision == "bf16" and placement.device == "cuda" and not all(g.supports_bf16 for g in placement.gpus):
-            problems.append("`mixed_precision` bf16: not every chosen GPU supports bf16 (needs Ampere or newer); use fp16")
+            problems.append("`mixed_precision` bf16: not every chosen GPU supports bf16 (needs Ampere or newer); "
+                            "use fp16")
         if precision == "fp16" and placement.device == "cpu":
             problems.append("`mixed_precision` fp16 does not run on cpu; use `no` or bf16")
         problems += plugin_code.check(manifest.trainer_path)(clean, placement)  # beside its trainer

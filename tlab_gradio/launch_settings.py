@@ -49,7 +49,8 @@ DISTRIBUTED = {
     "fsdp_activation_checkpointing": _setting(
         "FSDP's own activation checkpointing (replaces Gradient Checkpointing under FSDP).",
         title="FSDP: Activation Checkpointing", type="boolean", default=_D.fsdp_activation_checkpointing),
-    "fsdp_auto_wrap": _setting("", title="FSDP: Auto Wrap by Transformer Layer", type="boolean", default=_D.fsdp_auto_wrap),
+    "fsdp_auto_wrap": _setting("", title="FSDP: Auto Wrap by Transformer Layer", type="boolean",
+                               default=_D.fsdp_auto_wrap),
     "deepspeed_cpu_offload": _setting("Optimizer state (and with ZeRO-3 the weights) in CPU memory. Needs the "
                                       "deepspeed package.", title="DeepSpeed: CPU Offload", type="boolean",
                                       default=_D.deepspeed_cpu_offload),
@@ -59,7 +60,8 @@ DISTRIBUTED = {
     "machine_rank": _setting("0 on the main machine, 1, 2, ... on the others.", title="This Machine's Rank",
                              type="integer", default=_D.machine_rank, minimum=0, maximum=1023),
     "main_process_ip": _setting("Address of the main machine (rank 0) that every machine can reach. Needed with "
-                                "several machines.", title="Main Process Address", type="string", default=_D.main_process_ip),
+                                "several machines.", title="Main Process Address", type="string",
+                                default=_D.main_process_ip),
     "main_process_port": _setting("Port on the main machine; give the same one on every machine when there are "
                                   "several.", title="Main Process Port (0: any free port)", type="integer",
                                   default=_D.main_process_port, minimum=0, maximum=65535),

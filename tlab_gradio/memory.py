@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .job_spec import Distributed
+
 GIB = 2**30
 OVERHEAD_BYTES = 1.0 * GIB
 
@@ -81,7 +83,8 @@ class Estimate:
         return asdict(self)
 
 
-def estimate(shape: Shape, *, processes: int, strategy: str = "ddp", precision: str = "bf16", use_lora: bool = False,
+def estimate(shape: Shape, *, processes: int, strategy: str = Distributed().strategy, precision: str = "bf16",
+             use_lora: bool = False,
              lora_r: int = 16, lora_targets: str = "all-linear", load_in_4bit: bool = False, batch: int = 1,
              seq: int = 1024, checkpointing: bool = False, cpu_offload: bool = False) -> Estimate:
     n_params = shape.parameters()

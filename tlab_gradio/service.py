@@ -82,7 +82,8 @@ class Service:
         A template that does not fit comes back as `template_error` next to the rows."""
         try:
             spec = data.parse_spec(dataset)
-            if settings.hosted() and spec.source == "file" and not job_request.inside(spec.name, settings.uploads_dir()):
+            uploads = settings.uploads_dir()
+            if settings.hosted() and spec.source == "file" and not job_request.inside(spec.name, uploads):
                 raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
             out = data.preview(spec, None, rows)
             templates = data.templates_for(spec, template, completion_template)
