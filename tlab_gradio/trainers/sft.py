@@ -158,80 +158,114 @@ def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) ->
     PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(fused_dir)
 
 
-def main() -> None:
-    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
-    on_cpu = spec.launch.device == "cpu"
-
-    import torch
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
+def load_rows(spec, p: dict, state):
+    """The dataset formatted by the job's templates (rank 0 builds, downloads and maps; the others reuse its
+    cache), capped at `max_samples`."""
     from tlab_gradio import data, tiny_model
-    from tlab_gradio.trainers import callbacks
 
-    model_path = spec.model.path
-    with state.main_process_first():  # rank 0 builds / downloads / maps, the others reuse its cache
+    with state.main_process_first():
         if spec.model.embedded:
-            tiny_model.ensure(Path(model_path))
+            tiny_model.ensure(Path(spec.model.path))
         dataset = data.load(data.parse_spec(spec.data.dataset))
         templates = data.Templates(spec.data.template, spec.data.completion_template)
-        train_dataset = data.formatted(common.limit_rows(dataset, p.get("max_samples"), state.is_main_process),
-                                       templates)
+        return data.formatted(common.limit_rows(dataset, p.get("max_samples"), state.is_main_process), templates)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
-    precision = spec.launch.mixed_precision
-    use_lora = bool(p["use_lora"])
-    model_kwargs: dict = {"dtype": common.model_dtype(precision, use_lora), "attn_implementation": attention(p, on_cpu)}
+def model_kwargs(p: dict, precision: str, on_cpu: bool, state) -> dict:
+    """How the model is loaded: weights' dtype, attention, and 4-bit (QLoRA) on this rank's GPU."""
+    import torch
+
+    kwargs: dict = {"dtype": common.model_dtype(precision, bool(p["use_lora"])),
+                    "attn_implementation": attention(p, on_cpu)}
     if p.get("load_in_4bit"):
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if precision == "bf16" else torch.float16
-        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
         )
-        model_kwargs["device_map"] = {"": state.local_process_index}
+        kwargs["device_map"] = {"": state.local_process_index}
+    return kwargs
 
-    plan = memory_plan(model_path, spec, p, state)
-    compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy)
-    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled)
-    packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
-    if state.is_main_process:
-        print(f"[tlab] speed: attention {model_kwargs['attn_implementation']}, packing "
-              f"{packing}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
-              f"{'on' if compiled else 'off'}; memory: {plan.describe()}", flush=True)
+
+def sft_config(job_dir: Path, spec, p: dict, on_cpu: bool, loading: dict, plan, use_liger: bool):
+    """TRL's SFTConfig: the form's parameters by their own names (SFT_KEYS), the memory plan's micro-batch and
+    checkpointing, and what the app decides (precision, logging, where checkpoints go)."""
+    from trl import SFTConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(job_dir / "checkpoints"),
         use_cpu=on_cpu,
         report_to=[] if report_to == "none" else [report_to],
         run_name=spec.name or job_dir.name,
-        model_init_kwargs=model_kwargs,
+        model_init_kwargs=loading,
         completion_only_loss=bool(p.get("completion_only_loss")) if spec.data.completion_template else None,
         assistant_only_loss=bool(p.get("assistant_only_loss")) and not spec.data.template,
         **common.checkpointing_kwargs(SFTConfig, plan.checkpointing, p),
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=p["gradient_accumulation_steps"] * plan.accumulation,
         use_liger_kernel=use_liger,
-        torch_compile=False,  # the Trainer's whole-model compile takes minutes; see compile_layers below
+        torch_compile=False,  # the Trainer's whole-model compile takes minutes; see compile_layers in main
         ddp_find_unused_parameters=False,
         save_strategy="steps",
         logging_first_step=True,
         disable_tqdm=True,  # the log is read by people and by the app, not by a terminal
-        **common.precision_flags(precision),
+        **common.precision_flags(spec.launch.mixed_precision),
         **{k: p[k] for k in SFT_KEYS if p.get(k) is not None},
     )
+
+
+def save(trainer, tokenizer, job_dir: Path, spec, p: dict, result, state) -> None:
+    """The adapter (LoRA) or the whole model, the fused model when asked, and result.json."""
+    use_lora = bool(p["use_lora"])
+    out_dir = job_dir / "output" / p["adaptor_name"]
+    trainer.save_model(str(out_dir))  # adapter only for LoRA; the whole model otherwise
+    if not state.is_main_process:
+        return
+    tokenizer.save_pretrained(out_dir)
+    saved = {"adaptor" if use_lora else "model": str(out_dir)}
+    if use_lora and p.get("fuse_model"):
+        fused_dir = job_dir / "output" / f"{p['adaptor_name']}-fused"
+        fuse(spec.model.path, out_dir, fused_dir, spec.launch.mixed_precision)
+        tokenizer.save_pretrained(fused_dir)
+        saved["fused_model"] = str(fused_dir)
+        print(f"[tlab] fused model saved to {fused_dir}", flush=True)
+    common.write_result(job_dir, global_step=result.global_step, train_loss=result.training_loss,
+                        world_size=state.num_processes, **saved)
+    print(f"[tlab] saved to {out_dir}", flush=True)
+
+
+def main() -> None:
+    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
+    on_cpu = spec.launch.device == "cpu"
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    from tlab_gradio.trainers import callbacks
+
+    train_dataset = load_rows(spec, p, state)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    loading = model_kwargs(p, spec.launch.mixed_precision, on_cpu, state)
+    plan = memory_plan(spec.model.path, spec, p, state)
+    compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy)
+    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled)
+    if state.is_main_process:
+        packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
+        print(f"[tlab] speed: attention {loading['attn_implementation']}, packing "
+              f"{packing}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
+              f"{'on' if compiled else 'off'}; memory: {plan.describe()}", flush=True)
+
     trainer = SFTTrainer(
-        model=model_path,
-        args=args,
+        model=spec.model.path,
+        args=sft_config(job_dir, spec, p, on_cpu, loading, plan, use_liger),
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=build_peft_config(p) if use_lora else None,
+        peft_config=build_peft_config(p) if p["use_lora"] else None,
         callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes)],
     )
     common.check_kept(len(train_dataset), len(trainer.train_dataset), p.get("max_length"), state.is_main_process)
@@ -248,23 +282,7 @@ def main() -> None:
         rows, tokens = trainer.data_collator(sample)["input_ids"].shape
         print(f"[tlab] batch layout: {len(sample)} rows of the dataset -> {rows} x {tokens} tokens", flush=True)
     result = common.train(trainer, spec)
-
-    out_dir = job_dir / "output" / p["adaptor_name"]
-    trainer.save_model(str(out_dir))  # adapter only for LoRA; the whole model otherwise
-    if state.is_main_process:
-        tokenizer.save_pretrained(out_dir)
-        saved = {"adaptor" if use_lora else "model": str(out_dir)}
-        if use_lora and p.get("fuse_model"):
-            fused_dir = job_dir / "output" / f"{p['adaptor_name']}-fused"
-            fuse(model_path, out_dir, fused_dir, precision)
-            tokenizer.save_pretrained(fused_dir)
-            saved["fused_model"] = str(fused_dir)
-            print(f"[tlab] fused model saved to {fused_dir}", flush=True)
-        common.write_result(
-            job_dir, global_step=result.global_step, train_loss=result.training_loss,
-            world_size=state.num_processes, **saved,
-        )
-        print(f"[tlab] saved to {out_dir}", flush=True)
+    save(trainer, tokenizer, job_dir, spec, p, result, state)
     common.finish(state)
 
 
