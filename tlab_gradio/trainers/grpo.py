@@ -189,43 +189,30 @@ def generation_batch(p: dict) -> int | None:
     return int(p.get("generation_batch_size") or 0) or None
 
 
-def main() -> None:
-    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
-    on_cpu = spec.launch.device == "cpu"
-    common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
-
+def load_prompts(spec, p: dict, markers, state):
+    """The tokenizer (left padding, for generation) and the dataset as GRPO prompts, capped at `max_samples`,
+    without those longer than `max_prompt_length` (rank 0 builds and maps; the others reuse its cache)."""
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
 
-    from tlab_gradio import data, rewards, tiny_model
-    from tlab_gradio.trainers import callbacks
+    from tlab_gradio import data, tiny_model
 
-    model_path = spec.model.path
-    markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
     with state.main_process_first():
         if spec.model.embedded:
-            tiny_model.ensure(Path(model_path))
-        tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+            tiny_model.ensure(Path(spec.model.path))
+        tokenizer = AutoTokenizer.from_pretrained(spec.model.path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         templates = data.Templates(spec.data.template, spec.data.completion_template)
         rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"),
                                  state.is_main_process)
         dataset = prompts(rows, templates, p, markers, tokenizer)
-        dataset = drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
+        return tokenizer, drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
 
-    reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
-    precision = spec.launch.mixed_precision
-    gen_batch = generation_batch(p)
-    dtype, cache = weights_and_cache(p, precision, on_cpu)
-    if state.is_main_process:
-        engine = ("vLLM (colocate)" if p.get("use_vllm") else
-                  f"transformers generate ({cache or 'dynamic'} cache, {str(dtype).split('.')[-1]} weights)")
-        per_gen = gen_batch or (p["per_device_train_batch_size"] * state.num_processes
-                                * p["gradient_accumulation_steps"])
-        print(f"[tlab] rewards {dict(zip(names, weights))} (correctness: {method}); generation: {engine}, "
-              f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "
-              f"{p['num_generations']})", flush=True)
+
+def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float], dtype, cache):
+    """TRL's GRPOConfig: the form's parameters by their own names (GRPO_KEYS), the reward weights, and what
+    the app decides (precision, weights' dtype and cache, logging, where checkpoints go)."""
+    from trl import GRPOConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
     report_to = p.get("report_to") or "none"
@@ -234,31 +221,54 @@ def main() -> None:
         extra["cache_implementation"] = cache
     if p.get("use_vllm"):
         extra.update(use_vllm=True, vllm_mode="colocate")
-    args = GRPOConfig(
+    return GRPOConfig(
         output_dir=str(job_dir / "checkpoints"),
         use_cpu=on_cpu,
         report_to=[] if report_to == "none" else [report_to],
         run_name=spec.name or job_dir.name,
         model_init_kwargs={"dtype": dtype},
         reward_weights=weights,
-        generation_batch_size=gen_batch,
+        generation_batch_size=generation_batch(p),
         save_strategy="steps",
         logging_first_step=True,
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
         **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing")), p),
-        **common.precision_flags(precision),
+        **common.precision_flags(spec.launch.mixed_precision),
         **{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},
         **extra,
     )
+
+
+def main() -> None:
+    job_dir, spec, p, state = common.begin(__doc__.splitlines()[0])
+    on_cpu = spec.launch.device == "cpu"
+    common.avoid_cudnn_attention()  # left-padded prompts: NaN gradients from cuDNN attention
+    from trl import GRPOTrainer
+
+    from tlab_gradio import rewards
+    from tlab_gradio.trainers import callbacks
+
+    markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
+    tokenizer, dataset = load_prompts(spec, p, markers, state)
+    reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
+    dtype, cache = weights_and_cache(p, spec.launch.mixed_precision, on_cpu)
+    per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
+    if state.is_main_process:
+        engine = ("vLLM (colocate)" if p.get("use_vllm") else
+                  f"transformers generate ({cache or 'dynamic'} cache, {str(dtype).split('.')[-1]} weights)")
+        per_gen = generation_batch(p) or per_step
+        print(f"[tlab] rewards {dict(zip(names, weights))} (correctness: {method}); generation: {engine}, "
+              f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "
+              f"{p['num_generations']})", flush=True)
+
     trainer = GRPOTrainer(
-        model=model_path,
+        model=spec.model.path,
         reward_funcs=reward_funcs,
-        args=args,
+        args=grpo_config(job_dir, spec, p, on_cpu, weights, dtype, cache),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes, completions_per_step=(
-            p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]))],
+        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes, completions_per_step=per_step)],
     )
     if cache == "static" and hasattr(trainer, "generation_config"):
         # TRL builds its generation config with disable_compile=True; the static cache pays off
