@@ -197,21 +197,21 @@ def test_a_script_uploads_lists_and_is_refused_through_the_app(home, tmp_path):
 
 
 def test_the_forms_table_becomes_the_requests_custom_rewards(svc):
-    from tlab_gradio.ui import train_tab
+    from tlab_gradio.ui import form_request, reward_table
 
-    rows = train_tab.reward_rows(svc, [{"function": "myrewards.py:brevity", "weight": 0.5}, "gone.py:f"])
+    rows = reward_table.reward_rows(svc, [{"function": "myrewards.py:brevity", "weight": 0.5}, "gone.py:f"])
     assert rows[0] == [True, "myrewards.py:brevity", 0.5] and rows[1] == [False, "myrewards.py:mentions_answer", 1.0]
     assert rows[-1] == [True, "gone.py:f", 1.0]  # chosen in a preset, its file since removed: the check names it
     rows[1][0], rows[1][2] = True, "2"
-    chosen = train_tab.chosen_rewards(rows)
+    chosen = reward_table.chosen_rewards(rows)
     assert chosen == [{"function": "myrewards.py:brevity", "weight": 0.5},
                       {"function": "myrewards.py:mentions_answer", "weight": 2.0}, {"function": "gone.py:f", "weight": 1.0}]
     static = {"plugin": GRPO, "name": "", "model": "", "source": "Bundled sample", "sample": "grpo_arithmetic",
               "upload": None, "path": "", "hub": "", "subset": "", "split": "", "template": "{{question}}",
               "completion_template": "{{answer}}", "custom_rewards": chosen[:2]}
-    request = train_tab.build_request(static, ["device"], ["cpu"])
+    request = form_request.build_request(svc, static, {"device": "cpu"})
     assert request["params"] == {"device": "cpu", "custom_rewards": chosen[:2]}
     assert "grpo.py" in svc.launch_preview(request)["command"]
     seed = {"plugin": GRPO, "values": request["params"], "version": 1}  # a preset or a cloned job
-    assert train_tab.seeded_rewards(svc, GRPO, seed) == chosen[:2]
-    assert train_tab.seeded_rewards(svc, "llama_sft_multi_gpu", {**seed, "plugin": "llama_sft_multi_gpu"}) == []
+    assert reward_table.seeded_rewards(svc, GRPO, seed) == chosen[:2]
+    assert reward_table.seeded_rewards(svc, "llama_sft_multi_gpu", {**seed, "plugin": "llama_sft_multi_gpu"}) == []

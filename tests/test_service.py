@@ -1,4 +1,7 @@
 """Requests are checked in full before anything is created or launched."""
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tlab_gradio import estimates
@@ -159,3 +162,65 @@ def test_disk_estimate_counts_checkpoints_and_warns_when_the_disk_is_short(home,
     disk = svc.memory_estimate(request)["disk"]
     assert disk["warning"].startswith("may not fit on disk: checkpoints and output need about ")
     assert disk["warning"].endswith("the workspace disk has 0.0 GB free")
+
+
+def test_plugin_form_is_the_plugins_entry_in_the_list(home, tmp_path, monkeypatch):
+    """What the Train tab builds a plugin's form from: its plugin_list entry (this machine's defaults, sections,
+    the sample it starts on), refused like a request for a plugin unknown or broken now."""
+    import shutil
+
+    shutil.copy(service_mod.settings.MANIFEST_DIR / "grpo_multi_gpu.json", tmp_path)
+    (tmp_path / "broken.json").write_text("{")
+    monkeypatch.setenv("TLAB_MANIFEST_DIR", str(tmp_path))
+    monkeypatch.setattr(service_mod.gpus, "list_gpus", lambda refresh=False: [])
+    svc = Service()
+    form = svc.plugin_form("grpo_multi_gpu")
+    assert form == {r["id"]: r for r in svc.plugin_list()}["grpo_multi_gpu"]
+    assert form["train_type"] == "grpo" and form["sample_dataset"] == "grpo_arithmetic"
+    assert form["parameters"]["device"]["default"] == "cpu"  # no GPU here
+    grouped = [n for g in form["parameter_groups"] for n in g["parameters"]]
+    assert sorted(grouped) == sorted(form["parameters"]) and all(g["title"] for g in form["parameter_groups"])
+    with pytest.raises(RequestError, match="plugin 'broken' failed to load: not valid JSON"):
+        svc.plugin_form("broken")
+    with pytest.raises(RequestError, match=r"unknown plugin 'grpo_multi_gpus' \(did you mean `grpo_multi_gpu`\?\)"):
+        svc.plugin_form("grpo_multi_gpus")
+
+
+def test_an_uploaded_dataset_is_kept_in_the_workspace_once(home, tmp_path, monkeypatch):
+    """Service.save_upload copies a file from gradio's cache into TLAB_HOME/uploads (one copy per content);
+    in hosted mode the stored copy is a dataset a request may name, the cache path is not."""
+    cache = tmp_path / "gradio-cache"
+    cache.mkdir()
+    upload = cache / "rows.jsonl"
+    upload.write_text('{"text": "one"}\n{"text": "two"}\n')
+    svc = Service()
+    stored = svc.save_upload(str(upload))
+    assert Path(stored).parent.parent == service_mod.settings.uploads_dir() and Path(stored).name == "rows.jsonl"
+    assert Path(stored).read_text() == upload.read_text()
+    again = cache / "again" / "rows.jsonl"
+    again.parent.mkdir()
+    shutil.copy(upload, again)
+    assert svc.save_upload(str(again)) == stored  # the same content, stored once
+    upload.unlink()
+    assert Path(svc.save_upload(str(again))).is_file()
+    with pytest.raises(RequestError, match=r"dataset: the uploaded file 'rows.jsonl' cannot be read"):
+        svc.save_upload(str(upload))
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    assert svc.save_upload(str(again)) == stored
+    assert svc.preview_data({"source": "file", "name": stored}, "{{text}}")["num_rows"] == 2
+    with pytest.raises(RequestError, match="local dataset paths are turned off on this server"):
+        svc.preview_data({"source": "file", "name": str(again)}, "{{text}}")
+
+
+def test_an_uploaded_reward_file_is_saved_under_its_name_and_refused_when_hosted(home, tmp_path, monkeypatch):
+    source = tmp_path / "cache" / "short.py"
+    source.parent.mkdir()
+    source.write_text("def short(prompts, completions, **kwargs):\n    return [0.0 for _ in completions]\n")
+    svc = Service()
+    assert svc.save_reward_upload(str(source))["functions"] == ["short"]
+    assert {"file": "short.py", "functions": ["short"]}.items() <= svc.reward_functions()["files"][0].items()
+    with pytest.raises(RequestError, match="the uploaded reward file 'gone.py' cannot be read"):
+        svc.save_reward_upload(str(tmp_path / "gone.py"))
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    with pytest.raises(RequestError, match=r"Python code from a visitor"):
+        svc.save_reward_upload(str(source))

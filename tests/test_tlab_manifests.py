@@ -62,7 +62,7 @@ def test_every_shipped_manifest_loads():
 
 
 def test_the_service_lists_both_folders_and_starts_only_the_mapped_ones_of_theirs(home, monkeypatch):
-    from tlab_gradio.ui.train_tab import trainer_choices
+    from tlab_gradio.ui.plugin_form import trainer_choices
 
     monkeypatch.setattr(gpus, "list_gpus", lambda refresh=False: [])
     monkeypatch.setenv("TLAB_MANIFEST_DIR", os.pathsep.join([str(manifests.settings.MANIFEST_DIR), str(TLAB)]))

@@ -28,27 +28,36 @@ def plugin_list() -> list[dict[str, Any]]:
     """Every plugin with its readiness and parameters; broken manifests with their error."""
     found, errors = plugins()
     count = len(gpus.list_gpus())
-    rows = []
-    for m in found.values():
-        reasons = manifests.readiness(m, count)
-        rows.append({
-            "id": m.id, "name": m.name, "type": m.type, "train_type": m.train_type,
-            "version": m.version, "description": m.description,
-            "devices": m.supported_hardware_architectures, "multi_gpu": m.multi_gpu,
-            "model_architectures": m.model_architectures, "requirements": m.requirements,
-            "ready": not reasons, "reason": "; ".join(reasons) or None, "reasons": reasons,
-            "installable": bool(installer.missing(m)), "environment": m.environment,
-            "parameters": parameter_specs(m),
-            "parameter_groups": [g.model_dump(exclude_none=True) for g in m.groups()],  # the form's sections
-            # A Transformer Lab manifest: listed, never startable while `runnable` is false.
-            "origin": "transformerlab" if m.foreign else "app",
-            "runnable": not m.unrunnable, "not_runnable": "; ".join(m.unrunnable) or None,
-            "notes": m.notes,
-        })
+    rows = [_row(m, count) for m in found.values()]
     rows += [{"id": e.plugin_id, "name": e.file, "file": e.file, "error": e.message,
               "ready": False, "reason": f"manifest error: {e.message}", "reasons": [e.message]}
              for e in errors]
     return rows
+
+
+def plugin_form(plugin_id: str) -> dict[str, Any]:
+    """One plugin's entry of plugin_list (its form: parameters, sections, train_type, sample data); raises
+    RequestError for a plugin that is unknown or fails to load now."""
+    return _row(plugin(plugin_id), len(gpus.list_gpus()))
+
+
+def _row(m: manifests.Manifest, gpu_count: int) -> dict[str, Any]:
+    reasons = manifests.readiness(m, gpu_count)
+    return {
+        "id": m.id, "name": m.name, "type": m.type, "train_type": m.train_type,
+        "version": m.version, "description": m.description,
+        "devices": m.supported_hardware_architectures, "multi_gpu": m.multi_gpu,
+        "model_architectures": m.model_architectures, "requirements": m.requirements,
+        "ready": not reasons, "reason": "; ".join(reasons) or None, "reasons": reasons,
+        "installable": bool(installer.missing(m)), "environment": m.environment,
+        "parameters": parameter_specs(m),
+        "parameter_groups": [g.model_dump(exclude_none=True) for g in m.groups()],  # the form's sections
+        "sample_dataset": m.sample_dataset,  # the bundled sample a new form for this plugin starts on
+        # A Transformer Lab manifest: listed, never startable while `runnable` is false.
+        "origin": "transformerlab" if m.foreign else "app",
+        "runnable": not m.unrunnable, "not_runnable": "; ".join(m.unrunnable) or None,
+        "notes": m.notes,
+    }
 
 
 def parameter_specs(manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (data, estimates, gpus, installer, job_request, jobfiles, launcher, logs, manifests, plugin_catalog,
-               reward_files, settings)
+               reward_files, settings, uploads)
 from .job_spec import JobSpec
 from .jobfiles import read_json
 from .jobs import Job, JobError, JobManager
@@ -40,6 +40,12 @@ class Service:
     def plugin_list(self) -> list[dict[str, Any]]:
         """Every plugin with its readiness and parameters; broken manifests with their error."""
         return plugin_catalog.plugin_list()
+
+    def plugin_form(self, plugin_id: str) -> dict[str, Any]:
+        """One plugin's entry of plugin_list: what its form is built from (parameters with this machine's
+        defaults, help and widget; parameter_groups; train_type; sample_dataset). RequestError when the
+        plugin is unknown or its manifest fails to load now."""
+        return plugin_catalog.plugin_form(plugin_id)
 
     def parameter_specs(self, manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:
         return plugin_catalog.parameter_specs(manifest)
@@ -97,6 +103,16 @@ class Service:
         except data.DataError as exc:
             raise RequestError([str(exc)]) from None
 
+    def save_upload(self, path: str) -> str:
+        """Keep an uploaded dataset file in the workspace (gradio's upload cache may be cleaned; a resumed job
+        needs it) and return the stored path, for the request's dataset. Allowed in hosted mode too: there,
+        such a stored upload is the only dataset file a request may name."""
+        try:
+            return uploads.save(path, settings.uploads_dir())
+        except OSError as exc:
+            raise RequestError([f"dataset: the uploaded file {Path(path).name!r} cannot be read ({exc.strerror})"]
+                               ) from None
+
     # --- jobs ---------------------------------------------------------------------
     def start_job(self, request: dict[str, Any]) -> dict[str, Any]:
         """Check and queue a job; returns at once. Raises RequestError (nothing is created)."""
@@ -121,6 +137,17 @@ class Service:
             return reward_files.save(self.home, name, source)
         except ValueError as exc:
             raise RequestError([str(exc)]) from None
+
+    def save_reward_upload(self, path: str) -> dict[str, Any]:
+        """save_reward_file for a file uploaded through the page, named as uploaded."""
+        if settings.hosted():
+            raise RequestError([reward_files.HOSTED_REFUSAL])
+        try:
+            source = Path(path).read_bytes()
+        except OSError as exc:
+            raise RequestError([f"the uploaded reward file {Path(path).name!r} cannot be read ({exc.strerror})"]
+                               ) from None
+        return self.save_reward_file(Path(path).name, source)
 
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.jobs.get(job_id)

@@ -8,8 +8,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..jobs import JobError
-from ..service import RequestError
+from ..service import JobError, RequestError
 
 PRIVATE = {"api_visibility": "private"}  # page handlers stay out of the API the client sees
 

@@ -1,0 +1,83 @@
+"""What the form shows before Start: the dataset's first rows with the templates' rendered examples, and
+the live check's line (the memory and disk estimate) beside the command Start will run."""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from .. import settings
+from ..service import RequestError, Service
+from .common import problems_md
+from .dataset_picker import dataset_value
+
+
+def data_preview(svc: Service, fields: dict[str, Any]) -> tuple[str, dict, str]:
+    """The dataset fields' first rows (a heading and a table) and up to three rendered examples, or the
+    problems."""
+    try:
+        out = svc.preview_data(dataset_value(svc, fields), fields["template"], fields["completion_template"], 5)
+    except RequestError as exc:
+        return problems_md(exc), gr.update(visible=False), ""
+    head = f"**{out['num_rows']} rows** · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
+    table = [[_cell(r.get(c)) for c in out["columns"]] for r in out["rows"]]
+    if "template_error" in out:
+        text = f"✗ {out['template_error']}"
+    else:
+        text = "\n\n".join(_render_example(i, ex) for i, ex in enumerate(out["rendered"][:3], 1))
+    return head, gr.update(value=table, headers=out["columns"], visible=True), text
+
+
+def launch_check(svc: Service, request: dict[str, Any], hosted: bool) -> tuple[str, str]:
+    """The check line (✓ and the estimates) and the command, for a request built from the form; raises
+    RequestError listing its problems. In hosted mode the command names no server folder."""
+    preview = svc.launch_preview(request)
+    text = preview["command"]
+    return ('<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]),
+            _redact(text, svc) if hosted else text)
+
+
+def memory_md(est: dict[str, Any]) -> str:
+    """The memory estimate next to the chosen GPUs' free memory, with a warning when it won't fit."""
+    parts = (f"weights {est['weights_gb']:.1f}, gradients {est['gradients_gb']:.1f}, optimizer "
+             f"{est['optimizer_gb']:.1f}, activations {est['activations_gb']:.1f}, overhead {est['overhead_gb']:.1f}")
+    text = f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
+    if est["gpus"]:
+        text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
+    if est.get("plan"):
+        text += f"<br>Plan: {html.escape(est['plan'])}"
+    if est.get("warning"):
+        text += f'<br><span class="tl-warn">⚠ {html.escape(est["warning"])}</span>'
+    disk = est.get("disk")
+    if disk:
+        kept = (f"{disk['checkpoints']} checkpoint{'s' * (disk['checkpoints'] != 1)}" if disk["checkpoints"] is not None
+                else "every checkpoint (no limit kept)")
+        text += (f"<br>Disk: {kept} × {_size(disk['checkpoint_gb'])} + output {_size(disk['output_gb'])} · "
+                 f"{disk['free_gb']:.1f} GB free")
+        if disk.get("warning"):
+            text += f'<br><span class="tl-warn">⚠ {html.escape(disk["warning"])}</span>'
+    return text
+
+
+def _size(gb: float) -> str:
+    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB" if gb >= 0.001 else "<1 MB"
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def _render_example(i: int, example: dict[str, Any]) -> str:
+    if "messages" in example:
+        body = "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in example["messages"])
+    elif "prompt" in example:
+        body = f"{example['prompt']}<completion>{example['completion']}</completion>"
+    else:
+        body = example["text"]
+    return f"--- example {i} ---\n{body}"
+
+
+def _redact(text: str, svc: Service) -> str:
+    return text.replace(str(settings.REPO_DIR), "<app>").replace(str(svc.home), "$TLAB_HOME")
