@@ -16,7 +16,7 @@ from . import (data, estimates, gpus, installer, job_request, jobfiles, launcher
                reward_files, settings, uploads)
 from .job_spec import JobSpec
 from .jobfiles import read_json
-from .jobs import Job, JobError, JobManager
+from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
 from .presets import Presets
 from .request_error import RequestError
 
@@ -270,4 +270,4 @@ def get_service() -> Service:
         return _SERVICES[home]
 
 
-__all__ = ["Service", "RequestError", "JobError", "Job", "get_service"]
+__all__ = ["Service", "RequestError", "JobError", "Job", "get_service", "ACTIVE", "FINISHED"]

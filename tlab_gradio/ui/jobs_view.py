@@ -13,8 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import settings
-from ..jobs import ACTIVE, FINISHED
-from ..service import Service
+from ..service import ACTIVE, FINISHED, Service
 from .common import PRIVATE, checked, duration, progress_bar, state_badge, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
