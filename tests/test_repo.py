@@ -27,3 +27,16 @@ def test_the_core_never_imports_gradio():
         if "ui" in path.relative_to(REPO / "tlab_gradio").parts:
             continue
         assert not re.search(r"^\s*(import gradio|from gradio)", path.read_text(), re.M), path
+
+
+def test_constraints_pin_what_is_installed_for_every_requirement():
+    """constraints.txt is the environment the tests run in: every package the requirements pull in, at the
+    version installed (the README's commands install with it, so in CI the two agree). A requirement added
+    without regenerating it, or an install that drifted from it, fails here."""
+    written = (REPO / "constraints.txt").read_text()
+    fresh = subprocess.run([sys.executable, str(REPO / ".ci" / "freeze-constraints")], capture_output=True,
+                           text=True, check=True).stdout
+    pins = lambda text: {line for line in text.splitlines() if "==" in line}  # noqa: E731
+    assert pins(fresh) == pins(written), (
+        f"not as tested: {sorted(pins(fresh) ^ pins(written))}; run `python .ci/freeze-constraints > "
+        "constraints.txt` in the tested environment and commit it on purpose")
