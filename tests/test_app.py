@@ -160,3 +160,35 @@ def test_the_web_process_does_not_import_training_libraries(home):
             "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_guessing_the_password_is_throttled_on_the_real_server(home, tmp_path):
+    """An attack: 50 wrong passwords in a burst, then the right one. Before the throttle all 50 were answered
+    at once and the right password then worked; now the name is locked (the right password refused too) until
+    TLAB_LOGIN_LOCK_SECONDS have passed, and other names stay usable."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.parse
+
+    proc, url = start_app({"TLAB_AUTH": "demo:secret,other:pw2", "TLAB_LOGIN_LOCK_SECONDS": "4",
+                           "TLAB_LOGIN_FAIL_DELAY_SECONDS": "0"}, tmp_path)
+
+    def login(user, password):
+        body = urllib.parse.urlencode({"username": user, "password": password}).encode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + "login", data=body), timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: login("demo", f"guess{i}"), range(50)))
+        assert set(answers) == {400}
+        assert login("demo", "secret") == 400  # locked: the right password is refused too
+        assert login("other", "pw2") == 200  # another user is not locked out by the attack on demo
+        time.sleep(4.5)
+        assert login("demo", "secret") == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -56,13 +56,14 @@ def build_app():
 def main() -> None:
     import gradio as gr
 
-    from .. import settings
+    from .. import login, settings
 
+    users = settings.auth()
     demo = build_app()
     demo.queue(default_concurrency_limit=8).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        auth=settings.auth(),
+        auth=login.ThrottledLogin(users).login if users else None,  # failed logins throttled
         allowed_paths=[str(settings.home() / "jobs")],  # output files offered for download
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
