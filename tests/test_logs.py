@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 from tlab_gradio import logs
 
@@ -120,7 +122,8 @@ def test_a_failed_jobs_reason_is_its_first_error_not_the_launchers(tmp_path):
     text = two_ranks.read_text()
     assert "ChildFailedError" in text  # the launcher's report comes last, and names no cause
     reason = logs.failure(two_ranks)
-    assert reason.startswith("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+    # the agent's report names the rank that failed first
+    assert reason.startswith("rank 1: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
     assert "(the GPU ran out of memory: set Gradient Checkpointing on" in reason
 
     # One rank: an error raised from another is reported as raised (the chain's last), with no hint.
@@ -137,3 +140,111 @@ def test_failure_without_a_traceback_is_none(tmp_path):
     long = tmp_path / "long.txt"
     long.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: " + "x" * 1000 + "\n")
     assert logs.failure(long) == "ValueError: " + "x" * 400 + "…"
+
+
+ROOT_CAUSE = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+sft.py FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_18:46:43
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 14145)  (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 14145
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_18:46:43
+  host      : localhost
+  rank      : {rank} (local_rank: {rank})
+  exitcode  : {code} (pid: 14146)
+  error_file: {error_file}
+  traceback : {traceback}
+============================================================
+"""
+
+
+def rank_log(tmp_path, *lines, rank=1, code=1, error_file="<N/A>", traceback="To enable traceback see: ..."):
+    log = tmp_path / "log.txt"
+    log.write_text("\n".join(lines) + "\n" + ROOT_CAUSE.format(rank=rank, code=code, error_file=error_file,
+                                                               traceback=traceback))
+    return log
+
+
+def error_file(error_dir, rank, message, timestamp, run="none_abc"):
+    path = error_dir / run / "attempt_0" / str(rank) / "error.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    callstack = f"Traceback (most recent call last):\n  File \"sft.py\", line 3, in main\n{message}\n"
+    path.write_text(json.dumps({"message": {"message": message.replace("torch.", ""), "extraInfo": {
+        "py_callstack": callstack, "timestamp": str(timestamp)}}}))
+    return path
+
+
+def test_rank_tracebacks_are_read_per_rank_and_the_failing_rank_named(tmp_path):
+    """Two ranks' prefixed lines interleave; the agent's report says rank 1 failed first."""
+    log = rank_log(tmp_path,
+                   "[rank0]: Traceback (most recent call last):",
+                   "[rank1]: Traceback (most recent call last):",
+                   '[rank0]:   File "sft.py", line 9, in main',
+                   '[rank1]:   File "sft.py", line 7, in main',
+                   "[rank1]: OSError: [Errno 28] No space left on device",
+                   "[rank0]: RuntimeError: Connection closed by peer")
+    assert logs.failure(log) == ("rank 1: OSError: [Errno 28] No space left on device (the disk is full: delete old "
+                                 "jobs' checkpoints, or lower Checkpoints Kept)")
+    # No report (the agent itself died): the first traceback in the log, its rank named
+    no_report = tmp_path / "no-report.txt"
+    no_report.write_text("\n".join(log.read_text().splitlines()[:6]) + "\n")
+    assert logs.failure(no_report) == "rank 0: RuntimeError: Connection closed by peer"
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_it(tmp_path):
+    log = rank_log(tmp_path, "[tlab] rank 1 of world size 2", rank=1, code=-9,
+                   traceback="Signal 9 (SIGKILL) received by PID 14146")
+    assert logs.failure(log) == "rank 1: killed by SIGKILL (out of memory?)"
+    # ...and a rank that just exited non-zero, with no traceback anywhere
+    assert logs.failure(rank_log(tmp_path, rank=1, code=3)) == "rank 1: exited with code 3"
+
+
+def test_error_files_come_first_and_the_earliest_wins_without_a_report(tmp_path):
+    errors = tmp_path / "torchelastic"
+    error_file(errors, 0, "RuntimeError: Connection closed by peer", 1_700_000_005)
+    error_file(errors, 1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", 1_700_000_001)
+    # the log says something else (or nothing): the error files are what the ranks raised
+    log = rank_log(tmp_path, "[rank1]: MemoryError", rank=1, code=1, error_file=str(errors / "x" / "error.json"))
+    assert logs.failure(log, error_dir=errors).startswith(
+        "rank 1: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. (the GPU ran out of memory")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert logs.failure(empty, error_dir=errors).startswith("rank 1: torch.OutOfMemoryError")
+    # A resumed job launches again: only the latest launch's files count
+    time.sleep(0.01)
+    newer = error_file(errors, 0, "ValueError: bad row", 1_700_000_100, run="none_def")
+    os.utime(newer.parents[2], None)
+    assert logs.failure(empty, error_dir=errors) == "rank 0: ValueError: bad row"
+
+
+def test_a_trainers_own_stop_names_no_rank(tmp_path):
+    """Every rank stops on a non-finite loss: the reason is the job's, said plainly."""
+    log = rank_log(tmp_path,
+                   "[rank0]: Traceback (most recent call last):",
+                   "[rank0]: tlab_gradio.trainers.common.NonFiniteTrainingError: grad norm became NaN at step 1; try",
+                   rank=0)
+    assert logs.failure(log) == "grad norm became NaN at step 1; try"
+
+
+def test_a_resumed_jobs_reason_is_its_last_attempts_not_an_earlier_ones(tmp_path):
+    """The log and the error folder hold every attempt: an attempt that failed with nothing to say must not be
+    given the first attempt's error."""
+    errors = tmp_path / "torchelastic"
+    old = error_file(errors, 1, "torch.OutOfMemoryError: CUDA out of memory.", 1_700_000_001)
+    os.utime(old.parents[2], (1_700_000_001, 1_700_000_001))
+    log = rank_log(tmp_path, logs.attempt_line(3, 1, ["accelerate", "launch"]).strip(),
+                   "[rank1]: Traceback (most recent call last):", "[rank1]: torch.OutOfMemoryError: CUDA out of memory.")
+    assert logs.failure(log, error_dir=errors, since=1_700_000_000).startswith("rank 1: torch.OutOfMemoryError")
+    with log.open("a") as out:
+        out.write(logs.attempt_line(3, 2, ["accelerate", "launch"]) + "Killed\n")
+    assert logs.failure(log, error_dir=errors, since=1_700_000_050) is None

@@ -10,6 +10,8 @@ needs nothing else from the app, so `command.txt` reruns a job without it.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,42 @@ def begin(description: str, cpu_capable: bool = True):
     """A trainer's first steps: the job folder from the command line, its spec (config.json), the process
     group (gloo on CPU), and each rank announcing itself. Returns (job_dir, spec, params, state)."""
     job_dir = parse_args(description)
+    record_errors()
     spec = JobSpec.read(job_dir)
     from accelerate import PartialState
 
     state = PartialState(cpu=spec.launch.device == "cpu") if cpu_capable else PartialState()
     announce(state)
     return job_dir, spec, spec.params, state
+
+
+def record_errors() -> None:
+    """Where torchelastic runs the ranks, it names each one's error file (TORCHELASTIC_ERROR_FILE): the exception
+    that ends this rank is written there, as torch's @record does for a main it wraps. The agent's report and the
+    app's reason then name this rank and its error, even when the log lost it (a full disk). A sys.excepthook,
+    so every trainer's main is covered without wrapping it; installed before the process group, whose own hook
+    (the "[rankN]:" prefix) then wraps it."""
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    handler = get_error_handler()
+    handler.initialize()  # as @record: tracebacks of every thread on a fatal signal (faulthandler)
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, Exception):  # as @record: not SystemExit or KeyboardInterrupt
+            try:
+                raise value  # record_exception reads the exception being handled (traceback.format_exc)
+            except Exception:
+                value.__traceback__ = tb  # as it was raised, without this frame
+                try:
+                    handler.record_exception(value)
+                except OSError:
+                    pass  # a full disk: the log's traceback is all there is
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def train(trainer, spec: JobSpec):
