@@ -16,6 +16,7 @@ PROGRESS = "progress.json"
 RESULT = "result.json"
 CHECKPOINTS = "checkpoints"
 OUTPUT = "output"
+RANK_ERRORS = "torchelastic"  # torchelastic's log folder: <run>/attempt_<n>/<local rank>/error.json
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

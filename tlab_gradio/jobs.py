@@ -1,20 +1,30 @@
 """The job store (SQLite) and the scheduler that runs, watches and stops jobs.
 
 States: QUEUED -> RUNNING -> COMPLETE | FAILED | STOPPED, with STOPPING between a
-Stop click and the end of the process group. The end state comes from the real
-exit code of `accelerate launch` (non-zero if any rank failed), so a failed
-training is never shown as complete. Jobs wait QUEUED while one of their GPUs is
-used by another job; CPU jobs hold no GPU.
+Stop click (or the time limit, or the progress watchdog) and the end of the job's
+last process. The end state comes from the real exit code of `accelerate launch`
+(non-zero if any rank failed), so a failed training is never shown as complete.
+Jobs wait QUEUED while one of their GPUs is used by another job; CPU jobs hold no GPU.
+
+A job's end is recorded only once every process of it is gone (ranks outlive a
+killed launcher: launcher.end_job finds them by the job's tag), so a GPU the
+scheduler sees free is free. A store that cannot be written (a full disk) delays
+that record, never loses it: the watcher retries until it is written, and the
+scheduler tries the queue again.
 
 The database is an index: each job's folder holds its config, command, log and
 results, so deleting the database loses the list, never the runs.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import json
+import logging
 import shutil
-import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +33,16 @@ from typing import Any, Callable
 
 from . import launcher, logs, settings
 from .job_spec import JobSpec
-from .jobfiles import CHECKPOINTS, LOG, METRICS, OUTPUT, RESULT, last_checkpoint
+from .jobfiles import CHECKPOINTS, LOG, METRICS, OUTPUT, PROGRESS, RANK_ERRORS, RESULT, last_checkpoint, read_json
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, STOPPING, COMPLETE, FAILED, STOPPED = "QUEUED", "RUNNING", "STOPPING", "COMPLETE", "FAILED", "STOPPED"
 ACTIVE = (RUNNING, STOPPING)
 FINISHED = (COMPLETE, FAILED, STOPPED)
+STOP_BY_USER, STOP_AS_FAILURE = 1, 2  # stop_requested: how a job ended on purpose ends (STOPPED, or FAILED: hung)
+POLL = 0.5  # seconds between a watcher's looks at its job (exit, time limit, progress)
+RETRY_MAX = 5.0  # longest wait between tries to write a store that could not be written
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -75,6 +90,7 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    fails_on_stop: bool = False  # ended on purpose as FAILED (the progress watchdog), not STOPPED
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -85,6 +101,7 @@ class Job:
             pid=row["pid"], exit_code=row["exit_code"], reason=row["reason"],
             stop_requested=bool(row["stop_requested"]), attempts=row["attempts"], created=row["created"],
             started=row["started"], finished=row["finished"],
+            fails_on_stop=row["stop_requested"] == STOP_AS_FAILURE,
         )
 
     @property
@@ -110,32 +127,49 @@ class Job:
         }
 
 
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exited with code {code}"
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _failure_reason(job: "Job", code: int | None) -> str:
-    """What a failed job's page and API say: the error its log ends on (with a hint for known causes),
-    then how the process ended (unknown for a job that ended while the app was restarting)."""
-    ended = _exit_reason(code) if code is not None else "ended while the app was restarting; exit code unknown"
-    cause = logs.failure(job.log_path)
+def _full_disk_cause(folder: Path) -> str | None:
+    """A job that failed with nothing in its log or error files, on a disk with (almost) no space left: the full
+    disk is why (the rank's traceback could not be written either)."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return None
+    if usage.free < min(64 << 20, usage.total // 100):
+        return f"no space left on the disk holding the job's folder ({logs.DISK_FULL_HINT})"
+    return None
+
+
+def _failure_reason(job: "Job", code: int | None,
+                    ended: str = "ended while the app was restarting; exit code unknown") -> str:
+    """What a failed job's page and API say: the error that ended it (the failing rank's, from its error file or
+    log, with a hint for known causes), then how the launcher ended (`ended` when that is unknown)."""
+    ended = logs.signal_reason(code) if code is not None else ended
+    cause = (logs.failure(job.log_path, error_dir=job.job_dir / RANK_ERRORS, since=job.started)
+             or _full_disk_cause(job.job_dir))
     return f"{cause} [{ended}]" if cause else ended
 
 
-def _pid_runs_job(pid: int, job_dir: Path) -> bool:
-    """Is `pid` alive and still our job (not a recycled pid)? Its command line names the job folder."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return str(job_dir).encode() in cmdline
+def _finished_by_files(job: "Job") -> bool:
+    """The trainer's last steps done: result.json written after the output (for a job whose exit code is lost)."""
+    output = job.output_dir
+    return (job.job_dir / RESULT).is_file() and output.is_dir() and any(p.is_file() for p in output.rglob("*"))
+
+
+def _last_progress(job: "Job") -> tuple[float, int]:
+    """When the job's step last advanced (the trainer rewrites progress.json and metrics.jsonl on steps; before
+    its first, the attempt's start) and that step."""
+    times = [job.started or 0.0]
+    for name in (PROGRESS, METRICS):
+        try:
+            times.append((job.job_dir / name).stat().st_mtime)
+        except OSError:
+            pass
+    step = (read_json(job.job_dir / PROGRESS) or {}).get("step", 0)
+    return max(times), step if isinstance(step, int) else 0
 
 
 class JobManager:
@@ -151,9 +185,18 @@ class JobManager:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
+        # The tag every process of a job carries: unique to this workspace on this machine, the same after a restart
+        self._workspace = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
         self._procs: dict[int, Any] = {}
+        self._ending: dict[int, tuple[str, str, float]] = {}  # job id -> (end state, reason, grace) asked for here
+        self._retry: threading.Timer | None = None
+        self._closed = False
         self._recover()
         self._schedule()
+
+    def tag(self, job_id: int) -> str:
+        """The value of launcher.JOB_TAG in the environment of every process of the job."""
+        return f"{self._workspace}:{job_id}"
 
     # --- store --------------------------------------------------------------------
     def _update(self, job_id: int, **fields: Any) -> None:
@@ -178,30 +221,58 @@ class JobManager:
 
     def create(self, spec: JobSpec, files: dict[str, Path] | None = None) -> Job:
         """Insert the job QUEUED, write its folder, its spec as config.json and the job's own copies of
-        `files` (relative path in the folder -> source), and schedule it."""
+        `files` (relative path in the folder -> source), and schedule it. One transaction: a failure part-way
+        (a full disk) leaves no half-made job for the scheduler to launch."""
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO jobs (name, plugin, state, config, gpus, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (spec.name, spec.plugin, QUEUED, json.dumps(spec.to_json()), json.dumps(spec.launch.gpu_ids),
-                 time.time()),
-            )
-            job_id = cur.lastrowid
-            job_dir = self.jobs_root / str(job_id)
-            job_dir.mkdir(parents=True, exist_ok=True)
-            for rel, src in (files or {}).items():  # before the trainer can start and read them
-                (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, job_dir / rel)
-            spec = spec.model_copy(update={"job_id": job_id, "job_dir": str(job_dir)})
-            spec.write(job_dir)
-            self._update(job_id, config=spec.to_json(), job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))
+            job_dir = None
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute(
+                    "INSERT INTO jobs (name, plugin, state, config, gpus, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (spec.name, spec.plugin, QUEUED, json.dumps(spec.to_json()), json.dumps(spec.launch.gpu_ids),
+                     time.time()),
+                )
+                job_id = cur.lastrowid
+                job_dir = self.jobs_root / str(job_id)
+                job_dir.mkdir(parents=True, exist_ok=True)
+                for rel, src in (files or {}).items():  # before the trainer can start and read them
+                    (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, job_dir / rel)
+                spec = spec.model_copy(update={"job_id": job_id, "job_dir": str(job_dir)})
+                spec.write(job_dir)
+                self._update(job_id, config=spec.to_json(), job_dir=str(job_dir), output_dir=str(job_dir / OUTPUT))
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if job_dir is not None:  # its id is free again: no file of this attempt may meet the next job
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                if isinstance(exc, sqlite3.OperationalError) or _disk_full(exc):
+                    raise JobError(f"the job could not be stored: {exc}") from exc
+                raise
         self._schedule()
         return self.get(job_id)
 
     # --- scheduling ---------------------------------------------------------------
     def _schedule(self) -> None:
         """Start every queued job whose GPUs are free, oldest first. A waiting job
-        reserves its GPUs, so a later job cannot starve it by taking them first."""
+        reserves its GPUs, so a later job cannot starve it by taking them first.
+        A store or disk that cannot be written (a full disk) leaves the queue as it is and
+        tries again shortly: the queue never waits for an event that has passed."""
+        try:
+            self._schedule_queue()
+        except (sqlite3.OperationalError, OSError) as exc:
+            log.warning("scheduler: %s; trying again in 2 s", exc)
+            with self._lock:
+                if not self._closed and not (self._retry and self._retry.is_alive()):
+                    self._retry = threading.Timer(2.0, self._schedule)
+                    self._retry.daemon = True
+                    self._retry.start()
+
+    def _schedule_queue(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             rows = self._db.execute(
                 "SELECT * FROM jobs WHERE state IN (?, ?, ?) ORDER BY id", (QUEUED, *ACTIVE)
             ).fetchall()
@@ -223,88 +294,183 @@ class JobManager:
                     running += 1
 
     def _launch(self, job: Job) -> bool:
+        """Start the job and its watcher. A full disk or store raises (the job stays QUEUED, _schedule tries again);
+        any other failure to start fails the job with the reason."""
         try:
             argv = launcher.write_launch_files(job.job_dir, job.spec.launch)
-            with open(job.log_path, "a") as log:
-                log.write(f"[tlab] job {job.id} attempt {job.attempts + 1}: {' '.join(argv)}\n")
-            proc = launcher.spawn(argv, job.job_dir, job.log_path)
+            with open(job.log_path, "a") as log_file:
+                log_file.write(logs.attempt_line(job.id, job.attempts + 1, argv))
+            proc = launcher.spawn(argv, job.job_dir, job.log_path, tag=self.tag(job.id))
         except Exception as exc:  # e.g. accelerate missing from the environment
-            self._finish(job.id, FAILED, None, f"could not start: {type(exc).__name__}: {exc}")
+            if _disk_full(exc):
+                raise
+            self._update(job.id, state=FAILED, reason=f"could not start: {type(exc).__name__}: {exc}",
+                         finished=time.time())
             return False
+        try:
+            self._update(
+                job.id, state=RUNNING, pid=proc.pid, command=argv, started=time.time(), finished=None,
+                exit_code=None, reason=None, attempts=job.attempts + 1,
+            )
+        except sqlite3.OperationalError:  # not recorded as running: it must not run unseen
+            launcher.end_job(self.tag(job.id), proc.pid, 0.0, job.job_dir)
+            proc.wait()
+            raise
         self._procs[job.id] = proc
-        self._update(
-            job.id, state=RUNNING, pid=proc.pid, command=argv, started=time.time(), finished=None,
-            exit_code=None, reason=None, attempts=job.attempts + 1,
-        )
-        threading.Thread(target=self._watch, args=(job.id, proc), daemon=True, name=f"job-{job.id}").start()
-        limit = settings.max_job_seconds()
-        if limit:
-            timer = threading.Timer(limit, self._time_limit, args=(job.id, proc.pid, limit))
-            timer.daemon = True
-            timer.start()
+        threading.Thread(target=self._watch, args=(job.id, proc.pid, proc), daemon=True,
+                         name=f"job-{job.id}").start()
         return True
 
-    def _time_limit(self, job_id: int, pid: int, limit: float) -> None:
+    def _watch(self, job_id: int, pid: int, proc: subprocess.Popen | None = None) -> None:
+        """One per running job, until its end is recorded. Waits for the launcher (`proc`, this app's child, or,
+        for a job adopted after a restart, the process `pid`), stopping the job at the time limit and failing it
+        when it stops making progress; then ends every process of the job still there (ranks outlive a killed
+        launcher) and records the end state, retrying while the store cannot be written."""
         job = self.get(job_id)
-        if job.state == RUNNING and job.pid == pid:
-            self.stop(job_id, reason=f"stopped: ran past this server's limit of {limit:g} s per job")
-
-    def _watch(self, job_id: int, proc) -> None:
-        code = proc.wait()
-        launcher.kill_group(proc.pid)  # ranks orphaned by a crashed launcher
+        if proc is None:
+            found = launcher.job_process(pid, self.tag(job_id), job.job_dir)
+            alive = (lambda: launcher.alive(found)) if found else (lambda: False)
+            if job.state == STOPPING and job_id not in self._ending:  # a stop the earlier app did not finish
+                self._end(job, FAILED if job.fails_on_stop else STOPPED, job.reason or "stopped by the user",
+                          settings.stop_grace_seconds())
+        code = None
+        while not self._closed:
+            if proc is not None:
+                try:
+                    code = proc.wait(timeout=POLL)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            elif alive():
+                time.sleep(POLL)
+            else:
+                break
+            try:
+                self._check_limits(job_id)
+            except Exception:  # a store error, a file being replaced: look again at the next poll
+                log.exception("job %s: checking its limits", job_id)
+        if self._closed:
+            return
+        try:  # decided as the launcher ends: from its log as it was, before any leftover rank is ended
+            decided = self._end_state(self.get(job_id), code)
+        except sqlite3.Error:
+            decided = None
+        ending = self._ending.get(job_id)
+        launcher.end_job(self.tag(job_id), pid, ending[2] if ending else settings.stop_grace_seconds(), job.job_dir)
         self._procs.pop(job_id, None)
-        job = self.get(job_id)
-        if job.stop_requested:
-            self._finish(job_id, STOPPED, code, job.reason or "stopped by the user")
-        elif code == 0:
-            self._finish(job_id, COMPLETE, code, None)
-        else:
-            self._finish(job_id, FAILED, code, _failure_reason(job, code))
+        self._record_end(job_id, code, decided)
 
-    def _watch_adopted(self, job_id: int, pid: int) -> None:
-        """A job started by an earlier app process: not our child, so poll until its group is gone."""
-        while launcher.group_alive(pid):
-            time.sleep(1.0)
+    def _check_limits(self, job_id: int) -> None:
+        """The server's time limit (counted from the job's start, so it holds across an app restart) and the
+        progress watchdog (no new step for settings.stall_seconds())."""
+        if job_id in self._ending:
+            return
         job = self.get(job_id)
-        if job.stop_requested:
-            self._finish(job_id, STOPPED, None, job.reason or "stopped by the user")
-        elif (job.job_dir / RESULT).is_file():
-            self._finish(job_id, COMPLETE, None, "finished while the app was restarting")
-        else:
-            self._finish(job_id, FAILED, None, _failure_reason(job, None))
+        if job.state != RUNNING or not job.started:
+            return
+        now = time.time()
+        limit = settings.max_job_seconds()
+        if limit and now - job.started > limit:
+            self.stop(job_id, reason=f"stopped: ran past this server's limit of {limit:g} s per job")
+            return
+        stall = settings.stall_seconds()
+        # Only machine 0's rank 0 writes the progress files: another machine's part of a job has none to watch
+        if stall and job.spec.launch.distributed.machine_rank == 0:
+            last, step = _last_progress(job)
+            if now - last > stall:
+                self.stop(job_id, reason=f"no progress for {stall:g} s (last step {step})", failed=True)
 
-    def _finish(self, job_id: int, state: str, code: int | None, reason: str | None) -> None:
-        self._update(job_id, state=state, exit_code=code, reason=reason, finished=time.time())
+    def _end_state(self, job: Job, code: int | None) -> tuple[str, str | None]:
+        ending = self._ending.get(job.id)
+        if ending:
+            return ending[0], ending[1]
+        if job.state == STOPPING:  # stopped through another manager of this workspace
+            return (FAILED if job.fails_on_stop else STOPPED), job.reason or "stopped by the user"
+        if code == 0:
+            return COMPLETE, None
+        if code is None:  # adopted after a restart: its exit code is lost, its files say how it ended
+            if _finished_by_files(job):
+                return COMPLETE, "finished while the app was restarting"
+            return FAILED, _failure_reason(job, None)
+        return FAILED, _failure_reason(job, code)
+
+    def _record_end(self, job_id: int, code: int | None, decided: tuple[str, str | None] | None = None) -> None:
+        """Record how the job ended (`decided`, or decided here once), retrying while the store cannot be
+        written: a full disk delays the record until space returns, never loses it. Then the queue moves."""
+        delay = 0.5
+        while not self._closed:
+            try:
+                decided = decided or self._end_state(self.get(job_id), code)
+                self._update(job_id, state=decided[0], exit_code=code, reason=decided[1], finished=time.time())
+                break
+            except sqlite3.OperationalError as exc:
+                if delay == 0.5:
+                    log.warning("job %s: could not record its end (%s); retrying until it can", job_id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        self._ending.pop(job_id, None)
         self._schedule()
 
     def _recover(self) -> None:
-        """Jobs an earlier app left RUNNING: adopt the live ones, fail the vanished ones."""
+        """Jobs an earlier app left RUNNING or STOPPING. One whose launcher lives is watched again (its time
+        limit counted from its start); one that ended meanwhile gets its true state from its files (COMPLETE if
+        it wrote its result, else FAILED with the reason its log gives), once any rank it left is ended."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchall()
         for job in (Job.from_row(r) for r in rows):
-            if job.pid and _pid_runs_job(job.pid, job.job_dir):
-                threading.Thread(target=self._watch_adopted, args=(job.id, job.pid), daemon=True).start()
+            tag = self.tag(job.id)
+            if launcher.job_process(job.pid, tag, job.job_dir) or launcher.job_processes(tag):
+                threading.Thread(target=self._watch, args=(job.id, job.pid), daemon=True,
+                                 name=f"job-{job.id}").start()
+                continue
+            if job.state == STOPPING:
+                state, reason = (FAILED if job.fails_on_stop else STOPPED), job.reason or "stopped by the user"
+            elif _finished_by_files(job):
+                state, reason = COMPLETE, "finished while the app was down"
             else:
-                self._update(
-                    job.id, state=FAILED, finished=time.time(),
-                    reason="the app was restarted and the job's process is gone",
-                )
+                state, reason = FAILED, _failure_reason(job, None,
+                                                        "the app was restarted and the job's process is gone")
+            try:
+                self._update(job.id, state=state, reason=reason, finished=time.time())
+            except sqlite3.OperationalError:  # recorded by a watcher once the store can be written
+                threading.Thread(target=self._record_end, args=(job.id, None), daemon=True).start()
 
     # --- user actions -------------------------------------------------------------
-    def stop(self, job_id: int, grace: float | None = None, reason: str = "stopped by the user") -> Job:
-        """Returns at once with the job STOPPING; SIGTERM then SIGKILL reach every rank."""
+    def stop(self, job_id: int, grace: float | None = None, reason: str = "stopped by the user",
+             failed: bool = False) -> Job:
+        """Returns at once with the job STOPPING; SIGTERM then SIGKILL reach every process of the job. It ends
+        STOPPED (FAILED if `failed`) with `reason` once they are all gone, even if the store cannot be written now."""
         grace = settings.stop_grace_seconds() if grace is None else grace
         with self._lock:
             job = self.get(job_id)
             if job.state == QUEUED:
-                self._update(job_id, state=STOPPED, stop_requested=1, reason="stopped before it started",
-                             finished=time.time())
+                try:
+                    self._update(job_id, state=STOPPED, stop_requested=STOP_BY_USER, reason="stopped before it started",
+                                 finished=time.time())
+                except sqlite3.OperationalError as exc:
+                    raise JobError(f"job {job_id} could not be stopped: the job store cannot be written ({exc})")
                 return self.get(job_id)
             if job.state not in ACTIVE:
                 raise JobError(f"job {job_id} is {job.state}, not running")
-            self._update(job_id, state=STOPPING, stop_requested=1, reason=reason)
-        threading.Thread(target=launcher.terminate_group, args=(job.pid, grace), daemon=True).start()
-        return self.get(job_id)
+            stored = self._end(job, FAILED if failed else STOPPED, reason, grace)
+        job = self.get(job_id)
+        if not stored:  # what the store will say once it can be written
+            job = dataclasses.replace(job, state=STOPPING, stop_requested=True, fails_on_stop=failed, reason=reason)
+        return job
+
+    def _end(self, job: Job, state: str, reason: str, grace: float) -> bool:
+        """End the job on purpose: its watcher records `state` and `reason` once its processes are gone. Kept
+        here first, then in the store (STOPPING); False when the store could not be written (a full disk)."""
+        self._ending[job.id] = (state, reason, grace)
+        threading.Thread(target=launcher.end_job, args=(self.tag(job.id), job.pid, grace, job.job_dir),
+                         daemon=True).start()
+        try:
+            self._update(job.id, state=STOPPING, reason=reason,
+                         stop_requested=STOP_AS_FAILURE if state == FAILED else STOP_BY_USER)
+            return True
+        except sqlite3.OperationalError as exc:
+            log.warning("job %s: ending it, but could not record that (%s)", job.id, exc)
+            return False
 
     def resume(self, job_id: int) -> Job:
         """Queue a stopped or failed job again from its last checkpoint, in the same folder."""
@@ -356,5 +522,9 @@ class JobManager:
         return logs.tail(self.get(job_id).log_path, lines)
 
     def close(self) -> None:
+        """Stop watching (the jobs run on; a new manager adopts them) and close the store."""
         with self._lock:
+            self._closed = True
+            if self._retry:
+                self._retry.cancel()
             self._db.close()

@@ -1,8 +1,14 @@
-"""Turn a job into an `accelerate launch` command, start it in its own process group, stop it.
+"""Turn a job into an `accelerate launch` command, start it, find and end every process of it.
 
 The command is an argv list (never a shell string). Every launch passes a config
 file written into the job folder, so a user's own accelerate default config can
 never override what the form says, and the stored command reruns the job by hand.
+
+A job's processes are not one process group: torch's elastic launcher starts each
+rank in a session of its own, and a rank whose launcher died is reparented to pid 1.
+So every process of a job carries the job's tag in its environment (TLAB_JOB, set at
+spawn and inherited), and is found by that tag (psutil), whoever its parent is now and
+whether or not this app started it.
 """
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from .gpus import Placement
 from .job_spec import Launch
+from .jobfiles import RANK_ERRORS
 
 
 def free_port() -> int:
@@ -115,6 +123,8 @@ def build_argv(launch: Launch, job_dir: Path, port: int | str) -> list[str]:
     if launch.gpu_ids:
         argv += ["--gpu_ids", ",".join(launch.gpu_ids)]
     argv += ["--mixed_precision", launch.mixed_precision, "--main_process_port", str(port)]
+    if total > 1:  # torchelastic's agent: each rank's error file in the job folder (logs.failure reads them)
+        argv += ["--log_dir", str(job_dir / RANK_ERRORS)]
     argv += [launch.trainer, "--job-dir", str(job_dir)]
     return argv
 
@@ -134,16 +144,21 @@ def write_launch_files(job_dir: Path, launch: Launch) -> list[str]:
     return argv
 
 
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+JOB_TAG = "TLAB_JOB"  # environment variable naming the job a process belongs to: "<workspace id>:<job id>"
+
+
+def child_env(tag: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_") and k != JOB_TAG}
     env["PYTHONUNBUFFERED"] = "1"  # the log is tailed live
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # \r-redrawn bars make an unreadable log
+    if tag:
+        env[JOB_TAG] = tag  # inherited by the launcher's ranks and their children: job_processes finds them
     return env
 
 
-def spawn(argv: list[str], job_dir: Path, log_path: Path) -> subprocess.Popen:
-    """Start the job in a new session: its pid is its process group id, so Stop reaches every rank."""
+def spawn(argv: list[str], job_dir: Path, log_path: Path, tag: str | None = None) -> subprocess.Popen:
+    """Start the job in a new session (a terminal's signals never reach it), tagged with `tag`."""
     with open(log_path, "ab", buffering=0) as log:
         return subprocess.Popen(
             argv,
@@ -151,7 +166,7 @@ def spawn(argv: list[str], job_dir: Path, log_path: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=child_env(),
+            env=child_env(tag),
             start_new_session=True,
         )
 
@@ -166,27 +181,92 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def terminate_group(pgid: int, grace: float) -> bool:
-    """SIGTERM the whole group, SIGKILL what is left after `grace` seconds. True if it had to kill."""
+def alive(proc: psutil.Process) -> bool:
+    """Running, and not a zombie (an ended process its parent has not reaped holds nothing)."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return False
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    return True
 
 
-def kill_group(pgid: int) -> None:
-    """Remove what is left of a group whose leader has ended (orphaned ranks)."""
+def _tag_of(proc: psutil.Process) -> str | None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        return proc.environ().get(JOB_TAG)
+    except (psutil.Error, OSError):  # gone, a zombie, or another user's
+        return None
+
+
+def job_process(pid: int | None, tag: str, job_dir: Path | None = None) -> psutil.Process | None:
+    """The live process `pid` if it is this job's (its tag, or for a job started before tags, the job folder in
+    its command line), else None: a pid recorded long ago may now be someone else's."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if not alive(proc):
+            return None
+        if _tag_of(proc) == tag:
+            return proc
+        folder = str(job_dir) if job_dir is not None else None
+        if folder and any(a == folder or a.startswith(folder + "/") for a in proc.cmdline()):
+            return proc
+    except (psutil.Error, OSError):
         pass
+    return None
+
+
+def job_processes(tag: str, root: int | None = None, job_dir: Path | None = None) -> list[psutil.Process]:
+    """Every live process of the job: all carrying its tag, and the launcher `root`'s descendants (a child
+    that cleared its environment) while the launcher is still this job's."""
+    found: dict[int, psutil.Process] = {}
+    top = job_process(root, tag, job_dir)
+    if top is not None:
+        try:
+            found = {p.pid: p for p in (top, *top.children(recursive=True))}
+        except psutil.Error:
+            pass
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid != me and proc.pid not in found and _tag_of(proc) == tag:
+            found[proc.pid] = proc
+    return [p for p in found.values() if alive(p)]
+
+
+def _signal(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the pid is still this process (no recycled pid is hit)
+        except psutil.Error:
+            pass
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every one has ended (or is a zombie); the ones still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = [p for p in procs if alive(p)]
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(0.05)
+
+
+def end_job(tag: str, root: int | None, grace: float, job_dir: Path | None = None) -> bool:
+    """End every process of the job: SIGTERM (and SIGCONT, so a stopped process can act on it) to all at once,
+    SIGKILL to what is left after `grace` seconds, and again to any found later (a rank started meanwhile).
+    Returns True if something had to be killed. Returns once none is left (or after ten rounds of SIGKILL, for a
+    process that cannot die, stuck in uninterruptible I/O)."""
+    procs = job_processes(tag, root, job_dir)
+    if not procs:
+        return False
+    _signal(procs, signal.SIGTERM)
+    _signal(procs, signal.SIGCONT)
+    _wait_gone(procs, grace)
+    killed = False
+    for _ in range(10):  # a launcher still starting ranks as it is killed; a process in D state never ends
+        left = job_processes(tag, root, job_dir)
+        if not left:
+            break
+        killed = True
+        _signal(left, signal.SIGKILL)  # acts on a stopped process too
+        _wait_gone(left, 5.0)
+    return killed

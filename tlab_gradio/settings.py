@@ -77,6 +77,20 @@ def max_job_seconds() -> float | None:
     return _positive("TLAB_MAX_JOB_SECONDS", float)
 
 
+def stall_seconds() -> float | None:
+    """TLAB_STALL_SECONDS: a running job whose training step has not advanced for this long (progress.json and
+    metrics.jsonl unchanged; before the first step, since it started) is FAILED as hung and all its processes
+    ended. 0 turns the watchdog off. Default 1800 s: far longer than any real step or checkpoint save of a
+    fine-tune (and than torch's default timeout for a collective over gloo), so only a hang trips it, and a hung
+    job holding GPUs is ended within half an hour instead of never. Model loading counts: on a slow link, a first
+    download of a very large model can need more."""
+    raw = os.environ.get("TLAB_STALL_SECONDS", "").strip()
+    value = float(raw) if raw else 1800.0
+    if not value >= 0:  # NaN too
+        raise ValueError(f"TLAB_STALL_SECONDS must be 0 (off) or positive, got {raw}")
+    return value or None
+
+
 def uploads_dir() -> Path:
     path = home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)
