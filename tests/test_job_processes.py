@@ -71,8 +71,7 @@ def test_a_killed_launcher_fails_the_job_and_ends_its_orphaned_ranks(manager, mo
     assert standins.left_of(job.job_dir) == []
 
 
-def test_a_stopped_queued_or_finished_job_leaves_nothing_and_the_gpu_is_free_only_then(manager):
-    """The next job on the GPU starts only once every rank of the stopped one is gone."""
+def test_the_next_job_gets_the_gpu_only_once_every_rank_of_the_stopped_one_is_gone(manager):
     first = manager.create(standins.spec("first", "ranks", gpus=["0"], ranks=HUNG))
     second = manager.create(standins.spec("second", "sleep", gpus=["0"]))
     ranks_up(first)

@@ -239,12 +239,14 @@ def test_a_trainers_own_stop_names_no_rank(tmp_path):
 def test_a_resumed_jobs_reason_is_its_last_attempts_not_an_earlier_ones(tmp_path):
     """The log and the error folder hold every attempt: an attempt that failed with nothing to say must not be
     given the first attempt's error."""
+    log = rank_log(tmp_path, "[tlab] job 3 attempt 1: accelerate launch",  # what the app writes (attempt_line)
+                   "[rank1]: Traceback (most recent call last):", "[rank1]: torch.OutOfMemoryError: CUDA out of memory.")
+    with log.open("a") as out:
+        out.write("[tlab] job 3 attempt 2: accelerate launch\nKilled\n")
+    assert logs.failure(log) is None
     errors = tmp_path / "torchelastic"
     old = error_file(errors, 1, "torch.OutOfMemoryError: CUDA out of memory.", 1_700_000_001)
     os.utime(old.parents[2], (1_700_000_001, 1_700_000_001))
-    log = rank_log(tmp_path, logs.attempt_line(3, 1, ["accelerate", "launch"]).strip(),
-                   "[rank1]: Traceback (most recent call last):", "[rank1]: torch.OutOfMemoryError: CUDA out of memory.")
-    assert logs.failure(log, error_dir=errors, since=1_700_000_000).startswith("rank 1: torch.OutOfMemoryError")
-    with log.open("a") as out:
-        out.write(logs.attempt_line(3, 2, ["accelerate", "launch"]) + "Killed\n")
     assert logs.failure(log, error_dir=errors, since=1_700_000_050) is None
+    assert logs.failure(log, error_dir=errors, since=1_700_000_000).startswith("rank 1: torch.OutOfMemoryError")
+    assert logs.attempt_line(3, 2, ["accelerate", "launch"]) == "[tlab] job 3 attempt 2: accelerate launch\n"
