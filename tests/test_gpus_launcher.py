@@ -17,7 +17,9 @@ FOUR = fake_gpus(4)
 
 def test_auto_means_every_visible_gpu():
     assert [g.index for g in gpus.parse_gpu_ids("auto", FOUR)] == [0, 1, 2, 3]
-    assert [g.index for g in gpus.parse_gpu_ids("", FOUR)] == [0, 1, 2, 3]
+    assert [g.index for g in gpus.parse_gpu_ids(None, FOUR)] == [0, 1, 2, 3]  # not given
+    with pytest.raises(gpus.DeviceError, match="gpu_ids is empty: write `auto`"):
+        gpus.parse_gpu_ids("", FOUR)  # a cleared box is no choice (issue 17: it ran on every GPU)
 
 
 def test_a_subset_is_exactly_that_subset_in_order():

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from . import settings
+from . import inputs, settings
 
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -58,6 +58,23 @@ class DatasetSpec:
         return {"sample": "sample", "file": "file", "hub": "Hub"}[self.source] + f" {self.name}"
 
 
+MAX_NAME_CHARS = 4096  # a path (PATH_MAX) or a Hub id
+
+
+def _text(field: str, value: Any, optional: bool = False) -> str | None:
+    """A dataset field's text, its type and characters checked (a number or a list is no name)."""
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        raise DataError(f"`{field}` is required: a sample name, a file path or a Hub id")
+    if not isinstance(value, str):
+        raise DataError(f"`{field}` must be text, got {type(value).__name__} {inputs.short(value)}")
+    try:
+        return inputs.printable(field, value.strip(), MAX_NAME_CHARS)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 def parse_spec(value: Any) -> DatasetSpec:
     """Accept a spec dict, or a bare string: a sample name, an existing path, else a Hub id."""
     if isinstance(value, DatasetSpec):
@@ -73,27 +90,36 @@ def parse_spec(value: Any) -> DatasetSpec:
             raise DataError(f"dataset source {source!r}: must be 'sample', 'file' or 'hub'")
         if not value.get("name"):
             raise DataError("dataset: `name` is required (sample name, file path or Hub id)")
-        spec = DatasetSpec(source, str(value["name"]), value.get("subset") or None, value.get("split") or None)
+        spec = DatasetSpec(source, _text("dataset.name", value["name"]), _text("dataset.subset", value.get("subset"), True),
+                           _text("dataset.split", value.get("split"), True))
     elif isinstance(value, str):
-        text = value.strip()
+        text = _text("dataset", value)
         if text in SAMPLES:
             spec = DatasetSpec("sample", text)
-        elif Path(text).expanduser().exists():
+        elif _exists("dataset", text):
             spec = DatasetSpec("file", text)
         else:
             spec = DatasetSpec("hub", text)
     else:
-        raise DataError(f"dataset {value!r}: give a sample name, a file path, a Hub id or a spec object")
+        raise DataError(f"`dataset` must be a sample name, a file path, a Hub id or an object with source, name, "
+                        f"subset, split; got {type(value).__name__} {inputs.short(value)}")
     if spec.source == "sample" and spec.name not in SAMPLES:
         raise DataError(f"no bundled sample {spec.name!r}; samples: {', '.join(SAMPLES)}")
     if spec.source == "file":
-        path = Path(spec.name).expanduser().resolve()
-        if not path.exists():
+        if not _exists("dataset.name", spec.name):
             raise DataError(f"dataset file {spec.name!r} does not exist")
+        path = Path(spec.name).expanduser().resolve()
         if path.is_file() and path.suffix.lower() not in FILE_TYPES:
             raise DataError(f"dataset file {path.name!r}: use JSON, JSONL, CSV or Parquet")
         spec = DatasetSpec("file", str(path), spec.subset, spec.split)
     return spec
+
+
+def _exists(field: str, text: str) -> bool:
+    try:
+        return inputs.path_exists(field, text)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _load_dict(spec: DatasetSpec):
@@ -187,11 +213,17 @@ class Templates:
         return {"text": render(self.template, row)}
 
 
-def templates_for(spec: DatasetSpec, template: str | None, completion_template: str | None) -> Templates:
-    """Templates given by the user, or the sample's own when none are given."""
+def templates_for(spec: DatasetSpec, template: Any, completion_template: Any) -> Templates:
+    """Templates given by the user, or the sample's own where none is given (a completion template given alone
+    goes with the sample's template)."""
+    for name, value in (("template", template), ("completion_template", completion_template)):
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"`{name}` must be text (a Jinja template such as `{{{{output}}}}`), "
+                            f"got {type(value).__name__} {inputs.short(value)}")
     if template is None and spec.source == "sample":
         sample = SAMPLES[spec.name]
-        return Templates(sample.get("template", ""), sample.get("completion_template", ""))
+        completion = sample.get("completion_template", "") if completion_template is None else completion_template
+        return Templates(sample.get("template", ""), completion)
     return Templates(template or "", completion_template or "")
 
 

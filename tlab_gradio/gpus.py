@@ -161,10 +161,12 @@ class DeviceError(ValueError):
 
 
 def parse_gpu_ids(text: str | None, available: list[GPU] | None = None) -> list[int] | list[GPU]:
-    """`auto` (or empty) = every visible GPU; `0,2` = exactly those, in that order.
+    """`auto` (or not given) = every visible GPU; `0,2` = exactly those, in that order.
 
     Without `available`, only the syntax is checked and the indexes come back (None for `auto`).
     With it, each index must exist, and the GPUs come back. Raises DeviceError naming the bad value."""
+    if text is not None and not text.strip():  # a cleared box is no choice: it was taken as every GPU
+        raise DeviceError("gpu_ids is empty: write `auto` for every GPU, or GPU numbers like `0` or `0,1`")
     text = (text or "auto").strip()
     if text.lower() in ("auto", "all"):
         if available is None:

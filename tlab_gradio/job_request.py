@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import (data, gpus, installer, launcher, manifests, models, params, plugin_catalog, plugin_code, reward_files,
-               settings)
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import (data, gpus, inputs, installer, launcher, manifests, models, params, plugin_catalog, plugin_code,
+               reward_files, settings)
 from .jobfiles import read_json
 from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .request_error import RequestError
@@ -78,12 +80,59 @@ def _values(request: dict[str, Any], problems: list[str], manifest: manifests.Ma
     return values
 
 
+class _Fields(BaseModel):
+    """The request's fields and their types, checked before any is used: `'int' object has no attribute 'strip'`
+    and a dict template silently dropped came from using them unchecked. The plugin's parameters are checked
+    against its manifest (params.py), the dataset object's keys by data.parse_spec."""
+
+    model_config = ConfigDict(strict=True, extra="allow")  # unknown fields: check_shape names them
+
+    plugin: str
+    name: str | None = None
+    model: str | None = None
+    dataset: str | dict | None = None
+    template: str | None = None
+    completion_template: str | None = None
+    params: dict | None = None
+
+
+EXPECTED = {
+    "plugin": "a plugin id as /list_plugins shows it, e.g. llama_sft_multi_gpu",
+    "name": "text: the job's name",
+    "model": "text: a Hub id like org/name, a local folder, or empty for the embedded model",
+    "dataset": "a sample name, a file path or a Hub id, or an object with source, name, subset, split",
+    "template": "text: a Jinja template such as {{instruction}}",
+    "completion_template": "text: a Jinja template such as {{output}}",
+    "params": "an object of parameter names and values",
+}
+NAME_CHARS = 200
+MODEL_CHARS = 4096  # a path (PATH_MAX) or a Hub id
+
+
 def check_shape(request: Any) -> list[str]:
-    """Unknown top-level fields, each with a suggestion (a request that is no object is refused at once)."""
+    """Unknown top-level fields, each with a suggestion. A request that is no object, or a field of the wrong type
+    or with characters no name may hold, is refused at once (RequestError): nothing after may use it."""
     if not isinstance(request, dict):
-        raise RequestError(["the request must be a JSON object with plugin, name, model, dataset, params"])
-    return [f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}"
-            for key in request if key not in REQUEST_KEYS]
+        raise RequestError(["the request must be a JSON object with plugin, name, model, dataset, params; got "
+                            f"{type(request).__name__} {inputs.short(request)}"])
+    problems = [f"unknown request field `{key}`{params.suggest(key, list(REQUEST_KEYS))}"
+                for key in request if key not in REQUEST_KEYS]
+    try:
+        _Fields.model_validate(request)
+    except ValidationError as exc:
+        for field in dict.fromkeys(str(e["loc"][0]) for e in exc.errors()):
+            got = f"{type(request[field]).__name__} {inputs.short(request[field])}" if field in request else "nothing"
+            problems.append(f"`{field}` must be {EXPECTED[field]}; got {got}")
+        raise RequestError(problems) from None
+    typed = problems[:]
+    for field, limit in (("name", NAME_CHARS), ("model", MODEL_CHARS)):
+        try:
+            inputs.printable(field, (request.get(field) or "").strip(), limit)
+        except ValueError as exc:
+            typed.append(str(exc))
+    if len(typed) > len(problems):
+        raise RequestError(typed)
+    return problems
 
 
 def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> JobSpec:
@@ -91,7 +140,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
 
     `check_data=False` skips loading the dataset (the live command preview does that)."""
     problems = check_shape(request)
-    manifest = plugin_catalog.plugin(str(request.get("plugin") or ""))
+    manifest = plugin_catalog.plugin(request["plugin"])
     if manifest.unrunnable:  # a Transformer Lab manifest this app cannot run: no trainer, other names
         raise RequestError([f"plugin {manifest.name} cannot run in this app: {r}" for r in manifest.unrunnable])
     available = gpus.list_gpus()
@@ -163,9 +212,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
     if choices and clean:
         problems += _custom_reward_problems(home, choices, clean, spec, templates, model_ref, manifest)
 
-    name = str(request.get("name") or "").strip() or f"{manifest.train_type}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if len(name) > 200:
-        problems.append("`name` is longer than 200 characters")
+    name = (request.get("name") or "").strip() or f"{manifest.train_type}-{time.strftime('%Y%m%d-%H%M%S')}"
     if problems:
         raise RequestError(problems)
     return JobSpec(
@@ -222,7 +269,10 @@ def _chat_model(model_ref) -> bool:
 
 def _looks_local(text: str) -> bool:
     text = text.strip()
-    return text.startswith(("/", ".", "~")) or Path(text).expanduser().exists()
+    try:
+        return text.startswith(("/", ".", "~")) or inputs.path_exists("model", text)
+    except ValueError as exc:
+        raise models.ModelError(str(exc)) from None
 
 
 def inside(path: str, folder: Path) -> bool:

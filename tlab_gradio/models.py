@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gguf_model, tiny_model
+from . import gguf_model, inputs, tiny_model
 
 
 class ModelError(ValueError):
@@ -53,8 +53,12 @@ def resolve(model: str | None) -> ModelRef:
     if not text:
         return ModelRef(str(tiny_model.default_path()), "embedded", tiny_model.ARCHITECTURE, tiny_model.config_dict())
     local = Path(text).expanduser()
-    if local.exists() or text.startswith(("/", ".", "~")):
-        if not local.exists():
+    try:
+        exists = inputs.path_exists("model", text)  # a name too long for a path: a message, not an OSError
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    if exists or text.startswith(("/", ".", "~")):
+        if not exists:
             raise ModelError(f"model path {text!r} does not exist")
         gguf_file = _gguf_file(local, text)
         if gguf_file:

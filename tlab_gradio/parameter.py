@@ -8,14 +8,29 @@ own default is checked with it when the parameter is read: the manifest loader a
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError as SchemaError, validators
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ParamType = Literal["string", "integer", "number", "boolean"]
 _PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
 _SCHEMA_KEYS = ("type", "minimum", "maximum", "multipleOf", "enum", "pattern")
+# The bound of a number a manifest leaves open: what a C int holds (the trainers' libraries take these as
+# one: numpy's seed, torch's step counts), so `seed 1e30` or `max_steps 2**63` is refused here, not in the job.
+LARGEST = 2**31 - 1
+
+
+def _whole_pattern(validator, pattern, instance, schema):
+    """A manifest's `pattern` describes the whole value, as an HTML form's pattern does. JSON Schema searches,
+    and in Python `$` also matches before a final newline, so "x\n" passed ^[A-Za-z0-9]+$ as an adaptor name."""
+    if validator.is_type(instance, "string") and not re.fullmatch(pattern, instance):
+        yield SchemaError(f"{instance!r} does not match {pattern!r} (the whole value must)")
+
+
+_Validator = validators.extend(Draft202012Validator, {"pattern": _whole_pattern})
 
 
 def value_has_type(value: Any, kind: str) -> bool:
@@ -66,9 +81,15 @@ class Parameter(BaseModel):
 
 
 def check_value(param: Parameter, value: Any) -> str | None:
-    """The problem with one value, or None when it is valid."""
+    """The problem with one value, or None when it is valid. Numbers are finite (NaN passes every minimum and
+    maximum, as each comparison with it is false) and bounded by LARGEST where the manifest gives no bound."""
     schema = {k: getattr(param, k) for k in _SCHEMA_KEYS if getattr(param, k) is not None}
-    error = next(Draft202012Validator(schema).iter_errors(value), None)
+    if param.type in ("integer", "number"):
+        schema.setdefault("minimum", -LARGEST)
+        schema.setdefault("maximum", LARGEST)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value!r} is not a finite number: give one from {schema['minimum']} to {schema['maximum']}"
+    error = next(_Validator(schema).iter_errors(value), None)
     return None if error is None else error.message
 
 

@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import (data, estimates, gpus, installer, job_request, jobfiles, launcher, logs, manifests, plugin_catalog,
-               reward_files, settings, uploads)
+from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launcher, logs, manifests,
+               plugin_catalog, reward_files, settings, uploads)
 from .job_spec import JobSpec
 from .jobfiles import read_json
 from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
@@ -150,6 +150,7 @@ class Service:
         return self.save_reward_file(Path(path).name, source)
 
     def job(self, job_id: int) -> dict[str, Any]:
+        job_id = inputs.job_id(job_id)
         job = self.jobs.get(job_id)
         out = job.as_dict()
         out["progress"] = read_json(job.job_dir / jobfiles.PROGRESS)
@@ -158,6 +159,7 @@ class Service:
 
     def job_status(self, job_id: int) -> dict[str, Any]:
         """The API's compact status: state, step/total, percent, ETA, last metrics, exit code, error."""
+        job_id = inputs.job_id(job_id)
         job = self.jobs.get(job_id)
         progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
         last = logs.last_metrics(job.metrics_path, 1)
@@ -177,6 +179,7 @@ class Service:
 
     def clone_request(self, job_id: int) -> dict[str, Any]:
         """The request that made a job, to start it again (the UI loads it into the form)."""
+        job_id = inputs.job_id(job_id)
         job = self.jobs.get(job_id)
         request = dict(job.spec.request or {"plugin": job.plugin, "params": job.spec.params})
         request["name"] = f"{job.name} (copy)"
@@ -186,6 +189,7 @@ class Service:
         """One snapshot of a job for its page: the row (no paths or config), its status, the log's last
         lines, the metrics records appended since `metrics_offset` (and the offset to ask from next), and,
         for a finished job, its files; the command and accelerate.yaml once launched. Reads only tails."""
+        job_id = inputs.job_id(job_id)
         job = self.jobs.get(job_id)
         records, offset = logs.read_metrics(job.metrics_path, metrics_offset)
         accel = job.job_dir / "accelerate.yaml"
@@ -199,6 +203,7 @@ class Service:
 
     def job_metrics(self, job_id: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """A job's metrics records appended since `offset`, and the offset to ask from next (a compared job)."""
+        job_id = inputs.job_id(job_id)
         return logs.read_metrics(self.jobs.get(job_id).metrics_path, offset)
 
     @staticmethod
@@ -218,6 +223,7 @@ class Service:
                 "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts}
 
     def job_row(self, job_id: int) -> dict[str, Any]:
+        job_id = inputs.job_id(job_id)
         return self._row(self.jobs.get(job_id))
 
     def job_rows(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -241,16 +247,21 @@ class Service:
         return [j.as_dict() for j in self.jobs.list(limit)]
 
     def job_log(self, job_id: int, lines: int = 200) -> list[str]:
+        job_id = inputs.job_id(job_id)
+        lines = inputs.whole_number("lines", lines, 1, 10000)
         return self.jobs.log_tail(job_id, lines)
 
     def stop_job(self, job_id: int) -> dict[str, Any]:
+        job_id = inputs.job_id(job_id)
         return self.jobs.stop(job_id).as_dict()
 
     def resume_job(self, job_id: int) -> dict[str, Any]:
+        job_id = inputs.job_id(job_id)
         return self.jobs.resume(job_id).as_dict()
 
     def delete_job(self, job_id: int) -> dict[str, Any]:
         """Delete a finished job: its row in the history and its whole folder."""
+        job_id = inputs.job_id(job_id)
         if settings.hosted():
             raise RequestError(["deleting jobs is turned off on this server"])
         freed = self.jobs.delete(job_id)

@@ -12,7 +12,7 @@ import gradio as gr
 
 from .. import settings
 from ..service import Service
-from .common import as_int, checked
+from .common import checked
 
 HIDDEN_PATH_KEYS = ("job_dir", "output_dir", "command", "config", "pid")
 
@@ -53,36 +53,36 @@ def register(svc: Service) -> None:
         device, gpu_ids, cpu_processes, params}. Omitted fields take the manifest's defaults, the
         embedded model and the plugin's sample dataset. GRPO plugins take your own reward functions in
         params.custom_rewards: [{"function": "myrewards.py:brevity", "weight": 1.0}]. Returns {job_id, state}."""
-        job = svc.start_job(request if isinstance(request, dict) else {"_": request})
+        job = svc.start_job(request)  # a request that is no object is refused there, saying so
         return {"job_id": job["id"], "state": job["state"], "name": job["name"]}
 
     @checked
     def job_status(job_id: int) -> dict:
         """{state, step, total_steps, progress (percent), eta_s, last_metrics, exit_code, error, ...}"""
-        return svc.job_status(as_int(job_id))
+        return svc.job_status(job_id)
 
     @checked
     def job_log(job_id: int, lines: int = 100) -> str:
         """The last `lines` lines of the job's log (stdout and stderr of every rank)."""
-        return "\n".join(svc.job_log(as_int(job_id), max(1, min(int(lines or 100), 10000))))
+        return "\n".join(svc.job_log(job_id, 100 if lines is None else lines))
 
     @checked
     def stop_job(job_id: int) -> dict:
         """Stop every process of the job. Returns {state}: STOPPING at once, STOPPED when they are gone."""
-        job = svc.stop_job(as_int(job_id))
+        job = svc.stop_job(job_id)
         return {"job_id": job["id"], "state": job["state"]}
 
     @checked
     def resume_job(job_id: int) -> dict:
         """Resume a stopped or failed job from its last checkpoint. Returns {job_id, state}."""
-        job = svc.resume_job(as_int(job_id))
+        job = svc.resume_job(job_id)
         return {"job_id": job["id"], "state": job["state"]}
 
     @checked
     def delete_job(job_id: int) -> dict:
         """Delete a finished job (COMPLETE, FAILED or STOPPED): its history entry and its folder, checkpoints
         and output included. Returns {job_id, deleted, freed_mb}; a running job must be stopped first."""
-        return svc.delete_job(as_int(job_id))
+        return svc.delete_job(job_id)
 
     @checked
     def list_jobs() -> list[dict]:

@@ -71,10 +71,3 @@ def progress_bar(percent: float, label: str) -> str:
         f'aria-valuemax="100"><div class="tl-progress-fill" style="width:{percent:.1f}%"></div></div>'
         f'<div class="tl-progress-label">{html.escape(label)}</div>'
     )
-
-
-def as_int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"job_id must be a whole number, got {value!r}", print_exception=False) from None

@@ -166,8 +166,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
             return [gr.skip()] * 16
-        fresh = state.get("job") != int(job_id)
-        view = svc.job_view(int(job_id), 0 if fresh else state["offset"], LOG_LINES)  # one read of the job
+        fresh = state.get("job") != job_id
+        view = svc.job_view(job_id, 0 if fresh else state["offset"], LOG_LINES)  # one read; the service checks the id
         job, status = view["job"], view["status"]
         if fresh:
             state = {"job": job["id"], "offset": 0, "series": {}, "state": None, "others": {},
@@ -238,8 +238,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 others[str(other)] = kept[str(other)]
                 continue
             try:
-                job = svc.job_row(int(other))
-            except ValueError:  # deleted meanwhile
+                job = svc.job_row(other)
+            except ValueError:  # deleted meanwhile, or no job id
                 continue
             others[str(job["id"])] = {"label": f"{job['id']} · {job['name']}", "series": {}, "offset": 0}
         others, _ = follow_others(svc, others)
@@ -258,13 +258,14 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
 
     table.select(pick, None, selected, **PRIVATE)
 
-    stop_btn.click(checked(lambda j: svc.stop_job(int(j)) and None), selected, None, **PRIVATE)
-    resume_btn.click(checked(lambda j: svc.resume_job(int(j)) and None), selected, None, **PRIVATE)
+    # The ids go to the service as sent: it refuses 1.5 (int() here made it job 1).
+    stop_btn.click(checked(lambda j: svc.stop_job(j) and None), selected, None, **PRIVATE)
+    resume_btn.click(checked(lambda j: svc.resume_job(j) and None), selected, None, **PRIVATE)
 
     def delete(job_id, confirmed):
         if job_id is None or not confirmed:
             return [gr.skip()] * 14
-        out = checked(svc.delete_job)(int(job_id))
+        out = checked(svc.delete_job)(job_id)
         gr.Info(f"Deleted job {out['job_id']} ({out['freed_mb']:g} MB freed)")
         hidden = gr.update(visible=False)
         return ([None, f'<p class="tl-muted">Job {out["job_id"]} was deleted, with its folder '

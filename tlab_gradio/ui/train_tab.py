@@ -12,7 +12,7 @@ import gradio as gr
 
 from ..service import RequestError, Service
 from . import dataset_picker, jobs_view
-from .common import PRIVATE, problems_md
+from .common import PRIVATE, checked, problems_md
 from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS
 from .form_request import FILLED, STATIC_FIELDS, build_request, form_from_request
 from .plugin_form import config_section, form_of, initial_values, trainer_choices
@@ -178,7 +178,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     def clone(job_id, current):
         if job_id is None:
             raise gr.Error("Select a job to clone", print_exception=False)
-        request = svc.clone_request(int(job_id))
+        request = checked(svc.clone_request)(job_id)  # the service checks the id
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Cloned the settings of job {int(job_id)}. Change what you like and press Start."]
 
