@@ -4,20 +4,18 @@ A dataset is a bundled sample, a local file (JSON, JSONL, CSV, Parquet) or a Hub
 id, all loaded through `datasets`. Conversational data (a `messages` column) is
 left to the tokenizer's chat template; anything else is rendered through data
 templates with `{{field}}` placeholders in jinja2's sandbox, so a template cannot
-reach Python objects. Used both before launch (checks, previews) and by the trainers.
+reach Python objects, and under bounds of size and time (templating.py). Used both
+before launch (checks, previews) and by the trainers: the trainers render in their
+own process, the web process only through render_worker (`Templates.rendered`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
-
-from . import inputs, settings
+from . import inputs, settings, templating
 
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -161,20 +159,22 @@ def load(spec: DatasetSpec):
 
 # --- templates -------------------------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def _env() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
-
-
-def template_fields(template: str) -> set[str]:
+def template_fields(template: str, label: str = "template") -> set[str]:
+    """The fields a template reads, without running it; DataError naming the template when it is too long,
+    does not parse, or uses a name the sandbox blocks."""
     try:
-        return meta.find_undeclared_variables(_env().parse(template))
-    except TemplateSyntaxError as exc:
-        raise DataError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+        return templating.fields(template)
+    except templating.TemplateProblem as exc:
+        raise DataError(f"{label} {exc}") from None
 
 
-def render(template: str, row: dict[str, Any]) -> str:
-    return _env().from_string(template).render(**row)
+def render(template: str, row: dict[str, Any], label: str = "template") -> str:
+    """One row through a template in this process, within templating's bounds (the trainers: their own
+    process). The web process renders through Templates.rendered."""
+    try:
+        return templating.render(template, row)
+    except templating.TemplateProblem as exc:
+        raise DataError(f"{label}: {exc}") from None
 
 
 def is_conversational(columns: list[str]) -> bool:
@@ -189,6 +189,11 @@ class Templates:
     template: str = ""
     completion_template: str = ""
 
+    def _named(self) -> list[tuple[str, str]]:
+        named = [("data template", self.template)]
+        return named + [("completion template", self.completion_template)] if self.completion_template.strip() \
+            else named
+
     def check(self, columns: list[str]) -> None:
         if not self.template.strip():
             if is_conversational(columns):
@@ -198,7 +203,7 @@ class Templates:
                 f"`{{{{{columns[0] if columns else 'text'}}}}}`; columns: {', '.join(columns)}"
             )
         for name, text in (("data template", self.template), ("completion template", self.completion_template)):
-            missing = sorted(template_fields(text) - set(columns))
+            missing = sorted(template_fields(text, name) - set(columns))
             if missing:
                 raise DataError(
                     f"{name} uses {', '.join(f'`{m}`' for m in missing)}, which the dataset does not have; "
@@ -206,11 +211,24 @@ class Templates:
                 )
 
     def format_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One row as TRL gets it, rendered in this process (the trainers)."""
         if not self.template.strip():
             return {"messages": row["messages"]}
-        if self.completion_template.strip():
-            return {"prompt": render(self.template, row), "completion": render(self.completion_template, row)}
-        return {"text": render(self.template, row)}
+        texts = [render(text, row, name) for name, text in self._named()]
+        return {"prompt": texts[0], "completion": texts[1]} if len(texts) == 2 else {"text": texts[0]}
+
+    def rendered(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """format_row for a few rows, in a render worker under a hard deadline: what the web process uses
+        (previews, the check at Start), so no template can stall it. DataError naming the template and row."""
+        if not self.template.strip():
+            return [{"messages": r["messages"]} for r in rows]
+        from . import render_worker
+
+        try:
+            out = render_worker.run("render_batch", self._named(), [dict(r) for r in rows])
+        except templating.TemplateProblem as exc:
+            raise DataError(str(exc)) from None  # it names the template and row, or says why the worker stopped
+        return [{"prompt": t[0], "completion": t[1]} if len(t) == 2 else {"text": t[0]} for t in out]
 
 
 def templates_for(spec: DatasetSpec, template: Any, completion_template: Any) -> Templates:
@@ -245,10 +263,11 @@ def grpo_formatted(dataset, templates: Templates, system_prompt: str):
     templates.check(columns)
 
     def row(example):
-        messages = [{"role": "user", "content": render(templates.template, example)}]
+        messages = [{"role": "user", "content": render(templates.template, example, "input template")}]
         if system_prompt.strip():
             messages.insert(0, {"role": "system", "content": system_prompt})
-        return {"prompt": messages, "answer": reference_answer(render(templates.completion_template, example))}
+        return {"prompt": messages,
+                "answer": reference_answer(render(templates.completion_template, example, "answer template"))}
 
     return dataset.map(row, remove_columns=columns)
 
@@ -259,6 +278,9 @@ def _sample_rows(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+CHECKED_ROWS = 3  # the rows the check at Start renders
+
+
 def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:
     """Load, check the templates against the columns, and describe the data; raise DataError.
 
@@ -267,12 +289,15 @@ def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:
     if spec.source == "sample" and spec.split in (None, "train"):
         rows = _sample_rows(spec.name)
         count, columns = len(rows), list(dict.fromkeys(key for row in rows for key in row))
+        first = rows[:CHECKED_ROWS]
     else:
         dataset = load(spec)
         count, columns = len(dataset), list(dataset.column_names)
+        first = [dict(r) for r in dataset.select(range(min(CHECKED_ROWS, count)))]
     if count == 0:
         raise DataError(f"dataset {spec.label} is empty")
     templates.check(columns)
+    templates.rendered(first)  # a template that fails on the data (or is too slow) is refused before a job runs
     return {"rows": count, "columns": columns, "conversational": not templates.template.strip()}
 
 
@@ -283,5 +308,5 @@ def preview(spec: DatasetSpec, templates: Templates | None = None, rows: int = 3
     out: dict[str, Any] = {"columns": list(dataset.column_names), "num_rows": len(dataset), "rows": head}
     if templates is not None:
         templates.check(out["columns"])
-        out["rendered"] = [templates.format_row(r) for r in head]
+        out["rendered"] = templates.rendered(head)
     return out

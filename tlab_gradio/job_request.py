@@ -208,6 +208,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
             dataset_info = data.check(spec, templates)
     except data.DataError as exc:
         problems.append(str(exc))
+        templates = None  # the reward check below uses its fixed sample rather than render these again
 
     if choices and clean:
         problems += _custom_reward_problems(home, choices, clean, spec, templates, model_ref, manifest)
@@ -243,10 +244,9 @@ def _custom_reward_problems(home: Path, choices, clean, spec, templates, model_r
         return problems
     question, answer = "What is 6 times 7?", "42"
     if spec is not None and templates is not None and spec.source == "sample":
-        try:  # the job's own first row, when it is at hand
-            row = data._sample_rows(spec.name)[0]
-            question = data.render(templates.template, row)
-            answer = reference_answer(data.render(templates.completion_template, row))
+        try:  # the job's own first row, when it is at hand; rendered in a worker (the web process never renders)
+            first = templates.rendered(data._sample_rows(spec.name)[:1])[0]
+            question, answer = first["prompt"], reference_answer(first["completion"])
         except Exception:  # noqa: BLE001 - the fixed sample will do
             pass
     markers = Markers(clean["reasoning_start"], clean["reasoning_end"], clean["answer_start"], clean["answer_end"])

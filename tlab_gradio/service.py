@@ -95,7 +95,7 @@ class Service:
             templates = data.templates_for(spec, template, completion_template)
             try:
                 templates.check(out["columns"])
-                out["rendered"] = [templates.format_row(r) for r in out["rows"]]
+                out["rendered"] = templates.rendered(out["rows"])  # in a render worker: never stalls this process
             except data.DataError as exc:
                 out["template_error"] = str(exc)
             out["templates"] = {"template": templates.template, "completion_template": templates.completion_template}
