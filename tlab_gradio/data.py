@@ -88,7 +88,8 @@ def parse_spec(value: Any) -> DatasetSpec:
             raise DataError(f"dataset source {source!r}: must be 'sample', 'file' or 'hub'")
         if not value.get("name"):
             raise DataError("dataset: `name` is required (sample name, file path or Hub id)")
-        spec = DatasetSpec(source, _text("dataset.name", value["name"]), _text("dataset.subset", value.get("subset"), True),
+        spec = DatasetSpec(source, _text("dataset.name", value["name"]),
+                           _text("dataset.subset", value.get("subset"), True),
                            _text("dataset.split", value.get("split"), True))
     elif isinstance(value, str):
         text = _text("dataset", value)

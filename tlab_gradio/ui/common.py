@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import html
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import gradio as gr
 
