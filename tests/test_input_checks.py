@@ -152,3 +152,28 @@ def test_the_api_takes_whole_job_ids_and_line_counts_only(finished_job):
             fns["job_log"](1, lines)  # OverflowError escaped for inf
     assert svc.job_row(1)["state"] == "COMPLETE"
     assert isinstance(fns["job_log"](1, 5), str)
+
+
+def test_the_other_endpoints_check_their_arguments_types(home):
+    import gradio as gr
+
+    fns = api_functions(Service())
+    for name, args, field in [("upload_reward_file", ("a.py", 5), "source"),  # 'int' has no attribute 'encode'
+                              ("upload_reward_file", ("a.py", None), "source"),
+                              ("install_plugin", (5,), "plugin"), ("install_plugin", (None,), "plugin"),
+                              ("install_plugin", (["x"],), "plugin")]:  # TypeErrors escaped as tracebacks
+        with pytest.raises(gr.Error) as info:
+            fns[name](*args)
+        assert f"`{field}`" in str(info.value), (name, args, str(info.value))
+
+
+@pytest.mark.parametrize("method, args, field", [
+    ("save_preset", (5, {"plugin": SFT}), "preset name"), ("load_preset", (["a"],), "preset name"),
+    ("delete_preset", ({"a": 1},), "preset name"),  # 'int' object has no attribute 'strip'
+    ("preview_data", ("sft_instructions", None, None, 10**9), "`rows`"),  # every row rendered
+    ("preview_data", ("sft_instructions", None, None, 2.5), "`rows`"),
+])
+def test_the_pages_service_calls_check_their_arguments(home, method, args, field):
+    with pytest.raises(RequestError) as info:
+        getattr(Service(), method)(*args)
+    assert field in str(info.value) and "must be" in str(info.value), str(info.value)

@@ -14,6 +14,9 @@ def plugins() -> tuple[dict[str, manifests.Manifest], list[manifests.ManifestErr
 
 
 def plugin(plugin_id: str) -> manifests.Manifest:
+    if not isinstance(plugin_id, str):  # a number or a list made TypeErrors below
+        raise RequestError([f"`plugin` must be a plugin id as /list_plugins shows it, e.g. llama_sft_multi_gpu; "
+                            f"got {type(plugin_id).__name__} {plugin_id!r:.60}"])
     found, errors = plugins()
     if plugin_id in found:
         return found[plugin_id]

@@ -18,6 +18,9 @@ class Presets:
         self.home = Path(home)
 
     def _path(self, name: str) -> Path:
+        if name is not None and not isinstance(name, str):
+            raise RequestError([f"the preset name must be text (letters, digits, spaces, '_', '.', '-'; up to 80), "
+                                f"got {type(name).__name__}"])
         name = (name or "").strip()
         if not PRESET_NAME.match(name):
             raise RequestError([f"preset name {name!r}: use letters, digits, spaces, '_', '.', '-' (up to 80)"])

@@ -98,6 +98,8 @@ def list_files(home: Path) -> list[dict[str, Any]]:
 def save(home: Path, name: str, source: str | bytes) -> dict[str, Any]:
     """Check an uploaded file (name, size, syntax, at least one reward function) and keep it in the
     rewards folder, replacing a file of that name. Raises ValueError saying what is wrong."""
+    if not isinstance(source, (str, bytes)):
+        raise ValueError(f"`source` must be the reward file's Python text; got {type(source).__name__}")
     name = str(name or "").strip()
     if not FILE_NAME.match(name):  # no folders: the file goes into the rewards folder and nowhere else
         raise ValueError(f"reward file name {name!r}: use a Python module name ending in .py "

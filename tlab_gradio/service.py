@@ -22,6 +22,7 @@ from .request_error import RequestError
 
 REQUEST_KEYS = job_request.REQUEST_KEYS
 VIEW_FILES = 50  # output files listed in a job's view
+PREVIEW_ROWS = 50  # the most rows a preview shows (each is rendered)
 
 
 class Service:
@@ -86,6 +87,7 @@ class Service:
                      rows: int = 3) -> dict[str, Any]:
         """First rows and columns of a dataset and, if the templates fit, the rendered examples.
         A template that does not fit comes back as `template_error` next to the rows."""
+        rows = inputs.whole_number("rows", rows, 1, PREVIEW_ROWS)
         try:
             spec = data.parse_spec(dataset)
             uploads = settings.uploads_dir()
