@@ -136,6 +136,8 @@ def _load_dict(spec: DatasetSpec):
                 return datasets.load_dataset(str(path))
             kind = FILE_TYPES[path.suffix.lower()]
             return datasets.load_dataset(kind, data_files={"train": str(path)})
+        if settings.hosted() and Path(spec.name).expanduser().exists():  # the trainer's folder differs from the app's
+            raise DataError(f"dataset {spec.label}: local paths are turned off on this server")
         return datasets.load_dataset(spec.name, spec.subset)
     except DataError:
         raise

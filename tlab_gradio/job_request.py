@@ -186,7 +186,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
 
     model_ref = None
     try:
-        if settings.hosted() and (request.get("model") or "").strip() and _looks_local(request["model"]):
+        if settings.hosted() and (request.get("model") or "").strip() and not hub_id_only(request["model"]):
             raise models.ModelError("local model folders are turned off on this server; give a Hub id")
         model_ref = models.resolve(request.get("model"))
         models.check_supported(model_ref, manifest.model_architectures, manifest.name)
@@ -197,8 +197,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
     dataset_info: dict[str, Any] = {}
     try:
         spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
-        if settings.hosted() and spec.source == "file" and not inside(spec.name, settings.uploads_dir()):
-            raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
+        hosted_dataset_check(spec)
         templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
         if manifest.train_type == "grpo" and not (templates.template.strip() and
                                                   templates.completion_template.strip()):
@@ -267,12 +266,36 @@ def _chat_model(model_ref) -> bool:
     return bool((read_json(folder / "tokenizer_config.json") or {}).get("chat_template"))
 
 
-def _looks_local(text: str) -> bool:
+def hosted_dataset_check(spec: data.DatasetSpec) -> None:
+    """Hosted mode: a dataset is a sample, a stored upload, or a Hub id that names nothing on this machine.
+    datasets.load_dataset(name) reads any local folder it is given (a visitor read another's uploads with
+    `../x1/home/uploads`), so a "hub" name that is, or could be, a path is refused, not looked up."""
+    if not settings.hosted():
+        return
+    if spec.source == "file" and not (inside(spec.name, settings.uploads_dir()) and Path(spec.name).is_file()):
+        raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
+    if spec.source == "hub" and not hub_id_only(spec.name):
+        raise data.DataError(f"dataset {inputs.short(spec.name)}: local dataset paths are turned off on this "
+                             "server; give a Hub id like org/name, or upload the file")
+
+
+def hub_id_only(text: str) -> bool:
+    """A Hub id (org/name) that is no path here: not absolute, no `.`/`..`/`~` part, nothing by that name in
+    the working folder (load_dataset and from_pretrained try a local path first)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     text = text.strip()
     try:
-        return text.startswith(("/", ".", "~")) or inputs.path_exists("model", text)
-    except ValueError as exc:
-        raise models.ModelError(str(exc)) from None
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    parts = text.split("/")
+    if text.startswith(("/", "~", ".")) or any(p in ("", ".", "..") or p.startswith("~") for p in parts):
+        return False
+    try:
+        return not inputs.path_exists("name", text)
+    except ValueError:
+        return False
 
 
 def inside(path: str, folder: Path) -> bool:

@@ -90,9 +90,7 @@ class Service:
         rows = inputs.whole_number("rows", rows, 1, PREVIEW_ROWS)
         try:
             spec = data.parse_spec(dataset)
-            uploads = settings.uploads_dir()
-            if settings.hosted() and spec.source == "file" and not job_request.inside(spec.name, uploads):
-                raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
+            job_request.hosted_dataset_check(spec)  # the same rule as Start: previews read no server folder
             out = data.preview(spec, None, rows)
             templates = data.templates_for(spec, template, completion_template)
             try:

@@ -1,0 +1,82 @@
+"""Attacks on a real app started with TLAB_HOSTED=1 (the public demo), as a hostile visitor would make them:
+through gradio_client and raw HTTP, each aimed at a promise of issue 17 ("must be true" item 1)."""
+import json
+import os
+import urllib.request
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from conftest import REPO
+from test_app import SFT, start_app
+
+ROW = {"instruction": "secret", "input": "", "output": "secret"}
+TEMPLATES = {"template": "{{instruction}}", "completion_template": "{{output}}"}  # so the old code accepted it
+
+
+@pytest.fixture
+def hosted(home, tmp_path):
+    proc, url = start_app({"TLAB_HOSTED": "1"}, tmp_path)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def page_call(url, elem_id, data, session="attacker", event="click"):
+    """Call a page handler over raw HTTP, as a browser does (queue/join, then its event stream), by the
+    component that triggers it: hidden from the API list, but reachable."""
+    config = json.load(urllib.request.urlopen(url + "config"))
+    target = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+    dep = next(d for d in config["dependencies"] if [target, event] in [list(t) for t in d["targets"]])
+    body = json.dumps({"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
+                       "trigger_id": target}).encode()
+    urllib.request.urlopen(urllib.request.Request(url + "gradio_api/queue/join", body,
+                                                  {"Content-Type": "application/json"}), timeout=30).read()
+    with urllib.request.urlopen(url + f"gradio_api/queue/data?session_hash={session}", timeout=120) as stream:
+        for line in stream:
+            if line.startswith(b"data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    return msg["output"]
+    raise AssertionError("no answer")
+
+
+def _data_folder(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(ROW) for _ in range(8)) + "\n")
+    return folder
+
+
+def test_no_dataset_or_model_name_reaches_the_servers_files(hosted, home, tmp_path):
+    """Before: a "hub" name that is a local folder went to datasets.load_dataset, which read it (the job was
+    created, trained on the server's files); a "file" naming the uploads folder read every visitor's uploads."""
+    client = Client(hosted, verbose=False)
+    server_folder = _data_folder(tmp_path / "server-data")
+    others_upload = _data_folder(home / "uploads" / "0123456789ab")
+    names = [str(server_folder),  # absolute
+             os.path.relpath(server_folder, REPO),  # relative to the app's folder, through ..
+             "~/" + os.path.relpath(server_folder, os.path.expanduser("~")),
+             "tests/data/tlab_manifests"]  # a folder under the app's working folder
+    for name in names:
+        with pytest.raises(AppError, match="local dataset paths are turned off"):
+            client.predict({"plugin": SFT, "dataset": {"source": "hub", "name": name}, **TEMPLATES},
+                           api_name="/start_job")
+    for name in (str(home / "uploads"), str(others_upload)):  # the uploads folder itself: everyone's files
+        with pytest.raises(AppError, match="local dataset paths are turned off"):
+            client.predict({"plugin": SFT, "dataset": {"source": "file", "name": name}, **TEMPLATES},
+                           api_name="/start_job")
+    for name in (str(server_folder), "tests", "~", "../x1/home/uploads"):
+        with pytest.raises(AppError, match="local model folders are turned off|neither a local folder"):
+            client.predict({"plugin": SFT, "model": name}, api_name="/start_job")
+    assert client.predict(api_name="/list_jobs") == []
+
+
+def test_the_page_preview_reads_no_server_folder(hosted, tmp_path):
+    """Before: the preview handler, called over raw HTTP, showed the rows of any folder given as a Hub id."""
+    folder = _data_folder(tmp_path / "server-data")
+    for name in (str(folder), os.path.relpath(folder, REPO)):
+        out = page_call(hosted, "preview-data", ["Hugging Face Hub", None, None, "", name, "", "",
+                                                 "{{instruction}}", "{{output}}"])
+        assert "secret" not in json.dumps(out), out
+        assert "local dataset paths are turned off" in json.dumps(out)
