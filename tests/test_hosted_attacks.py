@@ -80,3 +80,30 @@ def test_the_page_preview_reads_no_server_folder(hosted, tmp_path):
                                                  "{{instruction}}", "{{output}}"])
         assert "secret" not in json.dumps(out), out
         assert "local dataset paths are turned off" in json.dumps(out)
+
+
+def _server_paths(home):
+    import sys
+    import tempfile
+    return [str(home), str(REPO), sys.prefix, tempfile.gettempdir()]
+
+
+def test_no_server_path_in_a_jobs_log_or_error(home, tmp_path):
+    """Before: /job_log's first line (the launch argv) and /job_status's `error` (the log's tail) named the
+    workspace, the app's folder and Python's."""
+    from test_app import wait_state
+
+    proc, url = start_app({"TLAB_HOSTED": "1", "TLAB_STALL_SECONDS": "2"}, tmp_path)  # the watchdog fails it
+    try:
+        client = Client(url, verbose=False)
+        job = client.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+        status = wait_state(client, job["job_id"], ("FAILED", "COMPLETE", "STOPPED"), timeout=120)
+        assert status["state"] == "FAILED" and status["error"]
+        log = client.predict(job["job_id"], 400, api_name="/job_log")
+        assert "accelerate" in log.splitlines()[0]  # the argv is there, its folders named
+        shown = json.dumps([status, log, client.predict(api_name="/list_jobs")])
+        leaked = [p for p in _server_paths(home) if p in shown]
+        assert not leaked, (leaked, shown[:3000])
+    finally:
+        proc.terminate()
+        proc.wait(20)

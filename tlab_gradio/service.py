@@ -8,6 +8,9 @@ reward files. Every input is checked before anything is launched; problems come 
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,29 @@ class Service:
         self.home = Path(home or settings.home())
         self.jobs = JobManager(self.home)
         self.presets = Presets(self.home)
+
+    # --- hosted mode: no server path in anything shown ------------------------------
+    def hide_paths(self, text: Any) -> Any:
+        """In hosted mode, the server's folders in a text (a log line, a reason, a message) become names: the
+        workspace $TLAB_HOME, the app <app>, Python's <python>, the temp folder <tmp>, the user's home ~. The one
+        place every shown text goes through (the README promises a hosted page shows no server path)."""
+        if not settings.hosted() or not isinstance(text, str) or not text:
+            return text
+        for path, name in self._path_names():
+            text = text.replace(path, name)
+        return text
+
+    def _path_names(self) -> list[tuple[str, str]]:
+        named = [(self.home, "$TLAB_HOME"), (settings.REPO_DIR, "<app>"), (Path(sys.prefix), "<python>"),
+                 (Path(sys.base_prefix), "<python>"), (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")]
+        if os.environ.get("HF_HOME"):
+            named.append((Path(os.environ["HF_HOME"]), "$HF_HOME"))
+        pairs = {}
+        for path, name in named:
+            for form in (str(path), str(path.resolve())):
+                if len(form) > 1:  # never "/"
+                    pairs.setdefault(form, name)
+        return sorted(pairs.items(), key=lambda p: -len(p[0]))  # the longest first: the workspace may be in <tmp>
 
     # --- plugins and machine ------------------------------------------------------
     def plugins(self) -> tuple[dict[str, manifests.Manifest], list[manifests.ManifestError]]:
@@ -167,13 +193,14 @@ class Service:
         if job.state == "FAILED":
             tail = [line for line in logs.tail(job.log_path, 30) if line.strip()]
             error = (job.reason or "failed") + ("\n" + "\n".join(tail[-15:]) if tail else "")
+            error = self.hide_paths(error)
         return {
             "job_id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state,
             "step": progress.get("step", 0), "total_steps": progress.get("max_steps"),
             "progress": progress.get("percent", 100.0 if job.state == "COMPLETE" else 0.0),
             "eta_s": progress.get("eta_seconds"), "world_size": progress.get("world_size"),
             "last_metrics": last[0] if last else None, "exit_code": job.exit_code,
-            "reason": job.reason, "error": error, "attempts": job.attempts,
+            "reason": self.hide_paths(job.reason), "error": error, "attempts": job.attempts,
             "created": job.created, "started": job.started, "finished": job.finished,
         }
 
@@ -195,9 +222,10 @@ class Service:
         accel = job.job_dir / "accelerate.yaml"
         return {
             "job": self._row(job), "status": self.job_status(job_id),
-            "log": logs.tail(job.log_path, log_lines), "metrics": records, "metrics_offset": offset,
-            "command": " ".join(job.command) if job.command else "",
-            "accelerate_yaml": accel.read_text() if accel.is_file() else "",
+            "log": [self.hide_paths(line) for line in logs.tail(job.log_path, log_lines)],
+            "metrics": records, "metrics_offset": offset,
+            "command": self.hide_paths(" ".join(job.command) if job.command else ""),
+            "accelerate_yaml": self.hide_paths(accel.read_text() if accel.is_file() else ""),
             "files": self._files(job) if job.state in ("COMPLETE", "FAILED", "STOPPED") else [],
         }
 
@@ -214,12 +242,12 @@ class Service:
         found = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
         return [str(p) for p in records + found[:VIEW_FILES]]
 
-    @staticmethod
-    def _row(job: Job) -> dict[str, Any]:
+    def _row(self, job: Job) -> dict[str, Any]:
         """What a jobs list shows of a job: no folders, no config, the processes it runs as."""
         spec = job.spec
         return {"id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state, "gpus": job.gpus,
-                "device": spec.launch.device, "processes": spec.launch.total_processes, "reason": job.reason,
+                "device": spec.launch.device, "processes": spec.launch.total_processes,
+                "reason": self.hide_paths(job.reason),
                 "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts}
 
     def job_row(self, job_id: int) -> dict[str, Any]:
@@ -244,12 +272,12 @@ class Service:
         return self.presets.delete(name)
 
     def list_jobs(self, limit: int = 200) -> list[dict[str, Any]]:
-        return [j.as_dict() for j in self.jobs.list(limit)]
+        return [{**j.as_dict(), "reason": self.hide_paths(j.reason)} for j in self.jobs.list(limit)]
 
     def job_log(self, job_id: int, lines: int = 200) -> list[str]:
         job_id = inputs.job_id(job_id)
         lines = inputs.whole_number("lines", lines, 1, 10000)
-        return self.jobs.log_tail(job_id, lines)
+        return [self.hide_paths(line) for line in self.jobs.log_tail(job_id, lines)]  # line 1: the argv
 
     def stop_job(self, job_id: int) -> dict[str, Any]:
         job_id = inputs.job_id(job_id)

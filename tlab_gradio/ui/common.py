@@ -8,7 +8,7 @@ from typing import Callable
 
 import gradio as gr
 
-from ..service import JobError, RequestError
+from ..service import JobError, RequestError, get_service
 
 PRIVATE = {"api_visibility": "private"}  # page handlers stay out of the API the client sees
 
@@ -19,7 +19,7 @@ def user_error(exc: Exception) -> gr.Error:
         message = exc.problems[0] if len(exc.problems) == 1 else "\n".join(f"- {p}" for p in exc.problems)
     else:
         message = str(exc)
-    return gr.Error(message, print_exception=False)
+    return gr.Error(get_service().hide_paths(message), print_exception=False)  # hosted: no server path
 
 
 def checked(fn: Callable) -> Callable:
@@ -35,7 +35,8 @@ def checked(fn: Callable) -> Callable:
 
 def problems_md(exc: Exception) -> str:
     problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
-    return "\n".join(f'- <span class="tl-warn">✗</span> {html.escape(p)}' for p in problems)
+    hide = get_service().hide_paths  # hosted: no server path
+    return "\n".join(f'- <span class="tl-warn">✗</span> {html.escape(hide(p))}' for p in problems)
 
 
 def duration(seconds: float | None) -> str:

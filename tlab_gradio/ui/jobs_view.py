@@ -12,7 +12,6 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .. import settings
 from ..service import ACTIVE, FINISHED, Service
 from .common import PRIVATE, checked, duration, progress_bar, state_badge, when
 
@@ -119,12 +118,6 @@ def follow_others(svc: Service, others: dict) -> tuple[dict, bool]:
     return out, grew
 
 
-def redact(text: str, svc: Service, hosted: bool) -> str:
-    if not hosted:
-        return text
-    return text.replace(str(settings.REPO_DIR), "<app>").replace(str(svc.home), "$TLAB_HOME")
-
-
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     selected = gr.State(None)
     view = gr.State({"job": None, "offset": 0, "series": {}, "state": None})
@@ -190,7 +183,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         head = (f'<div class="tl-job-title">{html.escape(job["name"])} {state_badge(job["state"])}</div>'
                 f'<div class="tl-muted">job {job["id"]} · {html.escape(job["plugin"])}{world} · '
                 f'started {when(job["started"]) or "—"}</div>')
-        log_text = redact("\n".join(view["log"]), svc, hosted)
+        log_text = "\n".join(view["log"])  # the service hides server paths in hosted mode
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
                 chart_update(series, choice, others, state["label"]) if (records or grew or fresh) else gr.skip(),
                 state,
@@ -201,14 +194,14 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             finished = job["state"] in FINISHED
             err = ""
             if job["state"] == "FAILED":
-                err = f"**Failed:** {html.escape(job['reason'] or '')}"
+                err = f"**Failed:** {html.escape(job['reason'] or '')}"  # reason: paths hidden by the service
             elif job["state"] in ("STOPPED", "STOPPING") and job["reason"]:
                 err = html.escape(job["reason"])
             cmd, file_list, accel_text = view["command"], view["files"], view["accelerate_yaml"]
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
                      gr.update(visible=True), gr.update(visible=finished and not hosted), err,
-                     gr.update(value=redact(cmd, svc, hosted), visible=bool(cmd) and not hosted),
+                     gr.update(value=cmd, visible=bool(cmd) and not hosted),
                      gr.update(value=file_list or None, visible=bool(file_list)), gr.update(visible=True),
                      gr.update(value=accel_text, visible=bool(accel_text) and not hosted)]
         else:

@@ -7,7 +7,6 @@ from typing import Any
 
 import gradio as gr
 
-from .. import settings
 from ..service import RequestError, Service
 from .common import problems_md
 from .dataset_picker import dataset_value
@@ -35,7 +34,7 @@ def launch_check(svc: Service, request: dict[str, Any], hosted: bool) -> tuple[s
     preview = svc.launch_preview(request)
     text = preview["command"]
     return ('<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]),
-            _redact(text, svc) if hosted else text)
+            svc.hide_paths(text))
 
 
 def memory_md(est: dict[str, Any]) -> str:
@@ -77,7 +76,3 @@ def _render_example(i: int, example: dict[str, Any]) -> str:
     else:
         body = example["text"]
     return f"--- example {i} ---\n{body}"
-
-
-def _redact(text: str, svc: Service) -> str:
-    return text.replace(str(settings.REPO_DIR), "<app>").replace(str(svc.home), "$TLAB_HOME")
