@@ -25,7 +25,8 @@ from tlab_gradio.job_spec import DataRef, JobSpec, Launch, ModelRef  # noqa: E40
 
 PROGRAMS = {
     # A launcher starting ranks in sessions of their own (torch's elastic agent does); each writes rank-N.pid once
-    # ready. "ignore_term": SIGTERM ignored; "stopped": SIGSTOPs itself; anything else: sleeps.
+    # ready. "ignore_term": SIGTERM ignored; "stopped": SIGSTOPs itself, and on SIGTERM writes rank-N.terminated
+    # (a rank saving its state) and exits; anything else: sleeps.
     "ranks": """
 import json, os, signal, subprocess, sys, time
 job_dir, params = sys.argv[1], json.loads(sys.argv[2])
@@ -36,6 +37,10 @@ if kind == "ignore_term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 open(os.path.join(job_dir, "rank-%s.pid" % rank), "w").write(str(os.getpid()))
 if kind == "stopped":
+    def terminated(*_):
+        open(os.path.join(job_dir, "rank-%s.terminated" % rank), "w").write("SIGTERM")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, terminated)
     os.kill(os.getpid(), signal.SIGSTOP)
 while True:
     time.sleep(1)

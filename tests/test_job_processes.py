@@ -49,6 +49,7 @@ def test_stop_ends_ranks_in_their_own_sessions_that_ignore_sigterm_or_are_stoppe
     done = manager.wait(job.id, 30)
     assert (done.state, done.reason) == ("STOPPED", "stopped by the user")
     assert standins.left_of(job.job_dir) == []  # recorded STOPPED only once nothing of it is left
+    assert (job.job_dir / "rank-1.terminated").is_file()  # the stopped rank was continued: it acted on SIGTERM
 
 
 def test_the_time_limit_ends_every_rank(manager, monkeypatch):

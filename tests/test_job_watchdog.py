@@ -78,14 +78,15 @@ def earlier_app(home: Path, *specs) -> list[int]:
 
 
 def test_an_adopted_job_keeps_its_time_limit_counted_from_its_start(home, monkeypatch):
-    monkeypatch.setenv("TLAB_MAX_JOB_SECONDS", "4")
+    monkeypatch.setenv("TLAB_MAX_JOB_SECONDS", "5")
     monkeypatch.setenv("TLAB_STOP_GRACE", "1")
-    [job_id] = earlier_app(home, standins.spec("long", "ranks", ranks=["ignore_term"]))
+    [job_id] = earlier_app(home, standins.spec("long", "ranks", ranks=["sleep"]))
+    time.sleep(3.5)  # the app is down for most of the job's limit
     manager = JobManager(home)
     assert manager.get(job_id).state == "RUNNING"  # adopted: its launcher lives
     done = manager.wait(job_id, 30)
-    assert (done.state, done.reason) == ("STOPPED", "stopped: ran past this server's limit of 4 s per job")
-    assert done.finished - done.started < 10
+    assert (done.state, done.reason) == ("STOPPED", "stopped: ran past this server's limit of 5 s per job")
+    assert done.finished - done.started < 7.5  # from its start, not from its adoption (that would be 8.5 s on)
     assert standins.left_of(done.job_dir) == []
 
 

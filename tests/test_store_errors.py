@@ -67,6 +67,9 @@ def test_a_full_disk_delays_the_record_of_how_jobs_ended_never_loses_it(small_di
     go.touch()
     with pytest.raises(JobError, match="could not be stored"):  # a clear refusal, no half-made job
         manager.create(standins.spec("refused", "sleep"))
+    monkeypatch.setenv("TLAB_MAX_CONCURRENT_JOBS", "3")  # room for the queued job, but no disk to launch it on
+    manager._schedule()
+    assert manager.get(queued.id).state == "QUEUED"  # waits for space; not failed for want of it
     deadline = time.monotonic() + 20
     while (standins.left_of(ends.job_dir) or standins.left_of(stopped.job_dir)) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -98,3 +101,27 @@ def test_a_job_that_dies_of_a_full_disk_says_so(small_disk, monkeypatch):
     assert done.state == "FAILED"
     assert done.reason == ("no space left on the disk holding the job's folder (the disk is full: delete old jobs' "
                            "checkpoints, or lower Checkpoints Kept) [exited with code 1]"), done.reason
+
+
+def test_a_job_whose_folder_is_on_a_full_disk_waits_and_starts_when_space_returns(small_disk, monkeypatch):
+    """The store can be written but the job's folder cannot (its own small filesystem, full): the job is not
+    failed for want of space, and starts once there is some, with nothing else happening to move the queue."""
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", standins.launch_files)
+    monkeypatch.setenv("TLAB_MAX_CONCURRENT_JOBS", "1")
+    manager = JobManager(small_disk)
+    manager.create(standins.spec("long", "sleep"))
+    waiting = manager.create(standins.spec("waiting", "finish", seconds=0.1))
+    config = (waiting.job_dir / "config.json").read_bytes()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(waiting.job_dir)], check=True)
+    try:
+        (waiting.job_dir / "config.json").write_bytes(config)
+        filler = fill(waiting.job_dir)
+        monkeypatch.setenv("TLAB_MAX_CONCURRENT_JOBS", "2")
+        manager._schedule()  # as at any event: room for it now, but its launch cannot write its log
+        assert manager.get(waiting.id).state == "QUEUED", manager.get(waiting.id).reason
+        filler.unlink()
+        assert manager.wait(waiting.id, 20).state == "COMPLETE"
+    finally:
+        for proc in standins.left_of(waiting.job_dir):
+            proc.kill()
+        subprocess.run(["umount", "-l", str(waiting.job_dir)], check=False)
