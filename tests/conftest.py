@@ -57,3 +57,16 @@ def chromium():
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     ARTIFACTS.mkdir(exist_ok=True)
     return str(CHROMIUM)
+
+
+@pytest.fixture
+def real_manager(home):
+    """A job store whose jobs' processes (found by their job tag) are all gone after the test, whatever it did."""
+    import standins
+    from tlab_gradio.jobs import JobManager
+
+    mgr = JobManager(home)
+    yield mgr
+    for job in mgr.list():
+        for proc in standins.left_of(job.job_dir):
+            proc.kill()

@@ -96,15 +96,6 @@ def real_spec(mode: str, name: str = "real") -> JobSpec:
                    params={"mode": mode})
 
 
-@pytest.fixture
-def real_manager(home):
-    mgr = JobManager(home)
-    yield mgr
-    for job in mgr.list():
-        for proc in standins.left_of(job.job_dir):
-            proc.kill()
-
-
 def test_real_launch_stop_ends_a_rank_ignoring_sigterm_and_a_stopped_one(real_manager, monkeypatch):
     monkeypatch.setenv("TLAB_STOP_GRACE", "2")
     job = real_manager.create(real_spec("hang"))

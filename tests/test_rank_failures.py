@@ -7,35 +7,23 @@ whose traceback never reaches the log (its output lost, as on a full disk) raisi
 """
 import json
 
-import pytest
-
 import standins
 from tlab_gradio import logs
-from tlab_gradio.jobs import JobManager
 from test_job_processes import TIMEOUT, real_spec
 
 RANK_ERRORS = "torchelastic"  # jobfiles.RANK_ERRORS: the agent's log folder in the job folder
 
 
-@pytest.fixture
-def manager(home):
-    mgr = JobManager(home)
-    yield mgr
-    for job in mgr.list():
-        for proc in standins.left_of(job.job_dir):
-            proc.kill()
-
-
-def test_a_rank_killed_by_sigkill_is_named_with_the_signal(manager):
-    job = manager.wait(manager.create(real_spec("killed")).id, TIMEOUT)
-    assert job.state == "FAILED", "\n".join(manager.log_tail(job.id, 60))
+def test_a_rank_killed_by_sigkill_is_named_with_the_signal(real_manager):
+    job = real_manager.wait(real_manager.create(real_spec("killed")).id, TIMEOUT)
+    assert job.state == "FAILED", "\n".join(real_manager.log_tail(job.id, 60))
     assert job.reason == "rank 1: killed by SIGKILL (out of memory?) [exited with code 1]"
     assert standins.left_of(job.job_dir) == []
 
 
-def test_a_ranks_error_file_names_it_when_its_traceback_never_reached_the_log(manager):
-    job = manager.wait(manager.create(real_spec("raises")).id, TIMEOUT)
-    log = "\n".join(manager.log_tail(job.id, 80))
+def test_a_ranks_error_file_names_it_when_its_traceback_never_reached_the_log(real_manager):
+    job = real_manager.wait(real_manager.create(real_spec("raises")).id, TIMEOUT)
+    log = "\n".join(real_manager.log_tail(job.id, 80))
     assert job.state == "FAILED", log
     assert "[rank1]" not in log and "\nOSError" not in log  # the rank's own traceback never reached the log
     assert job.reason == ("rank 1: OSError: [Errno 28] No space left on device (the disk is full: delete old jobs' "
