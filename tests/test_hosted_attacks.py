@@ -107,3 +107,54 @@ def test_no_server_path_in_a_jobs_log_or_error(home, tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_visitor_cannot_see_or_touch_anothers_job_or_its_files(hosted, home):
+    """Before: any visitor listed every job, read its status and log, stopped or resumed it, and
+    GET /gradio_api/file=<home>/jobs/<id>/config.json served its files to anyone."""
+    import urllib.error
+
+    from test_app import wait_state
+
+    owner, other = Client(hosted, verbose=False), Client(hosted, verbose=False)  # two browser sessions
+    job = owner.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+    job_id = job["job_id"]
+    assert other.predict(api_name="/list_jobs") == []
+    for api_name, args in (("/job_status", (job_id,)), ("/job_log", (job_id, 10)), ("/stop_job", (job_id,)),
+                           ("/resume_job", (job_id,)), ("/delete_job", (job_id,))):
+        with pytest.raises(AppError, match=f"no job with id {job_id}"):
+            other.predict(*args, api_name=api_name)
+    assert [j["job_id"] for j in owner.predict(api_name="/list_jobs")] == [job_id]
+    assert owner.predict(job_id, api_name="/job_status")["state"] in ("QUEUED", "RUNNING")
+    from tlab_gradio.jobs import LOG
+
+    for name in ("config.json", LOG):
+        path = home.resolve() / "jobs" / str(job_id) / name
+        assert path.is_file()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{hosted}gradio_api/file={path}", timeout=10)
+        assert info.value.code == 403
+    owner.predict(job_id, api_name="/stop_job")
+    assert wait_state(owner, job_id, ("STOPPED",), timeout=60)["state"] == "STOPPED"
+
+
+def test_a_store_made_before_owners_gets_the_column_and_its_jobs_are_nobodys(home, monkeypatch):
+    """Before: there was no owner column to add. A job stored before is shown to no visitor in hosted mode."""
+    import sqlite3
+
+    from tlab_gradio import jobs
+    from tlab_gradio.service import Service
+
+    home.mkdir(parents=True)
+    db = sqlite3.connect(home / "jobs.sqlite")
+    db.execute(jobs.SCHEMA.replace(",\n    owner TEXT", ""))
+    db.execute("INSERT INTO jobs (name, plugin, state, config, created) VALUES ('old', 'x', 'COMPLETE', '{}', 1)")
+    db.commit()
+    db.close()
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    svc = Service(home)
+    assert svc.jobs.get(1).owner is None
+    assert svc.list_jobs(owner="session:a") == []
+    with pytest.raises(ValueError, match="no job with id 1"):
+        svc.job_log(1, 10, owner="session:a")
+    svc.jobs.close()

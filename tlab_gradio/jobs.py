@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    owner TEXT
 )
 """
 
@@ -91,6 +92,7 @@ class Job:
     started: float | None
     finished: float | None
     fails_on_stop: bool = False  # ended on purpose as FAILED (the progress watchdog), not STOPPED
+    owner: str | None = None  # who started it (login name or browser session): hosted mode shows it to them only
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -101,7 +103,7 @@ class Job:
             pid=row["pid"], exit_code=row["exit_code"], reason=row["reason"],
             stop_requested=bool(row["stop_requested"]), attempts=row["attempts"], created=row["created"],
             started=row["started"], finished=row["finished"],
-            fails_on_stop=row["stop_requested"] == STOP_AS_FAILURE,
+            fails_on_stop=row["stop_requested"] == STOP_AS_FAILURE, owner=row["owner"],
         )
 
     @property
@@ -185,6 +187,8 @@ class JobManager:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
+        if "owner" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # a store made before
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # its jobs keep owner NULL: nobody's
         # The tag every process of a job carries: unique to this workspace on this machine, the same after a restart
         self._workspace = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
         self._procs: dict[int, Any] = {}
@@ -214,12 +218,21 @@ class JobManager:
             raise JobError(f"no job with id {job_id}")
         return Job.from_row(row)
 
-    def list(self, limit: int = 200) -> list[Job]:
+    def list(self, limit: int = 200, owner: str | None = None) -> list[Job]:
+        """The newest jobs; only `owner`'s when given."""
+        where, args = ("WHERE owner = ? ", (owner,)) if owner is not None else ("", ())
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM jobs {where}ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def create(self, spec: JobSpec, files: dict[str, Path] | None = None) -> Job:
+    def count(self, owner: str, states: tuple[str, ...]) -> int:
+        """How many of `owner`'s jobs are in one of `states` (the hosted per-visitor caps)."""
+        marks = ", ".join("?" * len(states))
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ({marks})",
+                                    (owner, *states)).fetchone()[0]
+
+    def create(self, spec: JobSpec, files: dict[str, Path] | None = None, owner: str | None = None) -> Job:
         """Insert the job QUEUED, write its folder, its spec as config.json and the job's own copies of
         `files` (relative path in the folder -> source), and schedule it. One transaction: a failure part-way
         (a full disk) leaves no half-made job for the scheduler to launch."""
@@ -228,9 +241,9 @@ class JobManager:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute(
-                    "INSERT INTO jobs (name, plugin, state, config, gpus, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (name, plugin, state, config, gpus, created, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (spec.name, spec.plugin, QUEUED, json.dumps(spec.to_json()), json.dumps(spec.launch.gpu_ids),
-                     time.time()),
+                     time.time(), owner),
                 )
                 job_id = cur.lastrowid
                 job_dir = self.jobs_root / str(job_id)

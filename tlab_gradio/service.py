@@ -140,12 +140,34 @@ class Service:
                                ) from None
 
     # --- jobs ---------------------------------------------------------------------
-    def start_job(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Check and queue a job; returns at once. Raises RequestError (nothing is created)."""
+    def start_job(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+        """Check and queue a job for `owner` (the visitor: login name or browser session); returns at once.
+        Raises RequestError (nothing is created)."""
+        owner = self._visitor(owner)
         spec = self.prepare(request)
         choices, _ = reward_files.parse_choices(spec.params.get("custom_rewards"))
-        job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices))  # the job's own copies
+        job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices),  # the job's own copies
+                               owner=owner)
         return job.as_dict()
+
+    # --- ownership: in hosted mode a visitor sees and acts on their own jobs only ----------
+    @staticmethod
+    def _visitor(owner: str | None) -> str | None:
+        if settings.hosted() and not (isinstance(owner, str) and owner):
+            raise RequestError(["no visitor session: reload the page (a script: use gradio_client)"])
+        return owner
+
+    def _get(self, job_id: Any, owner: str | None) -> Job:
+        """The job, if this visitor may see it. Another visitor's job (or one stored before jobs had owners)
+        is answered as if it did not exist, so ids reveal nothing."""
+        job_id = inputs.job_id(job_id)
+        job = self.jobs.get(job_id)
+        if settings.hosted() and (not owner or job.owner != owner):
+            raise JobError(f"no job with id {job_id}")
+        return job
+
+    def _list_owner(self, owner: str | None) -> str | None:
+        return (owner or "\0") if settings.hosted() else None  # hosted and no visitor: nobody's jobs
 
     # --- your own reward functions (GRPO) -----------------------------------------
     def reward_functions(self) -> dict[str, Any]:
@@ -175,18 +197,16 @@ class Service:
                                ) from None
         return self.save_reward_file(Path(path).name, source)
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        job_id = inputs.job_id(job_id)
-        job = self.jobs.get(job_id)
+    def job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
         out = job.as_dict()
         out["progress"] = read_json(job.job_dir / jobfiles.PROGRESS)
         out["result"] = read_json(job.job_dir / jobfiles.RESULT)
         return out
 
-    def job_status(self, job_id: int) -> dict[str, Any]:
+    def job_status(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """The API's compact status: state, step/total, percent, ETA, last metrics, exit code, error."""
-        job_id = inputs.job_id(job_id)
-        job = self.jobs.get(job_id)
+        job = self._get(job_id, owner)
         progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
         last = logs.last_metrics(job.metrics_path, 1)
         error = None
@@ -204,24 +224,23 @@ class Service:
             "created": job.created, "started": job.started, "finished": job.finished,
         }
 
-    def clone_request(self, job_id: int) -> dict[str, Any]:
+    def clone_request(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """The request that made a job, to start it again (the UI loads it into the form)."""
-        job_id = inputs.job_id(job_id)
-        job = self.jobs.get(job_id)
+        job = self._get(job_id, owner)
         request = dict(job.spec.request or {"plugin": job.plugin, "params": job.spec.params})
         request["name"] = f"{job.name} (copy)"
         return request
 
-    def job_view(self, job_id: int, metrics_offset: int = 0, log_lines: int = 300) -> dict[str, Any]:
+    def job_view(self, job_id: int, metrics_offset: int = 0, log_lines: int = 300,
+                 owner: str | None = None) -> dict[str, Any]:
         """One snapshot of a job for its page: the row (no paths or config), its status, the log's last
         lines, the metrics records appended since `metrics_offset` (and the offset to ask from next), and,
         for a finished job, its files; the command and accelerate.yaml once launched. Reads only tails."""
-        job_id = inputs.job_id(job_id)
-        job = self.jobs.get(job_id)
+        job = self._get(job_id, owner)
         records, offset = logs.read_metrics(job.metrics_path, metrics_offset)
         accel = job.job_dir / "accelerate.yaml"
         return {
-            "job": self._row(job), "status": self.job_status(job_id),
+            "job": self._row(job), "status": self.job_status(job.id, owner),
             "log": [self.hide_paths(line) for line in logs.tail(job.log_path, log_lines)],
             "metrics": records, "metrics_offset": offset,
             "command": self.hide_paths(" ".join(job.command) if job.command else ""),
@@ -229,10 +248,9 @@ class Service:
             "files": self._files(job) if job.state in ("COMPLETE", "FAILED", "STOPPED") else [],
         }
 
-    def job_metrics(self, job_id: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def job_metrics(self, job_id: int, offset: int = 0, owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """A job's metrics records appended since `offset`, and the offset to ask from next (a compared job)."""
-        job_id = inputs.job_id(job_id)
-        return logs.read_metrics(self.jobs.get(job_id).metrics_path, offset)
+        return logs.read_metrics(self._get(job_id, owner).metrics_path, offset)
 
     @staticmethod
     def _files(job: Job) -> list[str]:
@@ -250,13 +268,12 @@ class Service:
                 "reason": self.hide_paths(job.reason),
                 "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts}
 
-    def job_row(self, job_id: int) -> dict[str, Any]:
-        job_id = inputs.job_id(job_id)
-        return self._row(self.jobs.get(job_id))
+    def job_row(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        return self._row(self._get(job_id, owner))
 
-    def job_rows(self, limit: int = 200) -> list[dict[str, Any]]:
-        """The jobs list as the page shows it (newest first), from the store alone."""
-        return [self._row(j) for j in self.jobs.list(limit)]
+    def job_rows(self, limit: int = 200, owner: str | None = None) -> list[dict[str, Any]]:
+        """The jobs list as the page shows it (newest first), from the store alone; hosted: the visitor's."""
+        return [self._row(j) for j in self.jobs.list(limit, self._list_owner(owner))]
 
     # --- presets ------------------------------------------------------------------
     def save_preset(self, name: str, request: dict[str, Any]) -> list[str]:
@@ -271,25 +288,24 @@ class Service:
     def delete_preset(self, name: str) -> list[str]:
         return self.presets.delete(name)
 
-    def list_jobs(self, limit: int = 200) -> list[dict[str, Any]]:
-        return [{**j.as_dict(), "reason": self.hide_paths(j.reason)} for j in self.jobs.list(limit)]
+    def list_jobs(self, limit: int = 200, owner: str | None = None) -> list[dict[str, Any]]:
+        return [{**j.as_dict(), "reason": self.hide_paths(j.reason)}
+                for j in self.jobs.list(limit, self._list_owner(owner))]
 
-    def job_log(self, job_id: int, lines: int = 200) -> list[str]:
-        job_id = inputs.job_id(job_id)
+    def job_log(self, job_id: int, lines: int = 200, owner: str | None = None) -> list[str]:
+        job = self._get(job_id, owner)
         lines = inputs.whole_number("lines", lines, 1, 10000)
-        return [self.hide_paths(line) for line in self.jobs.log_tail(job_id, lines)]  # line 1: the argv
+        return [self.hide_paths(line) for line in self.jobs.log_tail(job.id, lines)]  # line 1: the argv
 
-    def stop_job(self, job_id: int) -> dict[str, Any]:
-        job_id = inputs.job_id(job_id)
-        return self.jobs.stop(job_id).as_dict()
+    def stop_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        return self.jobs.stop(self._get(job_id, owner).id).as_dict()
 
-    def resume_job(self, job_id: int) -> dict[str, Any]:
-        job_id = inputs.job_id(job_id)
-        return self.jobs.resume(job_id).as_dict()
+    def resume_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        return self.jobs.resume(self._get(job_id, owner).id).as_dict()
 
-    def delete_job(self, job_id: int) -> dict[str, Any]:
+    def delete_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """Delete a finished job: its row in the history and its whole folder."""
-        job_id = inputs.job_id(job_id)
+        job_id = self._get(job_id, owner).id
         if settings.hosted():
             raise RequestError(["deleting jobs is turned off on this server"])
         freed = self.jobs.delete(job_id)

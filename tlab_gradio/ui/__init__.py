@@ -64,7 +64,9 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         auth=login.ThrottledLogin(users).login if users else None,  # failed logins throttled
-        allowed_paths=[str(settings.home() / "jobs")],  # output files offered for download
+        # Output files offered for download. Not in hosted mode: gradio would serve any job's files to anyone who
+        # names the path; there the page hands its owner the files through gradio's cache (jobs_view.offered).
+        allowed_paths=[] if settings.hosted() else [str(settings.home() / "jobs")],
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
         show_error=True,

@@ -12,7 +12,7 @@ import gradio as gr
 
 from .. import settings
 from ..service import Service
-from .common import checked
+from .common import checked, visitor
 
 HIDDEN_PATH_KEYS = ("job_dir", "output_dir", "command", "config", "pid")
 
@@ -48,46 +48,46 @@ def register(svc: Service) -> None:
         ]
 
     @checked
-    def start_job(request: dict) -> dict:
+    def start_job(request: dict, visit: gr.Request) -> dict:
         """Start a training job. request: {plugin, name, model, dataset, template, completion_template,
         device, gpu_ids, cpu_processes, params}. Omitted fields take the manifest's defaults, the
         embedded model and the plugin's sample dataset. GRPO plugins take your own reward functions in
         params.custom_rewards: [{"function": "myrewards.py:brevity", "weight": 1.0}]. Returns {job_id, state}."""
-        job = svc.start_job(request)  # a request that is no object is refused there, saying so
+        job = svc.start_job(request, visitor(visit))  # a request that is no object is refused there, saying so
         return {"job_id": job["id"], "state": job["state"], "name": job["name"]}
 
     @checked
-    def job_status(job_id: int) -> dict:
+    def job_status(job_id: int, visit: gr.Request) -> dict:
         """{state, step, total_steps, progress (percent), eta_s, last_metrics, exit_code, error, ...}"""
-        return svc.job_status(job_id)
+        return svc.job_status(job_id, visitor(visit))
 
     @checked
-    def job_log(job_id: int, lines: int = 100) -> str:
+    def job_log(job_id: int, lines: int = 100, visit: gr.Request = None) -> str:
         """The last `lines` lines of the job's log (stdout and stderr of every rank)."""
-        return "\n".join(svc.job_log(job_id, 100 if lines is None else lines))
+        return "\n".join(svc.job_log(job_id, 100 if lines is None else lines, visitor(visit)))
 
     @checked
-    def stop_job(job_id: int) -> dict:
+    def stop_job(job_id: int, visit: gr.Request) -> dict:
         """Stop every process of the job. Returns {state}: STOPPING at once, STOPPED when they are gone."""
-        job = svc.stop_job(job_id)
+        job = svc.stop_job(job_id, visitor(visit))
         return {"job_id": job["id"], "state": job["state"]}
 
     @checked
-    def resume_job(job_id: int) -> dict:
+    def resume_job(job_id: int, visit: gr.Request) -> dict:
         """Resume a stopped or failed job from its last checkpoint. Returns {job_id, state}."""
-        job = svc.resume_job(job_id)
+        job = svc.resume_job(job_id, visitor(visit))
         return {"job_id": job["id"], "state": job["state"]}
 
     @checked
-    def delete_job(job_id: int) -> dict:
+    def delete_job(job_id: int, visit: gr.Request) -> dict:
         """Delete a finished job (COMPLETE, FAILED or STOPPED): its history entry and its folder, checkpoints
         and output included. Returns {job_id, deleted, freed_mb}; a running job must be stopped first."""
-        return svc.delete_job(job_id)
+        return svc.delete_job(job_id, visitor(visit))
 
     @checked
-    def list_jobs() -> list[dict]:
+    def list_jobs(visit: gr.Request) -> list[dict]:
         """Every job, newest first: job_id, name, plugin, state, gpus, created, started, finished, reason."""
-        return [job_summary(j) for j in svc.list_jobs()]
+        return [job_summary(j) for j in svc.list_jobs(owner=visitor(visit))]  # hosted: the visitor's own
 
     @checked
     def gpu_info() -> list[dict]:

@@ -13,6 +13,15 @@ from ..service import JobError, RequestError, get_service
 PRIVATE = {"api_visibility": "private"}  # page handlers stay out of the API the client sees
 
 
+def visitor(request: gr.Request | None) -> str | None:
+    """Who is asking, for job ownership: the login name when TLAB_AUTH is on, else the browser's (or
+    gradio_client's) session. gradio fills in a handler's gr.Request parameter; it is no API input."""
+    if request is None:
+        return None
+    return (f"user:{request.username}" if request.username else
+            f"session:{request.session_hash}" if request.session_hash else None)
+
+
 def user_error(exc: Exception) -> gr.Error:
     """A gr.Error whose message a page user and a gradio_client script both see."""
     if isinstance(exc, RequestError):

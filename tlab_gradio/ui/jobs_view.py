@@ -5,15 +5,19 @@ since the last one (the compared jobs' too)."""
 from __future__ import annotations
 
 import html
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from ..service import ACTIVE, FINISHED, Service
-from .common import PRIVATE, checked, duration, progress_bar, state_badge, when
+from .common import PRIVATE, checked, duration, progress_bar, state_badge, visitor, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
 LOG_LINES = 300
@@ -32,13 +36,14 @@ class Parts:
     clone_btn: gr.Button
 
 
-def job_rows(svc: Service) -> list[list[Any]]:
+def job_rows(svc: Service, owner: str | None = None) -> list[list[Any]]:
+    """The jobs table; in hosted mode the visitor's (`owner`) jobs only."""
     rows = []
     now = time.time()
-    for j in svc.job_rows():
+    for j in svc.job_rows(owner=owner):
         progress = ""
         if j["state"] in ACTIVE:
-            st = svc.job_status(j["id"])
+            st = svc.job_status(j["id"], owner)
             progress = f"{st['progress']:.0f}% ({st['step']}/{st['total_steps'] or '?'})"
         elif j["state"] == "COMPLETE":
             progress = "100%"
@@ -104,18 +109,38 @@ def chart_frame(series: dict[str, list], choice: str | None, others: dict | None
     return pd.DataFrame(rows) if rows else empty_chart()
 
 
-def follow_others(svc: Service, others: dict) -> tuple[dict, bool]:
+def follow_others(svc: Service, others: dict, owner: str | None = None) -> tuple[dict, bool]:
     """The compared jobs' metrics appended since the last tick (a compared job may still run), and
     whether any came. A compared job deleted meanwhile keeps the curve it had."""
     out, grew = {}, False
     for key, other in others.items():
         try:
-            records, offset = svc.job_metrics(int(key), other["offset"])
+            records, offset = svc.job_metrics(int(key), other["offset"], owner)
         except ValueError:
             records, offset = [], other["offset"]
         grew = grew or bool(records)
         out[key] = {**other, "series": add_points(other["series"], records), "offset": offset}
     return out, grew
+
+
+def offered(paths: list[str], hosted: bool) -> list[str]:
+    """A finished job's files for its owner's page. gradio copies a handler's returned files into its own cache
+    and serves them from there; it takes them from the working folder, the temp folder or launch's allowed_paths.
+    In hosted mode allowed_paths leaves the jobs out (it would serve anyone's files by path), so a workspace
+    elsewhere is handed over as a private temp copy. Only the job's owner gets here (the service checks)."""
+    if not hosted or not paths:
+        return paths
+    here = [Path(os.getcwd()).resolve(), Path(tempfile.gettempdir()).resolve()]
+    if all(any(Path(p).resolve().is_relative_to(d) for d in here) for p in paths):
+        return paths
+    folder = Path(tempfile.mkdtemp(prefix="tlab-files-"))
+    out = []
+    for i, p in enumerate(paths):
+        dest = folder / str(i) / Path(p).name  # the same name may come from two folders
+        dest.parent.mkdir()
+        shutil.copyfile(p, dest)
+        out.append(str(dest))
+    return out
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
@@ -155,12 +180,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         files = gr.File(label="Log, metrics and output files", file_count="multiple", visible=False,
                         interactive=False, elem_id="job-files")
 
-    def refresh(job_id, state, choice):
+    def refresh(job_id, state, choice, request: gr.Request):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
             return [gr.skip()] * 16
+        owner = visitor(request)
         fresh = state.get("job") != job_id
-        view = svc.job_view(job_id, 0 if fresh else state["offset"], LOG_LINES)  # one read; the service checks the id
+        view = svc.job_view(job_id, 0 if fresh else state["offset"], LOG_LINES, owner)  # the service checks id, owner
         job, status = view["job"], view["status"]
         if fresh:
             state = {"job": job["id"], "offset": 0, "series": {}, "state": None, "others": {},
@@ -168,7 +194,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             choice = DEFAULT_CHART
         records, offset = view["metrics"], view["metrics_offset"]
         series = add_points(state["series"], records)
-        others, grew = follow_others(svc, state.get("others") or {})
+        others, grew = follow_others(svc, state.get("others") or {}, owner)
         choices = chart_choices(series)
         new_metrics = fresh or choices != chart_choices(state["series"])
         state = {**state, "offset": offset, "series": series, "others": others}
@@ -189,7 +215,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 state,
                 gr.update(choices=choices, value=choice if choice in choices else DEFAULT_CHART)
                 if new_metrics else gr.skip(),
-                gr.update(choices=other_jobs(job["id"]), value=[]) if fresh else gr.skip()]
+                gr.update(choices=other_jobs(job["id"], owner), value=[]) if fresh else gr.skip()]
         if fresh or changed_state:
             finished = job["state"] in FINISHED
             err = ""
@@ -202,7 +228,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
                      gr.update(visible=True), gr.update(visible=finished and not hosted), err,
                      gr.update(value=cmd, visible=bool(cmd) and not hosted),
-                     gr.update(value=file_list or None, visible=bool(file_list)), gr.update(visible=True),
+                     gr.update(value=offered(file_list, hosted) or None, visible=bool(file_list)),
+                     gr.update(visible=True),
                      gr.update(value=accel_text, visible=bool(accel_text) and not hosted)]
         else:
             outs += [gr.skip()] * 9
@@ -219,10 +246,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                                                     state.get("label", "this job")),
                  [view, metric], chart, show_progress="hidden", **PRIVATE)
 
-    def other_jobs(job_id: int) -> list[tuple[str, int]]:
-        return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.job_rows() if j["id"] != job_id]
+    def other_jobs(job_id: int, owner: str | None) -> list[tuple[str, int]]:
+        return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.job_rows(owner=owner) if j["id"] != job_id]
 
-    def compare_with(state, choice, ids):
+    def compare_with(state, choice, ids, request: gr.Request):
         """Start following the chosen jobs' metrics, and redraw."""
         kept = state.get("others") or {}
         others = {}
@@ -231,19 +258,22 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 others[str(other)] = kept[str(other)]
                 continue
             try:
-                job = svc.job_row(other)
+                job = svc.job_row(other, visitor(request))
             except ValueError:  # deleted meanwhile, or no job id
                 continue
             others[str(job["id"])] = {"label": f"{job['id']} · {job['name']}", "series": {}, "offset": 0}
-        others, _ = follow_others(svc, others)
+        others, _ = follow_others(svc, others, visitor(request))
         state = {**state, "others": others}
         return chart_update(state["series"], choice, others, state.get("label", "this job")), state
 
     compare.input(compare_with, [view, metric, compare], [chart, view], show_progress="hidden", **PRIVATE)
-    demo.load(lambda: job_rows(svc), None, table, **PRIVATE)
+    def rows(request: gr.Request):
+        return job_rows(svc, visitor(request))
+
+    demo.load(rows, None, table, **PRIVATE)
     list_timer = gr.Timer(2.0)
-    list_timer.tick(lambda: job_rows(svc), None, table, show_progress="hidden", **PRIVATE)
-    selected.change(lambda: job_rows(svc), None, table, show_progress="hidden", **PRIVATE)
+    list_timer.tick(rows, None, table, show_progress="hidden", **PRIVATE)
+    selected.change(rows, None, table, show_progress="hidden", **PRIVATE)
 
     def pick(evt: gr.SelectData):
         row = evt.row_value
@@ -252,18 +282,27 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     table.select(pick, None, selected, **PRIVATE)
 
     # The ids go to the service as sent: it refuses 1.5 (int() here made it job 1).
-    stop_btn.click(checked(lambda j: svc.stop_job(j) and None), selected, None, **PRIVATE)
-    resume_btn.click(checked(lambda j: svc.resume_job(j) and None), selected, None, **PRIVATE)
+    # Each handler passes its visitor: in hosted mode only the job's owner may stop, resume or delete it.
+    @checked
+    def stop(job_id, request: gr.Request):
+        svc.stop_job(job_id, visitor(request))
 
-    def delete(job_id, confirmed):
+    @checked
+    def resume(job_id, request: gr.Request):
+        svc.resume_job(job_id, visitor(request))
+
+    stop_btn.click(stop, selected, None, **PRIVATE)
+    resume_btn.click(resume, selected, None, **PRIVATE)
+
+    def delete(job_id, confirmed, request: gr.Request):
         if job_id is None or not confirmed:
             return [gr.skip()] * 14
-        out = checked(svc.delete_job)(job_id)
+        out = checked(svc.delete_job)(job_id, visitor(request))
         gr.Info(f"Deleted job {out['job_id']} ({out['freed_mb']:g} MB freed)")
         hidden = gr.update(visible=False)
         return ([None, f'<p class="tl-muted">Job {out["job_id"]} was deleted, with its folder '
                        f'({out["freed_mb"]:g} MB). Select another job, or start one with <b>+ New</b>.</p>', "",
-                 {"job": None, "offset": 0, "series": {}, "state": None}, job_rows(svc), ""]
+                 {"job": None, "offset": 0, "series": {}, "state": None}, job_rows(svc, visitor(request)), ""]
                 + [hidden] * 8)
 
     confirmed = gr.Checkbox(visible=False)  # carries the browser's confirm() answer

@@ -12,7 +12,7 @@ import gradio as gr
 
 from ..service import RequestError, Service
 from . import dataset_picker, jobs_view
-from .common import PRIVATE, checked, problems_md
+from .common import PRIVATE, checked, problems_md, visitor
 from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS
 from .form_request import FILLED, STATIC_FIELDS, build_request, form_from_request
 from .plugin_form import config_section, form_of, initial_values, trainer_choices
@@ -96,9 +96,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     def set_values(plugin_id, seed_value):
         return initial_values(svc, plugin_id, seed_value), seeded_rewards(svc, plugin_id, seed_value)
 
-    def start(*args):
+    def start(visit: gr.Request, *args):  # gradio fills `visit` (first: it passes no Request after *args)
         try:
-            job = svc.start_job(request_of(args))
+            job = svc.start_job(request_of(args), visitor(visit))
         except RequestError as exc:
             gr.Warning("The job was not started: " + "; ".join(exc.problems))
             return problems_md(exc), gr.skip(), gr.skip()
@@ -175,10 +175,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     demo.load(refresh_plugins, None, plugin_dd, **PRIVATE)
 
-    def clone(job_id, current):
+    def clone(job_id, current, visit: gr.Request):
         if job_id is None:
             raise gr.Error("Select a job to clone", print_exception=False)
-        request = checked(svc.clone_request)(job_id)  # the service checks the id
+        request = checked(svc.clone_request)(job_id, visitor(visit))  # the service checks the id and owner
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Cloned the settings of job {int(job_id)}. Change what you like and press Start."]
 
