@@ -143,7 +143,9 @@ def test_hosted_mode_hides_server_paths_and_local_inputs(home, tmp_path):
         with pytest.raises(AppError, match="local dataset paths are turned off"):
             client.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(REPO / "samples" /
                                                        "sft_instructions.jsonl")}}, api_name="/start_job")
-        job = client.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+        job = client.predict({"plugin": SFT, "params": {"max_steps": 1000, "per_device_train_batch_size": 32,
+                                                        "gradient_accumulation_steps": 16}},  # within hosted caps
+                             api_name="/start_job")
         listed = client.predict(api_name="/list_jobs")
         assert "job_dir" not in listed[0] and str(home) not in str(listed)
         client.predict(job["job_id"], api_name="/stop_job")

@@ -12,6 +12,7 @@ from conftest import REPO
 from test_app import SFT, start_app
 
 ROW = {"instruction": "secret", "input": "", "output": "secret"}
+LONG = {"max_steps": 1000, "per_device_train_batch_size": 32, "gradient_accumulation_steps": 16}  # within the caps
 TEMPLATES = {"template": "{{instruction}}", "completion_template": "{{output}}"}  # so the old code accepted it
 
 
@@ -96,7 +97,7 @@ def test_no_server_path_in_a_jobs_log_or_error(home, tmp_path):
     proc, url = start_app({"TLAB_HOSTED": "1", "TLAB_STALL_SECONDS": "2"}, tmp_path)  # the watchdog fails it
     try:
         client = Client(url, verbose=False)
-        job = client.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+        job = client.predict({"plugin": SFT, "params": LONG}, api_name="/start_job")
         status = wait_state(client, job["job_id"], ("FAILED", "COMPLETE", "STOPPED"), timeout=120)
         assert status["state"] == "FAILED" and status["error"]
         log = client.predict(job["job_id"], 400, api_name="/job_log")
@@ -117,7 +118,7 @@ def test_a_visitor_cannot_see_or_touch_anothers_job_or_its_files(hosted, home):
     from test_app import wait_state
 
     owner, other = Client(hosted, verbose=False), Client(hosted, verbose=False)  # two browser sessions
-    job = owner.predict({"plugin": SFT, "params": {"max_steps": 100000}}, api_name="/start_job")
+    job = owner.predict({"plugin": SFT, "params": LONG}, api_name="/start_job")
     job_id = job["job_id"]
     assert other.predict(api_name="/list_jobs") == []
     for api_name, args in (("/job_status", (job_id,)), ("/job_log", (job_id, 10)), ("/stop_job", (job_id,)),
@@ -158,3 +159,51 @@ def test_a_store_made_before_owners_gets_the_column_and_its_jobs_are_nobodys(hom
     with pytest.raises(ValueError, match="no job with id 1"):
         svc.job_log(1, 10, owner="session:a")
     svc.jobs.close()
+
+
+def test_a_visitor_cannot_flood_the_queue_or_ask_for_a_huge_run(home, tmp_path):
+    """Before: one visitor queued 90 jobs; cpu_processes 64, max_steps 100000, max_length 262144 with batch 1024,
+    1000 epochs and another machine's address were all accepted; a 100 MiB anonymous upload was stored."""
+    import urllib.error
+    import uuid
+
+    from test_app import wait_state
+
+    proc, url = start_app({"TLAB_HOSTED": "1", "TLAB_HOSTED_MAX_JOBS_PER_VISITOR": "2",
+                           "TLAB_MAX_CONCURRENT_JOBS": "1", "TLAB_HOSTED_MAX_UPLOAD_MB": "1"}, tmp_path)
+    try:
+        visitor, other = Client(url, verbose=False), Client(url, verbose=False)
+        for params, message in (({"cpu_processes": 64}, "`cpu_processes` 64 is over this server's cap"),
+                                ({"max_steps": 100000}, "`max_steps` 100000 is over this server's cap of 1000"),
+                                ({"max_length": 262144, "per_device_train_batch_size": 1024},
+                                 "`max_length` 262144 is over this server's cap of 2048"),
+                                ({"num_train_epochs": 1000}, "`num_train_epochs` 1000 is over this server's cap"),
+                                ({"num_machines": 2, "machine_rank": 0, "main_process_ip": "10.0.0.9",
+                                  "main_process_port": 29500}, "`num_machines` 2 is over this server's cap of 1"),
+                                ({"main_process_ip": "10.0.0.9"}, "training across machines is turned off")):
+            with pytest.raises(AppError, match=message):
+                visitor.predict({"plugin": SFT, "device": "cpu", "params": params}, api_name="/start_job")
+        jobs = [visitor.predict({"plugin": SFT, "params": LONG}, api_name="/start_job")["job_id"]
+                for _ in range(2)]
+        with pytest.raises(AppError, match="2 unfinished jobs, this server's cap per visitor"):
+            visitor.predict({"plugin": SFT, "params": LONG}, api_name="/start_job")
+        theirs = other.predict({"plugin": SFT, "params": LONG}, api_name="/start_job")["job_id"]
+        with pytest.raises(AppError, match="installing packages is turned off"):
+            visitor.predict("unsloth_grpo", api_name="/install_plugin")
+
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * (2 * 2**20) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        upload = urllib.request.Request(url + "gradio_api/upload", body,
+                                        {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(upload, timeout=30)
+        assert info.value.code in (400, 413)
+        for client, job_id in ((visitor, jobs[0]), (visitor, jobs[1]), (other, theirs)):
+            client.predict(job_id, api_name="/stop_job")
+        for client, job_id in ((visitor, jobs[0]), (visitor, jobs[1]), (other, theirs)):
+            assert wait_state(client, job_id, ("STOPPED",), timeout=60)["state"] == "STOPPED"
+    finally:
+        proc.terminate()
+        proc.wait(20)

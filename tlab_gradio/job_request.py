@@ -25,6 +25,32 @@ REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_te
                 "device", "gpu_ids", "cpu_processes", "params")
 TOP_LEVEL_PARAMS = ("device", "gpu_ids", "cpu_processes")  # also accepted inside `params`
 
+# Hosted mode's hard caps: a public demo shares one machine, so no request may ask for more than a small run.
+# (The manifests' own maxima are for an operator's machine: max_length 262144, batch 1024, 64 cpu processes.)
+HOSTED_CAPS = {
+    "max_steps": 1000, "num_train_epochs": 3, "max_samples": 100_000,
+    "max_length": 2048, "max_seq_length": 2048, "max_prompt_length": 1024, "max_completion_length": 1024,
+    "per_device_train_batch_size": 32, "gradient_accumulation_steps": 16, "generation_batch_size": 256,
+    "num_generations": 16, "num_iterations": 4, "lora_r": 64, "save_total_limit": 3,
+    "cpu_processes": 4, "num_machines": 1,
+}
+HOSTED_MAX_PROCESSES = 8  # processes of one job, GPUs included
+
+
+def _hosted_caps(p: dict, placement: gpus.Placement | None) -> list[str]:
+    """Hosted mode: each value over its cap, naming the field and the cap; one machine only (another machine's
+    address would make this server connect where a visitor chose)."""
+    problems = [f"`{key}` {p[key]!r} is over this server's cap of {cap} (hosted mode)"
+                for key, cap in HOSTED_CAPS.items()
+                if isinstance(p.get(key), (int, float)) and not isinstance(p.get(key), bool) and p[key] > cap]
+    if (p.get("main_process_ip") or "").strip():
+        problems.append("`main_process_ip`: training across machines is turned off on this server (hosted mode)")
+    if placement is not None and placement.num_processes > HOSTED_MAX_PROCESSES:
+        problems.append(f"{placement.num_processes} processes is over this server's cap of {HOSTED_MAX_PROCESSES} "
+                        "(hosted mode)")
+    return problems
+
+
 def _logging_checks(p: dict, placement: gpus.Placement) -> list[str]:
     report_to = p.get("report_to")
     if report_to in ("wandb", "tensorboard") and importlib.util.find_spec(report_to) is None:
@@ -183,6 +209,8 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
         problems += _logging_checks(clean, placement)
         if "distributed_strategy" in clean or "num_machines" in clean:
             problems += _distributed_checks(clean, placement, manifest)
+    if clean and settings.hosted():
+        problems += _hosted_caps(clean, placement)
 
     model_ref = None
     try:

@@ -33,6 +33,7 @@ class Service:
         self.home = Path(home or settings.home())
         self.jobs = JobManager(self.home)
         self.presets = Presets(self.home)
+        self._start_lock = threading.Lock()  # a visitor's count and their new job, together (10 Starts at once)
 
     # --- hosted mode: no server path in anything shown ------------------------------
     def hide_paths(self, text: Any) -> Any:
@@ -134,6 +135,9 @@ class Service:
         needs it) and return the stored path, for the request's dataset. Allowed in hosted mode too: there,
         such a stored upload is the only dataset file a request may name."""
         try:
+            if settings.hosted() and Path(path).stat().st_size > settings.hosted_max_upload_mb() * 2**20:
+                raise RequestError([f"dataset: the uploaded file is over this server's cap of "
+                                    f"{settings.hosted_max_upload_mb():g} MB (hosted mode)"])
             return uploads.save(path, settings.uploads_dir())
         except OSError as exc:
             raise RequestError([f"dataset: the uploaded file {Path(path).name!r} cannot be read ({exc.strerror})"]
@@ -144,11 +148,23 @@ class Service:
         """Check and queue a job for `owner` (the visitor: login name or browser session); returns at once.
         Raises RequestError (nothing is created)."""
         owner = self._visitor(owner)
+        self._visitor_cap(owner)  # before the slow checks: a flood is refused cheaply
         spec = self.prepare(request)
         choices, _ = reward_files.parse_choices(spec.params.get("custom_rewards"))
-        job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices),  # the job's own copies
-                               owner=owner)
+        with self._start_lock:
+            self._visitor_cap(owner)
+            job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices),  # the job's own copies
+                                   owner=owner)
         return job.as_dict()
+
+    def _visitor_cap(self, owner: str | None) -> None:
+        """Hosted mode: one visitor may have at most TLAB_HOSTED_MAX_JOBS_PER_VISITOR unfinished jobs."""
+        if not settings.hosted():
+            return
+        cap = settings.hosted_max_jobs_per_visitor()
+        if self.jobs.count(owner, ("QUEUED", *ACTIVE)) >= cap:
+            raise RequestError([f"you have {cap} unfinished jobs, this server's cap per visitor "
+                                "(TLAB_HOSTED_MAX_JOBS_PER_VISITOR); wait for one to end or stop one"])
 
     # --- ownership: in hosted mode a visitor sees and acts on their own jobs only ----------
     @staticmethod
@@ -301,7 +317,11 @@ class Service:
         return self.jobs.stop(self._get(job_id, owner).id).as_dict()
 
     def resume_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
-        return self.jobs.resume(self._get(job_id, owner).id).as_dict()
+        job = self._get(job_id, owner)
+        with self._start_lock:  # a resumed job is queued again: it counts toward the visitor's cap
+            if job.state in FINISHED:
+                self._visitor_cap(owner)
+            return self.jobs.resume(job.id).as_dict()
 
     def delete_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """Delete a finished job: its row in the history and its whole folder."""

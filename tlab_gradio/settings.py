@@ -95,3 +95,14 @@ def uploads_dir() -> Path:
     path = home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def hosted_max_jobs_per_visitor() -> int:
+    """TLAB_HOSTED_MAX_JOBS_PER_VISITOR (default 2): in hosted mode, how many unfinished jobs (queued, running or
+    stopping) one visitor may have; a further Start is refused until one ends, so no visitor fills the queue."""
+    return _positive("TLAB_HOSTED_MAX_JOBS_PER_VISITOR") or 2
+
+
+def hosted_max_upload_mb() -> float:
+    """TLAB_HOSTED_MAX_UPLOAD_MB (default 20): in hosted mode, the largest file a visitor may upload."""
+    return _positive("TLAB_HOSTED_MAX_UPLOAD_MB", float) or 20.0
