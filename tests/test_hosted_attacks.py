@@ -207,3 +207,33 @@ def test_a_visitor_cannot_flood_the_queue_or_ask_for_a_huge_run(home, tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
+    """Before: every upload was kept in one folder, and any stored upload was a dataset any visitor could name
+    (a visitor read another's rows through /start_job or the preview)."""
+    import uuid
+
+    rows = _data_folder(tmp_path / "mine") / "train.jsonl"
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"rows.jsonl\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + rows.read_bytes() + \
+        f"\r\n--{boundary}--\r\n".encode()
+    upload = urllib.request.Request(hosted + "gradio_api/upload", body,
+                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
+    file_data = {"path": uploaded, "orig_name": "rows.jsonl", "meta": {"_type": "gradio.FileData"}}
+    mine = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
+                                              "{{output}}"], session="owner1")
+    assert "secret" in json.dumps(mine)  # the uploader sees their rows
+    stored = [p for p in (home / "uploads").rglob("rows.jsonl")]
+    assert len(stored) == 1
+    other = Client(hosted, verbose=False)
+    with pytest.raises(AppError, match="local dataset paths are turned off"):
+        other.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(stored[0])}, **TEMPLATES},
+                      api_name="/start_job")
+    owner = Client(hosted, verbose=False)
+    owner.session_hash = "owner1"  # the uploader's session, through the API
+    job = owner.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(stored[0])}, **TEMPLATES,
+                         "params": {"max_steps": 1}}, api_name="/start_job")
+    assert job["state"] in ("QUEUED", "RUNNING")

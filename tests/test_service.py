@@ -188,7 +188,8 @@ def test_plugin_form_is_the_plugins_entry_in_the_list(home, tmp_path, monkeypatc
 
 def test_an_uploaded_dataset_is_kept_in_the_workspace_once(home, tmp_path, monkeypatch):
     """Service.save_upload copies a file from gradio's cache into TLAB_HOME/uploads (one copy per content);
-    in hosted mode the stored copy is a dataset a request may name, the cache path is not."""
+    in hosted mode the visitor's stored copy is a dataset their request may name; the cache path, the shared
+    folder and another visitor's copy are not."""
     cache = tmp_path / "gradio-cache"
     cache.mkdir()
     upload = cache / "rows.jsonl"
@@ -205,11 +206,13 @@ def test_an_uploaded_dataset_is_kept_in_the_workspace_once(home, tmp_path, monke
     assert Path(svc.save_upload(str(again))).is_file()
     with pytest.raises(RequestError, match=r"dataset: the uploaded file 'rows.jsonl' cannot be read"):
         svc.save_upload(str(upload))
-    monkeypatch.setenv("TLAB_HOSTED", "1")
-    assert svc.save_upload(str(again)) == stored
-    assert svc.preview_data({"source": "file", "name": stored}, "{{text}}")["num_rows"] == 2
-    with pytest.raises(RequestError, match="local dataset paths are turned off on this server"):
-        svc.preview_data({"source": "file", "name": str(again)}, "{{text}}")
+    monkeypatch.setenv("TLAB_HOSTED", "1")  # each visitor's uploads in their own folder, named by no one else
+    mine = svc.save_upload(str(again), owner="session:a")
+    assert mine != stored and Path(mine).parent.parent == svc.uploads_for("session:a")
+    assert svc.preview_data({"source": "file", "name": mine}, "{{text}}", owner="session:a")["num_rows"] == 2
+    for name, owner in ((str(again), "session:a"), (mine, "session:b"), (stored, "session:a")):
+        with pytest.raises(RequestError, match="local dataset paths are turned off on this server"):
+            svc.preview_data({"source": "file", "name": name}, "{{text}}", owner=owner)
 
 
 def test_an_uploaded_reward_file_is_saved_under_its_name_and_refused_when_hosted(home, tmp_path, monkeypatch):

@@ -161,10 +161,11 @@ def check_shape(request: Any) -> list[str]:
     return problems
 
 
-def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> JobSpec:
+def prepare(home: Path, request: dict[str, Any], check_data: bool = True, uploads: Path | None = None) -> JobSpec:
     """Check everything and return the job's spec, or raise RequestError listing every problem.
 
-    `check_data=False` skips loading the dataset (the live command preview does that)."""
+    `check_data=False` skips loading the dataset (the live command preview does that). In hosted mode a dataset
+    file must be inside `uploads` (the visitor's own; default: the workspace's uploads folder)."""
     problems = check_shape(request)
     manifest = plugin_catalog.plugin(request["plugin"])
     if manifest.unrunnable:  # a Transformer Lab manifest this app cannot run: no trainer, other names
@@ -225,7 +226,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True) -> Job
     dataset_info: dict[str, Any] = {}
     try:
         spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
-        hosted_dataset_check(spec)
+        hosted_dataset_check(spec, uploads or settings.uploads_dir())
         templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
         if manifest.train_type == "grpo" and not (templates.template.strip() and
                                                   templates.completion_template.strip()):
@@ -294,13 +295,14 @@ def _chat_model(model_ref) -> bool:
     return bool((read_json(folder / "tokenizer_config.json") or {}).get("chat_template"))
 
 
-def hosted_dataset_check(spec: data.DatasetSpec) -> None:
-    """Hosted mode: a dataset is a sample, a stored upload, or a Hub id that names nothing on this machine.
+def hosted_dataset_check(spec: data.DatasetSpec, uploads: Path) -> None:
+    """Hosted mode: a dataset is a sample, a file the visitor uploaded (in `uploads`), or a Hub id that names
+    nothing on this machine.
     datasets.load_dataset(name) reads any local folder it is given (a visitor read another's uploads with
     `../x1/home/uploads`), so a "hub" name that is, or could be, a path is refused, not looked up."""
     if not settings.hosted():
         return
-    if spec.source == "file" and not (inside(spec.name, settings.uploads_dir()) and Path(spec.name).is_file()):
+    if spec.source == "file" and not (inside(spec.name, uploads) and Path(spec.name).is_file()):
         raise data.DataError("local dataset paths are turned off on this server; upload the file instead")
     if spec.source == "hub" and not hub_id_only(spec.name):
         raise data.DataError(f"dataset {inputs.short(spec.name)}: local dataset paths are turned off on this "

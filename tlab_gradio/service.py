@@ -8,6 +8,7 @@ reward files. Every input is checked before anything is launched; problems come 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -95,29 +96,39 @@ class Service:
         return [g.as_dict() for g in gpus.list_gpus(refresh=True)]
 
     # --- checking a request -------------------------------------------------------
-    def prepare(self, request: dict[str, Any], check_data: bool = True) -> JobSpec:
+    def prepare(self, request: dict[str, Any], check_data: bool = True, owner: str | None = None) -> JobSpec:
         """Check everything and return the job's spec, or raise RequestError listing every problem.
-        `check_data=False` skips loading the dataset (the live command preview does that)."""
-        return job_request.prepare(self.home, request, check_data)
+        `check_data=False` skips loading the dataset (the live command preview does that). In hosted mode a
+        dataset file must be one of `owner`'s uploads."""
+        return job_request.prepare(self.home, request, check_data, self.uploads_for(owner))
 
-    def launch_preview(self, request: dict[str, Any]) -> dict[str, Any]:
+    def uploads_for(self, owner: str | None) -> Path:
+        """Where a visitor's uploads are kept: in hosted mode a folder per visitor (named by a hash: no session
+        id on disk), so a request can name only its own visitor's files."""
+        if not settings.hosted():
+            return settings.uploads_dir()
+        key = hashlib.sha256((owner or "").encode()).hexdigest()[:16]
+        return settings.uploads_dir() / ("visitor-" + key)
+
+    def launch_preview(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """What the form shows before Start, from one check of the request: the command and the
         memory estimate."""
-        spec = self.prepare(request, check_data=False)
+        spec = self.prepare(request, check_data=False, owner=owner)
         return {"command": launcher.preview(spec.launch), "memory": estimates.for_job(spec, self.home)}
 
-    def memory_estimate(self, request: dict[str, Any]) -> dict[str, Any]:
+    def memory_estimate(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """GPU memory per device the job should need, next to each chosen GPU's free memory."""
-        return estimates.for_job(self.prepare(request, check_data=False), self.home)
+        return estimates.for_job(self.prepare(request, check_data=False, owner=owner), self.home)
 
     def preview_data(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
-                     rows: int = 3) -> dict[str, Any]:
+                     rows: int = 3, owner: str | None = None) -> dict[str, Any]:
         """First rows and columns of a dataset and, if the templates fit, the rendered examples.
         A template that does not fit comes back as `template_error` next to the rows."""
         rows = inputs.whole_number("rows", rows, 1, PREVIEW_ROWS)
         try:
             spec = data.parse_spec(dataset)
-            job_request.hosted_dataset_check(spec)  # the same rule as Start: previews read no server folder
+            # The same rule as Start: a preview reads no server folder and no other visitor's upload.
+            job_request.hosted_dataset_check(spec, self.uploads_for(owner))
             out = data.preview(spec, None, rows)
             templates = data.templates_for(spec, template, completion_template)
             try:
@@ -130,7 +141,7 @@ class Service:
         except data.DataError as exc:
             raise RequestError([str(exc)]) from None
 
-    def save_upload(self, path: str) -> str:
+    def save_upload(self, path: str, owner: str | None = None) -> str:
         """Keep an uploaded dataset file in the workspace (gradio's upload cache may be cleaned; a resumed job
         needs it) and return the stored path, for the request's dataset. Allowed in hosted mode too: there,
         such a stored upload is the only dataset file a request may name."""
@@ -138,7 +149,7 @@ class Service:
             if settings.hosted() and Path(path).stat().st_size > settings.hosted_max_upload_mb() * 2**20:
                 raise RequestError([f"dataset: the uploaded file is over this server's cap of "
                                     f"{settings.hosted_max_upload_mb():g} MB (hosted mode)"])
-            return uploads.save(path, settings.uploads_dir())
+            return uploads.save(path, self.uploads_for(owner))
         except OSError as exc:
             raise RequestError([f"dataset: the uploaded file {Path(path).name!r} cannot be read ({exc.strerror})"]
                                ) from None
@@ -149,7 +160,7 @@ class Service:
         Raises RequestError (nothing is created)."""
         owner = self._visitor(owner)
         self._visitor_cap(owner)  # before the slow checks: a flood is refused cheaply
-        spec = self.prepare(request)
+        spec = self.prepare(request, owner=owner)
         choices, _ = reward_files.parse_choices(spec.params.get("custom_rewards"))
         with self._start_lock:
             self._visitor_cap(owner)

@@ -103,13 +103,14 @@ def plugin_defaults(svc: Service, plugin_id: str | None) -> tuple:
             gr.update(value=completion, **second_label))
 
 
-def dataset_value(svc: Service, fields: dict[str, Any]) -> Any:
-    """The request's dataset from the DATASET_FIELDS values; an upload is kept in the workspace first."""
+def dataset_value(svc: Service, fields: dict[str, Any], owner: str | None = None) -> Any:
+    """The request's dataset from the DATASET_FIELDS values; an upload is kept in the workspace first (hosted:
+    in `owner`'s folder)."""
     source = fields["source"]
     if source == "Upload":
         if not fields["upload"]:
             raise RequestError(["dataset: choose a JSON, JSONL, CSV or Parquet file to upload"])
-        return {"source": "file", "name": svc.save_upload(fields["upload"])}
+        return {"source": "file", "name": svc.save_upload(fields["upload"], owner)}
     if source == "Local path":
         if not (fields["path"] or "").strip():
             raise RequestError(["dataset: give the path of a local file or folder"])

@@ -16,14 +16,15 @@ STATIC_FIELDS = ("plugin", "name", "model") + DATASET_FIELDS + TEMPLATE_FIELDS +
 FILLED = tuple(f for f in STATIC_FIELDS if f not in ("upload", "custom_rewards"))
 
 
-def build_request(svc: Service, static: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def build_request(svc: Service, static: dict[str, Any], params: dict[str, Any],
+                  owner: str | None = None) -> dict[str, Any]:
     """The request from the STATIC_FIELDS values and the Plugin Config's; raises RequestError for a dataset
     not given."""
     request = {
         "plugin": static["plugin"],
         "name": (static["name"] or "").strip(),
         "model": (static["model"] or "").strip(),
-        "dataset": dataset_value(svc, static),
+        "dataset": dataset_value(svc, static, owner),
         "template": static["template"] or "",
         "completion_template": static["completion_template"] or "",
         "params": dict(params),

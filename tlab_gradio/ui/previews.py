@@ -12,11 +12,12 @@ from .common import problems_md
 from .dataset_picker import dataset_value
 
 
-def data_preview(svc: Service, fields: dict[str, Any]) -> tuple[str, dict, str]:
+def data_preview(svc: Service, fields: dict[str, Any], owner: str | None = None) -> tuple[str, dict, str]:
     """The dataset fields' first rows (a heading and a table) and up to three rendered examples, or the
     problems."""
     try:
-        out = svc.preview_data(dataset_value(svc, fields), fields["template"], fields["completion_template"], 5)
+        out = svc.preview_data(dataset_value(svc, fields, owner), fields["template"], fields["completion_template"], 5,
+                               owner)
     except RequestError as exc:
         return problems_md(exc), gr.update(visible=False), ""
     head = f"**{out['num_rows']} rows** · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
@@ -28,10 +29,10 @@ def data_preview(svc: Service, fields: dict[str, Any]) -> tuple[str, dict, str]:
     return head, gr.update(value=table, headers=out["columns"], visible=True), text
 
 
-def launch_check(svc: Service, request: dict[str, Any], hosted: bool) -> tuple[str, str]:
+def launch_check(svc: Service, request: dict[str, Any], hosted: bool, owner: str | None = None) -> tuple[str, str]:
     """The check line (✓ and the estimates) and the command, for a request built from the form; raises
     RequestError listing its problems. In hosted mode the command names no server folder."""
-    preview = svc.launch_preview(request)
+    preview = svc.launch_preview(request, owner)
     text = preview["command"]
     return ('<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]),
             svc.hide_paths(text))

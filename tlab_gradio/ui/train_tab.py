@@ -76,7 +76,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     form_outputs = [fields[n] for n in FILLED] + [seed]
 
     # --- checks, Start and presets: every listener lives here, none inside the render ------
-    def request_of(args) -> dict[str, Any]:
+    def request_of(args, owner: str | None = None) -> dict[str, Any]:
         """The request from the form's inputs (static + [values]). The values state is ignored while it
         still holds another plugin's fields (a check queued while the plugin was being switched): then
         this plugin's starting values."""
@@ -85,20 +85,22 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         plugin_form = form_of(svc, static_values["plugin"])
         if plugin_form and set(vals) != set(plugin_form["parameters"]):
             vals = initial_values(svc, static_values["plugin"], {})
-        return build_request(svc, static_values, vals)
+        return build_request(svc, static_values, vals, owner)  # an upload goes to the visitor's folder
 
-    def check(*args):
+    # Handlers take the visitor first: gradio fills a gr.Request only before *args.
+    def check(visit: gr.Request, *args):
         try:
-            return launch_check(svc, request_of(args), hosted)
+            owner = visitor(visit)
+            return launch_check(svc, request_of(args, owner), hosted, owner)
         except RequestError as exc:
             return problems_md(exc), gr.skip()
 
     def set_values(plugin_id, seed_value):
         return initial_values(svc, plugin_id, seed_value), seeded_rewards(svc, plugin_id, seed_value)
 
-    def start(visit: gr.Request, *args):  # gradio fills `visit` (first: it passes no Request after *args)
+    def start(visit: gr.Request, *args):
         try:
-            job = svc.start_job(request_of(args), visitor(visit))
+            job = svc.start_job(request_of(args, visitor(visit)), visitor(visit))
         except RequestError as exc:
             gr.Warning("The job was not started: " + "; ".join(exc.problems))
             return problems_md(exc), gr.skip(), gr.skip()
@@ -106,9 +108,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return (f"Started job **{job['id']}** ({html.escape(job['name'])}); its progress is below.",
                 gr.update(visible=False), job["id"])
 
-    def save(preset, *args):
+    def save(visit: gr.Request, preset, *args):
         try:
-            presets = svc.save_preset(preset, request_of(args))
+            presets = svc.save_preset(preset, request_of(args, visitor(visit)))
         except RequestError as exc:
             raise gr.Error("; ".join(exc.problems), print_exception=False) from None
         gr.Info(f"Saved preset {preset}")
@@ -133,8 +135,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     preview_outputs = [data_parts["info"], data_parts["table"], data_parts["rendered"]]
     defaults_outputs = [fields[n] for n in ("source", "sample") + TEMPLATE_FIELDS]
 
-    def preview(*args):
-        return data_preview(svc, dict(zip(DATASET_FIELDS + TEMPLATE_FIELDS, args)))
+    def preview(visit: gr.Request, *args):
+        return data_preview(svc, dict(zip(DATASET_FIELDS + TEMPLATE_FIELDS, args)), visitor(visit))
 
     def plugin_defaults(plugin_id):
         return dataset_picker.plugin_defaults(svc, plugin_id)
