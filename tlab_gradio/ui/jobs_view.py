@@ -4,11 +4,13 @@ refreshes it about every second; each refresh reads only the log's tail and the 
 since the last one (the compared jobs' too)."""
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,12 +135,18 @@ def offered(paths: list[str], hosted: bool) -> list[str]:
     here = [Path(os.getcwd()).resolve(), Path(tempfile.gettempdir()).resolve()]
     if all(any(Path(p).resolve().is_relative_to(d) for d in here) for p in paths):
         return paths
-    folder = Path(tempfile.mkdtemp(prefix="tlab-files-"))
+    # One copy per set of files as they are (paths, sizes, times): a job viewed again reuses it, so copies do
+    # not pile up in the temp folder with each view.
+    stamp = [(p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+    folder = Path(tempfile.gettempdir()) / "tlab-files" / hashlib.sha256(repr(stamp).encode()).hexdigest()[:24]
     out = []
     for i, p in enumerate(paths):
         dest = folder / str(i) / Path(p).name  # the same name may come from two folders
-        dest.parent.mkdir()
-        shutil.copyfile(p, dest)
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+            shutil.copyfile(p, part)
+            os.replace(part, dest)  # whole or absent, for a concurrent view
         out.append(str(dest))
     return out
 
