@@ -134,7 +134,7 @@ def test_the_api_refuses_what_is_not_a_request_object(home):
     start_job = api_functions(Service())["start_job"]
     for bad in ("llama_sft_multi_gpu", ["x"], 5):
         with pytest.raises(gr.Error) as info:
-            start_job(bad)  # was "unknown plugin ''"
+            start_job(bad, visit=None)  # was "unknown plugin ''"
         assert "JSON object" in str(info.value) and "unknown plugin" not in str(info.value)
 
 
@@ -146,7 +146,7 @@ def test_the_api_takes_whole_job_ids_and_line_counts_only(finished_job):
     for bad in (1.5, "1.5", True, math.nan):
         for name in ("job_status", "stop_job", "resume_job", "delete_job", "job_log"):
             with pytest.raises(gr.Error, match="whole number"):
-                fns[name](bad)  # job 1 was found, and deleted, for 1.5
+                fns[name](bad, visit=None)  # job 1 was found, and deleted, for 1.5
     for lines in (math.inf, math.nan, 1.5, "many"):
         with pytest.raises(gr.Error, match="lines"):
             fns["job_log"](1, lines)  # OverflowError escaped for inf

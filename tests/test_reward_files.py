@@ -61,9 +61,9 @@ def svc(home):
     return service
 
 
-def refused(svc, request) -> str:
+def refused(svc, request, owner: str | None = None) -> str:
     with pytest.raises(RequestError) as err:
-        svc.start_job(request)
+        svc.start_job(request, owner)
     assert svc.list_jobs() == []  # nothing made, nothing launched
     return "\n".join(err.value.problems)
 
@@ -137,7 +137,7 @@ def test_hosted_mode_refuses_code_from_a_visitor(svc, monkeypatch):
     monkeypatch.setenv("TLAB_HOSTED", "1")
     with pytest.raises(RequestError, match=r"Python code from a visitor .* \(hosted mode\)"):
         svc.save_reward_file("more.py", REWARDS)
-    assert "Python code from a visitor" in refused(svc, grpo(["myrewards.py:brevity"]))
+    assert "Python code from a visitor" in refused(svc, grpo(["myrewards.py:brevity"]), owner="visitor-1")
     assert svc.reward_functions() == {"builtin": ["correctness", "integer", "strict_format", "soft_format",
                                                   "tag_count"], "custom_allowed": False, "files": []}
 
