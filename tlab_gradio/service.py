@@ -259,17 +259,27 @@ class Service:
         return request
 
     def job_view(self, job_id: int, metrics_offset: int = 0, log_lines: int = 300,
-                 owner: str | None = None) -> dict[str, Any]:
+                 owner: str | None = None, details: bool = True) -> dict[str, Any]:
         """One snapshot of a job for its page: the row (no paths or config), its status, the log's last
         lines, the metrics records appended since `metrics_offset` (and the offset to ask from next), and,
-        for a finished job, its files; the command and accelerate.yaml once launched. Reads only tails."""
+        with `details`, job_details' command, accelerate.yaml and files. Reads only tails."""
         job = self._get(job_id, owner)
         records, offset = logs.read_metrics(job.metrics_path, metrics_offset)
-        accel = job.job_dir / "accelerate.yaml"
-        return {
+        view = {
             "job": self._row(job), "status": self.job_status(job.id, owner),
             "log": [self.hide_paths(line) for line in logs.tail(job.log_path, log_lines)],
             "metrics": records, "metrics_offset": offset,
+        }
+        return {**view, **self._details(job)} if details else view
+
+    def job_details(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        """What changes only with a job's state: its command and accelerate.yaml once launched, and its files
+        once finished (the page asks when the state changes, not at every tick: the files are a folder walk)."""
+        return self._details(self._get(job_id, owner))
+
+    def _details(self, job: Job) -> dict[str, Any]:
+        accel = job.job_dir / "accelerate.yaml"
+        return {
             "command": self.hide_paths(" ".join(job.command) if job.command else ""),
             "accelerate_yaml": self.hide_paths(accel.read_text() if accel.is_file() else ""),
             "files": self._files(job) if job.state in ("COMPLETE", "FAILED", "STOPPED") else [],

@@ -194,7 +194,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             return [gr.skip()] * 16
         owner = visitor(request)
         fresh = state.get("job") != job_id
-        view = svc.job_view(job_id, 0 if fresh else state["offset"], LOG_LINES, owner)  # the service checks id, owner
+        # the service checks id and owner; the command, accelerate.yaml and files only when the state changes
+        view = svc.job_view(job_id, 0 if fresh else state["offset"], LOG_LINES, owner, details=False)
         job, status = view["job"], view["status"]
         if fresh:
             state = {"job": job["id"], "offset": 0, "series": {}, "state": None, "others": {},
@@ -231,7 +232,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 err = f"**Failed:** {html.escape(job['reason'] or '')}"  # reason: paths hidden by the service
             elif job["state"] in ("STOPPED", "STOPPING") and job["reason"]:
                 err = html.escape(job["reason"])
-            cmd, file_list, accel_text = view["command"], view["files"], view["accelerate_yaml"]
+            details = svc.job_details(job_id, owner)
+            cmd, file_list, accel_text = details["command"], details["files"], details["accelerate_yaml"]
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
                      gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
                      gr.update(visible=True), gr.update(visible=finished and not hosted), err,
