@@ -2,6 +2,7 @@
 through gradio_client and raw HTTP, each aimed at a promise of issue 17 ("must be true" item 1)."""
 import json
 import os
+import re
 import urllib.request
 
 import pytest
@@ -237,3 +238,98 @@ def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
     job = owner.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(stored[0])}, **TEMPLATES,
                          "params": {"max_steps": 1}}, api_name="/start_job")
     assert job["state"] in ("QUEUED", "RUNNING")
+
+
+def _form(preset, run_name):
+    """The Save preset button's inputs as the page sends them: the preset's name, the form's fields
+    (form_request.STATIC_FIELDS: plugin, name, model, the dataset's and the templates'), then the two states."""
+    return [preset, SFT, run_name, "", "Bundled sample", "sft_instructions", None, "", "", "", "",
+            "{{instruction}}", "{{output}}", None, None]
+
+
+def _answer(out):
+    return json.dumps(out)
+
+
+def test_a_visitor_cannot_list_load_or_overwrite_anothers_preset_through_the_page(hosted):
+    """Before: presets were one folder for everyone: the Presets list showed every visitor's, Load preset loaded
+    any by name (its dataset, templates and settings), and a Save under the same name overwrote the owner's."""
+    saved = page_call(hosted, "save-preset", _form("mine", "owner-secret-run"), session="owner-a")
+    assert "mine" in _answer(saved) and "error" not in _answer(saved).lower(), saved
+    assert "owner-secret-run" in _answer(page_call(hosted, "load-preset", ["mine", None], session="owner-a"))
+
+    # gradio checks a choice against the list this session was shown (its own presets), the service the name
+    refused = page_call(hosted, "load-preset", ["mine", None], session="visitor-b")
+    assert re.search(r"no preset named 'mine'|mine is not in the list of choices: \[\]", _answer(refused)), refused
+    assert "owner-secret-run" not in _answer(refused)
+    theirs = page_call(hosted, "save-preset", _form("theirs", "b-run"), session="visitor-b")
+    assert "theirs" in _answer(theirs) and "mine" not in _answer(theirs), theirs  # B's list: B's presets only
+    page_call(hosted, "save-preset", _form("mine", "b-run"), session="visitor-b")  # the same name: B's own
+    assert "b-run" in _answer(page_call(hosted, "load-preset", ["mine", None], session="visitor-b"))
+    kept = _answer(page_call(hosted, "load-preset", ["mine", None], session="owner-a"))
+    assert "owner-secret-run" in kept and "b-run" not in kept  # A's preset is as A saved it
+
+
+def test_a_visitor_cannot_list_load_overwrite_or_delete_anothers_preset(home, monkeypatch):
+    """The service with two visits: each verb on another visitor's preset name acts on the caller's own presets
+    only (delete, which the page does not offer, included); no visitor, no presets."""
+    from tlab_gradio.service import RequestError, Service
+
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    svc = Service(home)
+    a, b = "session:a", "session:b"
+    mine = {"plugin": SFT, "name": "a-secret", "params": {"max_steps": 7}}
+    assert svc.save_preset("mine", mine, owner=a) == ["mine"]
+    assert svc.list_presets(owner=b) == [] and svc.list_presets() == []
+    for call in (lambda: svc.load_preset("mine", owner=b), lambda: svc.load_preset("mine")):
+        with pytest.raises(RequestError, match="no preset named 'mine'|no visitor session"):
+            call()
+    assert svc.delete_preset("mine", owner=b) == []
+    with pytest.raises(RequestError, match="no visitor session"):
+        svc.delete_preset("mine")
+    with pytest.raises(RequestError, match="no visitor session"):
+        svc.save_preset("mine", {"plugin": SFT, "name": "nobody"})
+    assert svc.save_preset("mine", {"plugin": SFT, "name": "b-run"}, owner=b) == ["mine"]
+    assert svc.load_preset("mine", owner=a) == mine and svc.list_presets(owner=a) == ["mine"]
+    assert svc.delete_preset("mine", owner=b) == []
+    assert svc.load_preset("mine", owner=a) == mine  # still there
+    assert not list((home / "presets").glob("*.json"))  # nothing in the shared folder
+    assert svc.delete_preset("mine", owner=a) == []
+    svc.jobs.close()
+
+
+def test_a_visitor_cannot_hold_more_running_jobs_than_the_cap(home, monkeypatch):
+    """Before: only unfinished jobs were capped per visitor, so with no TLAB_MAX_CONCURRENT_JOBS a visitor's jobs
+    all ran at once, and under a global cap one visitor's queue took every slot. Now a visitor's jobs past
+    TLAB_HOSTED_MAX_RUNNING_PER_VISITOR (default 1) wait QUEUED, reserving nothing, and another visitor's start."""
+    import sys
+
+    from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.service import Service
+
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files",  # a stand-in process: this is about scheduling
+                        lambda job_dir, *a, **k: [sys.executable, "-c", "import time; time.sleep(120)", str(job_dir)])
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    monkeypatch.setenv("TLAB_HOSTED_MAX_JOBS_PER_VISITOR", "3")
+    svc = Service(home)
+    try:
+        a, b = "session:a", "session:b"
+        request = {"plugin": SFT, "device": "cpu", "params": {"max_steps": 5}}
+        mine = [svc.start_job(request, owner=a)["id"] for _ in range(3)]
+        theirs = svc.start_job(request, owner=b)["id"]
+        state = lambda job_id: svc.jobs.get(job_id).state  # noqa: E731
+        assert [state(j) for j in mine] == ["RUNNING", "QUEUED", "QUEUED"]
+        assert state(theirs) == "RUNNING"  # another visitor's job starts past A's waiting ones
+        svc.stop_job(mine[0], owner=a)
+        svc.jobs.wait(mine[1], 20, until=lambda j: j.state == "RUNNING")
+        assert [state(j) for j in mine] == ["STOPPED", "RUNNING", "QUEUED"]
+        monkeypatch.setenv("TLAB_HOSTED_MAX_RUNNING_PER_VISITOR", "2")  # the setting, read at each scheduling
+        svc.stop_job(theirs, owner=b)
+        svc.jobs.wait(mine[2], 20, until=lambda j: j.state == "RUNNING")
+        assert [state(j) for j in mine] == ["STOPPED", "RUNNING", "RUNNING"]
+    finally:
+        for job in svc.jobs.list():
+            if job.state in jobs_mod.ACTIVE or job.state == "QUEUED":
+                svc.jobs.stop(job.id, grace=0.5)
+                svc.jobs.wait(job.id, 10)
+        svc.jobs.close()

@@ -4,7 +4,8 @@ States: QUEUED -> RUNNING -> COMPLETE | FAILED | STOPPED, with STOPPING between 
 Stop click (or the time limit, or the progress watchdog) and the end of the job's
 last process. The end state comes from the real exit code of `accelerate launch`
 (non-zero if any rank failed), so a failed training is never shown as complete.
-Jobs wait QUEUED while one of their GPUs is used by another job; CPU jobs hold no GPU.
+Jobs wait QUEUED while one of their GPUs is used by another job (CPU jobs hold no GPU), and in hosted mode
+while their visitor already has TLAB_HOSTED_MAX_RUNNING_PER_VISITOR jobs running.
 
 A job's end is recorded only once every process of it is gone (ranks outlive a
 killed launcher: launcher.end_job finds them by the job's tag), so a GPU the
@@ -293,11 +294,19 @@ class JobManager:
             taken = {g for j in jobs if j.state in ACTIVE for g in j.gpus}
             running = sum(j.state in ACTIVE for j in jobs)
             cap = settings.max_concurrent_jobs()
+            # Hosted: a visitor's jobs beyond their running cap wait, reserving nothing, so other visitors' start.
+            per_visitor = settings.hosted_max_running_per_visitor() if settings.hosted() else None
+            theirs: dict[str, int] = {}
+            for j in jobs:
+                if j.state in ACTIVE and j.owner:
+                    theirs[j.owner] = theirs.get(j.owner, 0) + 1
             for job in jobs:
                 if job.state != QUEUED:
                     continue
                 if cap is not None and running >= cap:
                     break
+                if per_visitor is not None and job.owner and theirs.get(job.owner, 0) >= per_visitor:
+                    continue
                 wanted = set(job.gpus)
                 if wanted & taken:
                     taken |= wanted
@@ -305,6 +314,8 @@ class JobManager:
                 taken |= wanted
                 if self._launch(job):
                     running += 1
+                    if job.owner:
+                        theirs[job.owner] = theirs.get(job.owner, 0) + 1
 
     def _launch(self, job: Job) -> bool:
         """Start the job and its watcher. A full disk or store raises (the job stays QUEUED, _schedule tries again);

@@ -1,4 +1,6 @@
-"""Presets: a form's request saved under a name in the workspace (`presets/NAME.json`), to load again."""
+"""Presets: a form's request saved under a name in a folder of the workspace (`presets/NAME.json`), to load
+again. In hosted mode each visitor has a folder of their own (the service picks it), so a visitor lists, loads,
+overwrites and deletes only their own presets."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,8 @@ PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,79}$")
 
 
 class Presets:
-    def __init__(self, home: Path):
-        self.home = Path(home)
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
 
     def _path(self, name: str) -> Path:
         if name is not None and not isinstance(name, str):
@@ -24,7 +26,7 @@ class Presets:
         name = (name or "").strip()
         if not PRESET_NAME.match(name):
             raise RequestError([f"preset name {name!r}: use letters, digits, spaces, '_', '.', '-' (up to 80)"])
-        return self.home / "presets" / f"{name}.json"
+        return self.folder / f"{name}.json"
 
     def save(self, name: str, request: dict[str, Any]) -> list[str]:
         problems = check_shape(request)
@@ -37,7 +39,7 @@ class Presets:
         return self.names()
 
     def names(self) -> list[str]:
-        folder = self.home / "presets"
+        folder = self.folder
         return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
     def load(self, name: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class Service:
     def __init__(self, home: Path | None = None):
         self.home = Path(home or settings.home())
         self.jobs = JobManager(self.home)
-        self.presets = Presets(self.home)
+        self.presets = Presets(self.home / "presets")  # hosted mode: presets_for(visitor) instead
         self._start_lock = threading.Lock()  # a visitor's count and their new job, together (10 Starts at once)
 
     # --- hosted mode: no server path in anything shown ------------------------------
@@ -107,8 +107,12 @@ class Service:
         id on disk), so a request can name only its own visitor's files."""
         if not settings.hosted():
             return settings.uploads_dir()
-        key = hashlib.sha256((owner or "").encode()).hexdigest()[:16]
-        return settings.uploads_dir() / ("visitor-" + key)
+        return settings.uploads_dir() / self._visitor_folder(owner)
+
+    @staticmethod
+    def _visitor_folder(owner: str | None) -> str:
+        """A visitor's folder name (uploads, presets): a hash, so no session id or login name is on disk."""
+        return "visitor-" + hashlib.sha256((owner or "").encode()).hexdigest()[:16]
 
     def launch_preview(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """What the form shows before Start, from one check of the request: the command and the
@@ -313,17 +317,28 @@ class Service:
         return [self._row(j) for j in self.jobs.list(limit, self._list_owner(owner))]
 
     # --- presets ------------------------------------------------------------------
-    def save_preset(self, name: str, request: dict[str, Any]) -> list[str]:
-        return self.presets.save(name, request)
+    # In hosted mode each visitor has presets of their own (a folder named by a hash of the visitor): another
+    # visitor's presets are neither listed nor loaded, overwritten or deleted, and a name says nothing of them.
+    # No preset ships with the app; the workspace's shared presets (saved when not hosted) are not shown either:
+    # they may name the server's folders.
+    def presets_for(self, owner: str | None) -> Presets:
+        if not settings.hosted():
+            return self.presets
+        return Presets(self.home / "presets" / self._visitor_folder(self._visitor(owner)))
 
-    def list_presets(self) -> list[str]:
-        return self.presets.names()
+    def save_preset(self, name: str, request: dict[str, Any], owner: str | None = None) -> list[str]:
+        return self.presets_for(owner).save(name, request)
 
-    def load_preset(self, name: str) -> dict[str, Any]:
-        return self.presets.load(name)
+    def list_presets(self, owner: str | None = None) -> list[str]:
+        if settings.hosted() and not owner:
+            return []  # no visitor: nobody's presets
+        return self.presets_for(owner).names()
 
-    def delete_preset(self, name: str) -> list[str]:
-        return self.presets.delete(name)
+    def load_preset(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        return self.presets_for(owner).load(name)
+
+    def delete_preset(self, name: str, owner: str | None = None) -> list[str]:
+        return self.presets_for(owner).delete(name)
 
     def list_jobs(self, limit: int = 200, owner: str | None = None) -> list[dict[str, Any]]:
         return [{**j.as_dict(), "reason": self.hide_paths(j.reason)}

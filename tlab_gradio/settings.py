@@ -106,3 +106,10 @@ def hosted_max_jobs_per_visitor() -> int:
 def hosted_max_upload_mb() -> float:
     """TLAB_HOSTED_MAX_UPLOAD_MB (default 20): in hosted mode, the largest file a visitor may upload."""
     return _positive("TLAB_HOSTED_MAX_UPLOAD_MB", float) or 20.0
+
+
+def hosted_max_running_per_visitor() -> int:
+    """TLAB_HOSTED_MAX_RUNNING_PER_VISITOR (default 1): in hosted mode, how many of one visitor's jobs may run (or
+    be stopping) at once; the scheduler leaves that visitor's other jobs QUEUED and starts other visitors' jobs
+    before them, so no visitor takes every slot of the machine."""
+    return _positive("TLAB_HOSTED_MAX_RUNNING_PER_VISITOR") or 1

@@ -110,7 +110,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     def save(visit: gr.Request, preset, *args):
         try:
-            presets = svc.save_preset(preset, request_of(args, visitor(visit)))
+            presets = svc.save_preset(preset, request_of(args, visitor(visit)), visitor(visit))  # hosted: theirs
         except RequestError as exc:
             raise gr.Error("; ".join(exc.problems), print_exception=False) from None
         gr.Info(f"Saved preset {preset}")
@@ -156,11 +156,11 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         preview, preview_inputs, preview_outputs, **PRIVATE)
     cancel_btn.click(lambda: gr.update(visible=False), None, form, **PRIVATE)
 
-    def load_preset(name, current):
+    def load_preset(name, current, visit: gr.Request):
         if not name:
             raise gr.Error("Choose a preset to load", print_exception=False)
         try:
-            request = svc.load_preset(name)
+            request = svc.load_preset(name, visitor(visit))  # hosted: the visitor's own presets only
         except RequestError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
@@ -168,7 +168,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE)
     # The list as it is now, not as it was when the app started (presets saved since, in any tab).
-    demo.load(lambda: gr.update(choices=svc.list_presets()), None, preset_pick, **PRIVATE)
+    def list_presets(visit: gr.Request):
+        return gr.update(choices=svc.list_presets(visitor(visit)))  # hosted: the visitor's own
+
+    demo.load(list_presets, None, preset_pick, **PRIVATE)
 
     def refresh_plugins():
         """The plugins as the manifests are now, and the default selected: plugin_dd.change builds its config."""
