@@ -114,6 +114,20 @@ def test_argv_cpu_one_and_two_processes():
     assert two[two.index("--num_processes") + 1] == "2"
 
 
+def test_cpu_launches_say_their_thread_count(monkeypatch):
+    """Left to accelerate, the thread count per CPU process is chosen with a warning in every CPU job's log: the
+    command passes it (the physical cores over the processes, or the app's OMP_NUM_THREADS)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launcher.psutil, "cpu_count", lambda logical=True: 8)
+    one, two = (argv_for(gpus.resolve("cpu", None, n, []), "no") for n in (1, 2))
+    assert one[one.index("--num_cpu_threads_per_process") + 1] == "8"
+    assert two[two.index("--num_cpu_threads_per_process") + 1] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    two = argv_for(gpus.resolve("cpu", None, 2, []), "no")
+    assert two[two.index("--num_cpu_threads_per_process") + 1] == "3"
+    assert "--num_cpu_threads_per_process" not in argv_for(gpus.resolve("cuda", "0", None, FOUR))
+
+
 def test_mixed_precision_follows_the_hardware():
     assert launcher.mixed_precision_for(gpus.resolve("cuda", "0", None, FOUR), "auto") == "bf16"
     old = fake_gpus(2, cc=(7, 0))

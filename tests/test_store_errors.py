@@ -81,7 +81,7 @@ def test_a_full_disk_delays_the_record_of_how_jobs_ended_never_loses_it(small_di
     filler.unlink()  # space returns
     assert manager.wait(ends.id, 30).state == "COMPLETE"
     done = manager.wait(stopped.id, 30)
-    assert (done.state, done.reason) == ("STOPPED", "stopped by the user")
+    assert (done.state, done.reason) == ("STOPPED", "stopped by the user before its first step")  # no progress.json
     assert manager.wait(queued.id, 30).state == "COMPLETE"  # the queue moved on
     assert [j.name for j in manager.list()] == ["queued", "stopped", "ends"]
 

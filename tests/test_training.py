@@ -84,9 +84,22 @@ def test_stop_ends_every_rank_within_seconds(home):
     stopping = svc.stop_job(job["id"])
     assert stopping["state"] == "STOPPING"  # the click is taken at once
     stopped = svc.jobs.wait(job["id"], 30)
-    assert stopped.state == "STOPPED" and stopped.reason == "stopped by the user"
+    step = json.loads((Path(stopped.job_dir) / "progress.json").read_text())["step"]
+    assert step >= 1
+    assert stopped.state == "STOPPED" and stopped.reason == f"stopped by the user at step {step}"
     assert not launcher.group_alive(stopped.pid)
     assert processes_of(str(stopped.job_dir)) == []
+
+    # What the page and the API show ends on the plain reason, not on torch's SignalException traceback
+    # (the log file keeps it)
+    for shown in (svc.job_view(job["id"])["log"], svc.job_log(job["id"], 100)):
+        assert shown[-1] == f"[tlab] stopped by the user at step {step}", "\n".join(shown[-40:])
+        assert not any("SignalException" in line or "Traceback" in line for line in shown), "\n".join(shown)
+    assert svc.job_view(job["id"])["job"]["reason"] == f"stopped by the user at step {step}"
+    # accelerate's thread-count warning and the libraries' deprecation notices are not in any job's log
+    raw = (Path(stopped.job_dir) / "log.txt").read_text()
+    assert "SignalException" in raw or "SIGTERM" in raw  # kept on disk
+    assert "num_cpu_threads_per_process` was set" not in raw and "FutureWarning" not in raw
 
 
 def test_a_failing_trainer_is_failed_with_its_error_and_survives_a_restart(home, tiny_model_dir, tmp_path):

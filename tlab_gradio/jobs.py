@@ -175,6 +175,27 @@ def _last_progress(job: "Job") -> tuple[float, int]:
     return max(times), step if isinstance(step, int) else 0
 
 
+USER_STOP = "stopped by the user"
+
+
+def _at_step(job: "Job", reason: str) -> str:
+    """A user's stop says where it stopped: "stopped by the user at step N" (the last step progress.json saw)."""
+    if reason != USER_STOP:
+        return reason
+    step = _last_progress(job)[1]
+    return f"{reason} at step {step}" if step else f"{reason} before its first step"
+
+
+def _log_line(job: "Job", line: str) -> None:
+    """A line of the app's in the job's log (appended, as the processes write it); a log that cannot be written
+    loses it, nothing else."""
+    try:
+        with open(job.log_path, "a") as fh:
+            fh.write(line)
+    except OSError:
+        pass
+
+
 class JobManager:
     """One per workspace per process. Thread-safe; watcher threads are daemons."""
 
@@ -355,7 +376,7 @@ class JobManager:
             found = launcher.job_process(pid, self.tag(job_id), job.job_dir)
             alive = (lambda: launcher.alive(found)) if found else (lambda: False)
             if job.state == STOPPING and job_id not in self._ending:  # a stop the earlier app did not finish
-                self._end(job, FAILED if job.fails_on_stop else STOPPED, job.reason or "stopped by the user",
+                self._end(job, FAILED if job.fails_on_stop else STOPPED, job.reason or USER_STOP,
                           settings.stop_grace_seconds())
         code = None
         while not self._closed:
@@ -382,6 +403,8 @@ class JobManager:
         ending = self._ending.get(job_id)
         launcher.end_job(self.tag(job_id), pid, ending[2] if ending else settings.stop_grace_seconds(), job.job_dir)
         self._procs.pop(job_id, None)
+        if ending and decided and decided[1]:  # ended on purpose: the log ends on why, not on the SIGTERM noise
+            _log_line(job, logs.ended_line(decided[1]))
         self._record_end(job_id, code, decided)
 
     def _check_limits(self, job_id: int) -> None:
@@ -407,9 +430,9 @@ class JobManager:
     def _end_state(self, job: Job, code: int | None) -> tuple[str, str | None]:
         ending = self._ending.get(job.id)
         if ending:
-            return ending[0], ending[1]
+            return ending[0], _at_step(job, ending[1])
         if job.state == STOPPING:  # stopped through another manager of this workspace
-            return (FAILED if job.fails_on_stop else STOPPED), job.reason or "stopped by the user"
+            return (FAILED if job.fails_on_stop else STOPPED), _at_step(job, job.reason or USER_STOP)
         if code == 0:
             return COMPLETE, None
         if code is None:  # adopted after a restart: its exit code is lost, its files say how it ended
@@ -448,7 +471,7 @@ class JobManager:
                                  name=f"job-{job.id}").start()
                 continue
             if job.state == STOPPING:
-                state, reason = (FAILED if job.fails_on_stop else STOPPED), job.reason or "stopped by the user"
+                state, reason = (FAILED if job.fails_on_stop else STOPPED), _at_step(job, job.reason or USER_STOP)
             elif _finished_by_files(job):
                 state, reason = COMPLETE, "finished while the app was down"
             else:
@@ -460,7 +483,7 @@ class JobManager:
                 threading.Thread(target=self._record_end, args=(job.id, None), daemon=True).start()
 
     # --- user actions -------------------------------------------------------------
-    def stop(self, job_id: int, grace: float | None = None, reason: str = "stopped by the user",
+    def stop(self, job_id: int, grace: float | None = None, reason: str = USER_STOP,
              failed: bool = False) -> Job:
         """Returns at once with the job STOPPING; SIGTERM then SIGKILL reach every process of the job. It ends
         STOPPED (FAILED if `failed`) with `reason` once they are all gone, even if the store cannot be written now."""
@@ -486,6 +509,7 @@ class JobManager:
         """End the job on purpose: its watcher records `state` and `reason` once its processes are gone. Kept
         here first, then in the store (STOPPING); False when the store could not be written (a full disk)."""
         self._ending[job.id] = (state, reason, grace)
+        _log_line(job, logs.stopping_line(job.id, reason))  # what the processes print from here on is noise
         threading.Thread(target=launcher.end_job, args=(self.tag(job.id), job.pid, grace, job.job_dir),
                          daemon=True).start()
         try:

@@ -123,10 +123,23 @@ def build_argv(launch: Launch, job_dir: Path, port: int | str) -> list[str]:
     if launch.gpu_ids:
         argv += ["--gpu_ids", ",".join(launch.gpu_ids)]
     argv += ["--mixed_precision", launch.mixed_precision, "--main_process_port", str(port)]
+    if launch.device == "cpu":
+        argv += ["--num_cpu_threads_per_process", str(cpu_threads_per_process(launch.num_processes))]
     if total > 1:  # torchelastic's agent: each rank's error file in the job folder (logs.failure reads them)
         argv += ["--log_dir", str(job_dir / RANK_ERRORS)]
     argv += [launch.trainer, "--job-dir", str(job_dir)]
     return argv
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """The threads each CPU rank computes with: the physical cores over this machine's processes, accelerate's
+    own choice, passed explicitly (left to accelerate, it prints a warning into every CPU job's log). A thread
+    count set in the app's environment (OMP_NUM_THREADS) wins, as it would in accelerate."""
+    chosen = os.environ.get("OMP_NUM_THREADS", "")
+    if chosen.isdigit() and int(chosen) > 0:
+        return int(chosen)
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
 
 
 def preview(launch: Launch) -> str:

@@ -42,6 +42,45 @@ def tail(path: Path | str, lines: int = 100) -> list[str]:
         return []
 
 
+# --- a job ended on purpose (Stop, the server's time limit, the watchdog) -----------------------------------
+# The app writes STOPPING as it signals the job's processes, and the plain ending once they are gone. What they
+# print in between is their reaction to SIGTERM (torchelastic's "Sending process … closing signal SIGTERM" and
+# its SignalException traceback): the log file keeps it, the page and the API show the log without it.
+STOPPING = "[tlab] stopping job "
+APP_LINE = "[tlab] "
+STOP_NOISE_LINES = 2000  # read this much more of a stopped job's tail, so its noise is skipped, not shown instead
+
+
+def stopping_line(job_id: int, reason: str) -> str:
+    return f"{STOPPING}{job_id}: {reason} (its processes are sent SIGTERM)\n"
+
+
+def ended_line(reason: str) -> str:
+    return f"{APP_LINE}{reason}\n"
+
+
+def without_stop_noise(lines: list[str]) -> list[str]:
+    """`lines` less what follows each STOPPING line up to the app's next line (the plain ending:
+    "[tlab] stopped by the user at step 7", or a resumed job's next attempt)."""
+    out, hiding = [], False
+    for line in lines:
+        if hiding and line.startswith(APP_LINE):
+            hiding = False
+        if not hiding:
+            out.append(line)
+        if line.startswith(STOPPING):
+            hiding = True
+    return out
+
+
+def shown_tail(path: Path | str, lines: int, stopped: bool) -> list[str]:
+    """The log's last `lines` lines as a person reads them: for a job that was ever ended on purpose
+    (`stopped`), without the noise of its processes being ended."""
+    if not stopped:
+        return tail(path, lines)
+    return without_stop_noise(tail(path, lines + STOP_NOISE_LINES))[-lines:] if lines > 0 else []
+
+
 def follow(path: Path | str, offset: int = 0, max_bytes: int = 1 << 20) -> tuple[str, int]:
     """Text appended after `offset` (whole lines only, at most `max_bytes`) and the new offset."""
     try:

@@ -242,7 +242,7 @@ class Service:
         last = logs.last_metrics(job.metrics_path, 1)
         error = None
         if job.state == "FAILED":
-            tail = [line for line in logs.tail(job.log_path, 30) if line.strip()]
+            tail = [line for line in self._log_tail(job, 30) if line.strip()]
             error = (job.reason or "failed") + ("\n" + "\n".join(tail[-15:]) if tail else "")
             error = self.hide_paths(error)
         return {
@@ -271,10 +271,19 @@ class Service:
         records, offset = logs.read_metrics(job.metrics_path, metrics_offset)
         view = {
             "job": self._row(job), "status": self.job_status(job.id, owner),
-            "log": [self.hide_paths(line) for line in logs.tail(job.log_path, log_lines)],
+            "log": [self.hide_paths(line) for line in self._log_tail(job, log_lines)],
             "metrics": records, "metrics_offset": offset,
         }
         return {**view, **self._details(job)} if details else view
+
+    @staticmethod
+    def _log_tail(job: Job, lines: int) -> list[str]:
+        """The log's last lines as the page and the API show them: a job ever ended on purpose (Stop, a limit)
+        ends on the plain reason ("[tlab] stopped by the user at step 7"), without its processes' SIGTERM noise
+        (torch's SignalException traceback), which the log file keeps."""
+        stopped = (job.stop_requested or job.attempts > 1 or job.state in ("STOPPING", "STOPPED")
+                   or (job.state == "QUEUED" and job.attempts > 0))
+        return logs.shown_tail(job.log_path, lines, bool(stopped))
 
     def job_details(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """What changes only with a job's state: its command and accelerate.yaml once launched, and its files
@@ -347,7 +356,7 @@ class Service:
     def job_log(self, job_id: int, lines: int = 200, owner: str | None = None) -> list[str]:
         job = self._get(job_id, owner)
         lines = inputs.whole_number("lines", lines, 1, 10000)
-        return [self.hide_paths(line) for line in self.jobs.log_tail(job.id, lines)]  # line 1: the argv
+        return [self.hide_paths(line) for line in self._log_tail(job, lines)]  # line 1: the argv
 
     def stop_job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         return self.jobs.stop(self._get(job_id, owner).id).as_dict()

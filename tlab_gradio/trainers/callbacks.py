@@ -52,7 +52,7 @@ class FiniteGuard(TrainerCallback):
 
 
 class MetricsCallback(TrainerCallback):
-    """metrics.jsonl: one JSON line per logging step; progress.json: step, total, ETA.
+    """metrics.jsonl: one JSON line per logging step (and the last step); progress.json: step, total, ETA.
 
     Rank 0 only (the Trainer already averages the loss across ranks). Tokens/s come
     from TRL's running `num_tokens` count (real, non-padding tokens, all ranks).
@@ -94,6 +94,10 @@ class MetricsCallback(TrainerCallback):
             self._progress(state)
 
     def on_step_end(self, args, state, control, **kwargs):
+        # The last step is always logged, whatever the interval (30 steps logged every 20 end on a point at 30).
+        # Every rank asks: the Trainer's log gathers the loss over all of them.
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
         if state.is_world_process_zero and time.time() - self.last_progress >= 1.0:
             self._progress(state)
 
@@ -119,6 +123,8 @@ class MetricsCallback(TrainerCallback):
             record["peak_memory_gb"], record["peak_reserved_gb"] = peak
         with open(self.job_dir / METRICS, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if state.global_step > 0:  # the progress is never behind the metrics (a stop says the step it reached)
+            self._progress(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

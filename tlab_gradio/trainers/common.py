@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def begin(description: str, cpu_capable: bool = True):
     """A trainer's first steps: the job folder from the command line, its spec (config.json), the process
     group (gloo on CPU), and each rank announcing itself. Returns (job_dir, spec, params, state)."""
     job_dir = parse_args(description)
+    quiet_library_deprecations()
     record_errors()
     spec = JobSpec.read(job_dir)
     from accelerate import PartialState
@@ -37,6 +39,19 @@ def begin(description: str, cpu_capable: bool = True):
     state = PartialState(cpu=spec.launch.device == "cpu") if cpu_capable else PartialState()
     announce(state)
     return job_dir, spec, spec.params, state
+
+
+# The libraries a trainer drives: their deprecation notices are about how they call each other (transformers'
+# `is_gradient_checkpointing` called by PEFT/TRL, printed twice per rank in every job), nothing a user can act on.
+LIBRARIES = r"(transformers|trl|peft|accelerate|torch|datasets|unsloth)(\.|$)"
+
+
+def quiet_library_deprecations() -> None:
+    """Silence the FutureWarning/DeprecationWarning notices raised inside the training libraries (warnings
+    filters for those modules only): a warning of any other kind, or a deprecation raised by a trainer or a
+    user's reward file, still reaches the job's log."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
 
 
 def record_errors() -> None:
@@ -174,6 +189,20 @@ def limit_rows(dataset, max_samples: int | None, is_main: bool):
         print(f"[tlab] dataset: using {len(dataset)} of {total} rows"
               + (f" (max_samples {max_samples})" if capped else ""), flush=True)
     return dataset
+
+
+AUTO_LOGGING_POINTS = 100  # logging_steps 0 (auto): about this many points a run
+
+
+def logging_steps(p: dict) -> float:
+    """TrainingArguments' logging_steps from the form's: N, or for 0 (auto) the fraction 1/100 of the run,
+    which the Trainer turns into every ceil(max_steps / 100) steps once it knows max_steps (from the epochs
+    too): a 10-step run logs every step, a 1000-step run every 10. Old jobs without the parameter log every
+    step."""
+    chosen = p.get("logging_steps")
+    if chosen is None:
+        return 1
+    return chosen if chosen >= 1 else 1 / AUTO_LOGGING_POINTS
 
 
 ADAM_KEYS = ("adam_beta1", "adam_beta2", "adam_epsilon")  # TrainingArguments names, for SFTConfig and GRPOConfig

@@ -21,7 +21,7 @@ from tlab_gradio.trainers import common  # noqa: E402
 GRPO_KEYS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_generations", "max_completion_length", "temperature", "top_p", "beta", "loss_type", "epsilon",
-    "num_iterations", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "logging_steps",
+    "num_iterations", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
     "save_steps", "save_total_limit", "seed", *common.ADAM_KEYS,
 )
 
@@ -231,6 +231,7 @@ def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float]
         generation_batch_size=generation_batch(p),
         save_strategy="steps",
         logging_first_step=True,
+        logging_steps=common.logging_steps(p),
         disable_tqdm=True,
         ddp_find_unused_parameters=False,
         **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing")), p),

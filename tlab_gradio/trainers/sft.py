@@ -17,7 +17,7 @@ from tlab_gradio.trainers import common  # noqa: E402
 
 SFT_KEYS = (
     "learning_rate", "num_train_epochs", "max_steps", "max_length", "packing", "lr_scheduler_type", "warmup_steps",
-    "weight_decay", "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed", *common.ADAM_KEYS,
+    "weight_decay", "max_grad_norm", "save_steps", "save_total_limit", "seed", *common.ADAM_KEYS,
 )
 
 
@@ -212,6 +212,7 @@ def sft_config(job_dir: Path, spec, p: dict, on_cpu: bool, loading: dict, plan, 
         ddp_find_unused_parameters=False,
         save_strategy="steps",
         logging_first_step=True,
+        logging_steps=common.logging_steps(p),
         disable_tqdm=True,  # the log is read by people and by the app, not by a terminal
         **common.precision_flags(spec.launch.mixed_precision),
         **{k: p[k] for k in SFT_KEYS if p.get(k) is not None},

@@ -94,6 +94,7 @@ def main() -> None:
         use_vllm=fast,
         save_strategy="steps",
         logging_first_step=True,
+        logging_steps=common.logging_steps(p),
         disable_tqdm=True,
         **common.precision_flags(spec.launch.mixed_precision),
         **{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},
