@@ -122,6 +122,17 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-files")).to_contain_text("adapter_model")
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"log\s*\.txt"))  # the whole log, not its tail
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"metrics\s*\.jsonl"))
+    # Every step is on the chart once the job is COMPLETE (the automatic logging interval logs each step of a
+    # short run; the chart used to draw one point behind the page's data), and smoothing draws over the raw points.
+    loss_line = page.locator('#job-chart g.tl-series[data-series="loss"]')
+    expect(loss_line).to_have_attribute("data-steps", "1,2,3,4")
+    expect(loss_line.locator("circle.tl-point")).to_have_count(4)
+    expect(page.locator("#job-chart .tl-ytick").first).to_have_text(re.compile(r"^-?[\d,]+(\.\d{1,4})?$"))
+    smoothing = page.locator("#job-smoothing input[type=number]").first
+    smoothing.fill("0.6")
+    smoothing.press("Enter")
+    expect(loss_line.locator("polyline.tl-smoothed")).to_have_count(1)
+    expect(loss_line.locator("circle.tl-point")).to_have_count(4)
     # The chart offers every metric the trainer logged, loss and reward first.
     page.locator("#job-metric input").first.click()
     expect(page.get_by_role("option", name="learning_rate")).to_be_visible()

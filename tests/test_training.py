@@ -74,6 +74,54 @@ def test_two_process_cpu_job_completes_with_both_ranks(home):
     assert (Path(done.job_dir) / "tensorboard").is_dir()
 
 
+def test_every_logged_step_reaches_the_page_at_its_next_refresh(home):
+    """A 10-step run with the default (automatic) logging interval logs every step; each refresh of the page
+    (job_view from the offset the last one returned, what the job page's timer asks) returns every metrics line
+    written before it, and the chart holds every step when the job is COMPLETE."""
+    import time
+
+    from tlab_gradio.ui import jobs_view
+
+    svc = Service()
+    request = sft_request(max_steps=10)
+    del request["params"]["logging_steps"]  # the form's default: automatic
+    job = svc.start_job(request)
+    path = Path(job["job_dir"]) / "metrics.jsonl"
+    offset, series, seen, state = 0, {}, [], None
+    deadline = time.monotonic() + TIMEOUT
+    while state not in ("COMPLETE", "FAILED", "STOPPED") and time.monotonic() < deadline:
+        written = path.read_text().count("\n") if path.exists() else 0
+        state = svc.job(job["id"])["state"]  # before the read: a finished job wrote every line already
+        view = svc.job_view(job["id"], offset, details=False)
+        offset, seen = view["metrics_offset"], seen + view["metrics"]
+        series = jobs_view.add_points(series, view["metrics"])
+        assert len(seen) >= written, "a logged point did not reach the page's next refresh"
+        time.sleep(0.3)
+    assert state == "COMPLETE", "\n".join(svc.job_log(job["id"], 60))
+    assert [r["step"] for r in seen if "loss" in r] == list(range(1, 11))
+    drawn = {line.name: [s for s, _ in line.points] for line in jobs_view.chart_lines(series, None)}
+    assert drawn == {"loss": list(range(1, 11))}
+
+
+def test_the_last_step_is_logged_whatever_the_interval(tmp_path):
+    """30 steps logged every 20 end on a point at step 30; logging_steps 0 is the automatic interval (1/100 of the
+    run, which the Trainer rounds up to whole steps: every step of a 10-step run)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from tlab_gradio.trainers import callbacks, common
+
+    callback = callbacks.MetricsCallback(tmp_path, 1)
+    for step, logs in ((29, False), (30, True)):
+        control = TrainerControl()
+        callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=30, is_world_process_zero=False),
+                             control)
+        assert control.should_log is logs
+    assert common.logging_steps({"logging_steps": 0}) == 0.01 and common.logging_steps({"logging_steps": 7}) == 7
+    assert common.logging_steps({}) == 1  # a job stored before the parameter existed
+
+
 def test_stop_ends_every_rank_within_seconds(home):
     svc = Service()
     job = svc.start_job(sft_request(cpu_processes=2, max_steps=100000, save_steps=100000))

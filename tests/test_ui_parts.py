@@ -27,9 +27,55 @@ def test_compared_runs_are_named_by_job_and_the_legend_follows():
     assert list(frame["series"]) == ["8 · new", "7 · baseline"]
     both = jobs_view.chart_frame(mine, "loss & reward", other, "8 · new")
     assert list(dict.fromkeys(both["series"])) == ["8 · new: loss", "8 · new: reward", "7 · baseline: loss"]
-    update = jobs_view.chart_update(mine, "grad_norm", other, "8 · new")
-    assert update["colors_in_legend"] == ["8 · new", "7 · baseline"] and update["title"] == "grad_norm"
-    assert jobs_view.chart_update(mine, None)["colors_in_legend"] == ["loss", "reward"]
+    drawn = jobs_view.chart_update(mine, "grad_norm", other, "8 · new")
+    assert legend(drawn) == ["8 · new", "7 · baseline"] and 'class="tl-chart-title"' in drawn
+    assert ">grad_norm</div>" in drawn
+    assert legend(jobs_view.chart_update(mine, None)) == ["loss", "reward"]
+
+
+def legend(drawn: str) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(m) for m in re.findall(r'<span class="tl-legend-item"[^>]*><span[^>]*></span>([^<]*)</span>',
+                                                 drawn)]
+
+
+def drawn_steps(drawn: str) -> dict[str, list[int]]:
+    """Each drawn line's steps, as the chart's markup holds them (what the browser shows)."""
+    import html
+    import re
+
+    return {html.unescape(name): [int(s) for s in steps.split(",")]
+            for name, steps in re.findall(r'<g class="tl-series" data-series="([^"]*)" data-steps="([^"]*)"', drawn)}
+
+
+def test_the_chart_draws_every_point_it_is_given_with_round_ticks():
+    """Every point the page holds is in the markup sent (gradio's LinePlot drew the previous update's rows: a
+    live chart one logged point behind), a single point gets round ticks (it read 5.577897 / 1.000000), and
+    the smoothed line goes over the raw points, which stay."""
+    import re
+
+    from tlab_gradio.ui import chart
+
+    series = {}
+    for step in range(1, 11):  # one record per refresh, as a running job's are read
+        series = jobs_view.add_points(series, [{"step": step, "loss": 5.577897 - step / 100}])
+        drawn = jobs_view.chart_update(series, None)
+        assert drawn_steps(drawn) == {"loss": list(range(1, step + 1))}
+        assert drawn.count('class="tl-point"') == step
+    one = jobs_view.chart_update({"loss": [[1, 5.577897]]}, None)
+    assert re.findall(r'class="tl-ytick"[^>]*>([^<]*)<', one) == ["5.0", "5.5", "6.0", "6.5"]
+    assert re.findall(r'class="tl-xtick"[^>]*>([^<]*)<', one) == ["0", "1", "2"]
+    assert "5.577897" not in re.sub(r"<title>.*?</title>", "", one)
+    assert "No points yet" in jobs_view.chart_update({}, None)
+
+    smooth = jobs_view.chart_update(series, None, smoothing=0.6)
+    assert smooth.count('class="tl-point"') == 10 and smooth.count('class="tl-smoothed"') == 1
+    assert 'class="tl-smoothed"' not in jobs_view.chart_update(series, None, smoothing=0)
+    assert chart.ema([1.0, 1.0, 1.0], 0.9) == [1.0, 1.0, 1.0]  # debiased: no pull towards 0
+    assert chart.ema([0.0, 10.0], 0.5) == [0.0, 10 * 0.5 / 0.75]
+    assert chart.ema([3.0, 1.0], 0) == [3.0, 1.0]
 
 
 

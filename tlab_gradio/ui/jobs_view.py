@@ -19,6 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from ..service import ACTIVE, FINISHED, Service
+from . import chart
 from .common import PRIVATE, checked, duration, progress_bar, state_badge, visitor, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
@@ -27,6 +28,7 @@ CHART_SERIES = ("loss", "reward")  # drawn together by default (GRPO adds reward
 DEFAULT_CHART = "loss & reward"
 NOT_CHARTED = {"step", "epoch", "time", "world_size", "total_flos"}  # and the end-of-run train_* summary
 MAX_POINTS = 5000  # per metric
+EMPTY_CHART = "No points yet: the first comes with the first logged step."
 MAX_FILES = 50
 FOLLOW_LOG_JS = """() => { const t = document.querySelector('#job-log textarea');
   if (t) { requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); } }"""
@@ -87,27 +89,36 @@ def chart_choices(series: dict[str, list]) -> list[str]:
     return [DEFAULT_CHART] + sorted(k for k in series if k not in CHART_SERIES)
 
 
-def chart_update(series: dict[str, list], choice: str | None, others: dict | None = None, label: str = "this job"):
-    """The chart for `choice` (loss and reward, or one metric), with the compared jobs' curves of the
-    same metric. The legend is set each time (a plot otherwise keeps the series it first drew)."""
+def chart_update(series: dict[str, list], choice: str | None, others: dict | None = None, label: str = "this job",
+                 smoothing: float = 0.0) -> str:
+    """The chart for `choice` (loss and reward, or one metric), with the compared jobs' curves of the same
+    metric, `smoothing` (TensorBoard's EMA weight) drawn over the raw points: the chart's HTML, every point the
+    page holds in it (chart.py)."""
     choice = choice or DEFAULT_CHART
-    frame = chart_frame(series, choice, others, label)
-    labels = list(dict.fromkeys(frame["series"]))
     title = "Loss and reward" if choice == DEFAULT_CHART else choice
-    return gr.update(value=frame, title=title, colors_in_legend=labels or None)
+    return chart.render(chart_lines(series, choice, others, label), title, smoothing or 0.0, EMPTY_CHART)
+
+
+def chart_lines(series: dict[str, list], choice: str | None, others: dict | None = None,
+                label: str = "this job") -> list[chart.Line]:
+    """The lines to draw, each with its (step, value) points. Alone, a line is named by its metric; compared,
+    by its job (and metric, where loss and reward are both drawn)."""
+    names = CHART_SERIES if choice in (None, DEFAULT_CHART) else (choice,)
+    runs = [(label, series)] + [(o["label"], o["series"]) for o in (others or {}).values()]
+    lines = []
+    for run_label, run in runs:
+        for name in names:
+            tag = name if not others else run_label if len(names) == 1 else f"{run_label}: {name}"
+            if run.get(name):
+                lines.append(chart.Line(tag, [(step, value) for step, value in run[name]]))
+    return lines
 
 
 def chart_frame(series: dict[str, list], choice: str | None, others: dict | None = None,
                 label: str = "this job") -> pd.DataFrame:
-    """Rows (step, value, series) to draw. Alone, a series is named by its metric; compared, by its job
-    (and metric, where loss and reward are both drawn)."""
-    names = CHART_SERIES if choice in (None, DEFAULT_CHART) else (choice,)
-    runs = [(label, series)] + [(o["label"], o["series"]) for o in (others or {}).values()]
-    rows = []
-    for run_label, run in runs:
-        for name in names:
-            tag = name if not others else run_label if len(names) == 1 else f"{run_label}: {name}"
-            rows += [{"step": step, "value": value, "series": tag} for step, value in run.get(name, [])]
+    """The same as rows (step, value, series)."""
+    rows = [{"step": step, "value": value, "series": line.name}
+            for line in chart_lines(series, choice, others, label) for step, value in line.points]
     return pd.DataFrame(rows) if rows else empty_chart()
 
 
@@ -179,8 +190,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                     compare = gr.Dropdown(choices=[], value=[], multiselect=True, label="Compare with",
                                           info="other jobs' curves of the same metric", interactive=True,
                                           elem_id="job-compare")
-                chart = gr.LinePlot(empty_chart(), x="step", y="value", color="series", title="Loss and reward",
-                                    height=330, elem_id="job-chart", x_title="step", y_title="")
+                plot = gr.HTML(chart_update({}, DEFAULT_CHART), elem_id="job-chart")
+                smoothing = gr.Slider(0, chart.MAX_SMOOTHING, value=0, step=0.01, label="Smoothing",
+                                      info="TensorBoard's moving average, drawn over the raw points (0: off)",
+                                      interactive=True, elem_id="job-smoothing")
         command = gr.Code(label="Command (rerun it by hand)", language="shell", interactive=False,
                           visible=False, elem_id="job-command", max_lines=6)
         accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
@@ -188,7 +201,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         files = gr.File(label="Log, metrics and output files", file_count="multiple", visible=False,
                         interactive=False, elem_id="job-files")
 
-    def refresh(job_id, state, choice, request: gr.Request):
+    def refresh(job_id, state, choice, smooth, request: gr.Request):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
             return [gr.skip()] * 16
@@ -220,7 +233,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = "\n".join(view["log"])  # the service hides server paths in hosted mode
         outs = [head, progress_bar(status["progress"] or 0, label), log_text,
-                chart_update(series, choice, others, state["label"]) if (records or grew or fresh) else gr.skip(),
+                chart_update(series, choice, others, state["label"], smooth) if (records or grew or fresh)
+                else gr.skip(),
                 state,
                 gr.update(choices=choices, value=choice if choice in choices else DEFAULT_CHART)
                 if new_metrics else gr.skip(),
@@ -245,21 +259,24 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             outs += [gr.skip()] * 9
         return outs
 
-    outputs = [header, progress, log_box, chart, view, metric, compare, stop_btn, resume_btn, clone_btn,
+    outputs = [header, progress, log_box, plot, view, metric, compare, stop_btn, resume_btn, clone_btn,
                delete_btn, error, command, files, live_row, accel]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)
-    timer.tick(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
-    selected.change(refresh, [selected, view, metric], outputs, show_progress="hidden", **PRIVATE)
-    metric.input(lambda state, choice: chart_update(state["series"], choice, state.get("others"),
-                                                    state.get("label", "this job")),
-                 [view, metric], chart, show_progress="hidden", **PRIVATE)
+    timer.tick(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", **PRIVATE)
+    selected.change(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", **PRIVATE)
+
+    def redraw(state, choice, smooth):
+        return chart_update(state["series"], choice, state.get("others"), state.get("label", "this job"), smooth)
+
+    metric.input(redraw, [view, metric, smoothing], plot, show_progress="hidden", **PRIVATE)
+    smoothing.input(redraw, [view, metric, smoothing], plot, show_progress="hidden", **PRIVATE)
 
     def other_jobs(job_id: int, owner: str | None) -> list[tuple[str, int]]:
         return [(f"{j['id']} · {j['name']}", j["id"]) for j in svc.job_rows(owner=owner) if j["id"] != job_id]
 
-    def compare_with(state, choice, ids, request: gr.Request):
+    def compare_with(state, choice, ids, smooth, request: gr.Request):
         """Start following the chosen jobs' metrics, and redraw."""
         kept = state.get("others") or {}
         others = {}
@@ -274,9 +291,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             others[str(job["id"])] = {"label": f"{job['id']} · {job['name']}", "series": {}, "offset": 0}
         others, _ = follow_others(svc, others, visitor(request))
         state = {**state, "others": others}
-        return chart_update(state["series"], choice, others, state.get("label", "this job")), state
+        return chart_update(state["series"], choice, others, state.get("label", "this job"), smooth), state
 
-    compare.input(compare_with, [view, metric, compare], [chart, view], show_progress="hidden", **PRIVATE)
+    compare.input(compare_with, [view, metric, compare, smoothing], [plot, view], show_progress="hidden", **PRIVATE)
     def rows(request: gr.Request):
         return job_rows(svc, visitor(request))
 
