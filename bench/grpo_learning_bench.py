@@ -183,13 +183,21 @@ def speed(curve: list[dict]) -> dict:
 def across_seeds(reports: list[dict]) -> dict:
     """Several seeds' reports: per WINDOW, the plugin's and plain TRL's mean over the seeds, and the gap against
     the seeds' own spread (standard deviation of the seeds' window means, pooled over the two sides). The
-    plugin follows plain TRL when every gap is within that spread, and rose when every seed's did."""
+    plugin follows plain TRL when every gap is within that spread, and rose when every seed's did. A report
+    may hold one side only (a run cut short): each side's mean is over the seeds it has, and the seeds that
+    have both sides are also compared pairwise."""
     def windows(curve):
         rewards = [r["reward"] for r in curve if isinstance(r.get("reward"), (int, float))]
         return [statistics.fmean(rewards[i:i + WINDOW]) for i in range(0, len(rewards) // WINDOW * WINDOW, WINDOW)]
 
-    plugin = [windows(r["plugin"]["curve"]) for r in reports]
-    plain = [windows(r["plain_trl"]["curve"]) for r in reports]
+    def seed(r):
+        return r.get("params", {}).get("seed")
+
+    sides = {side: {seed(r): windows(r[side]["curve"]) for r in reports if r.get(side, {}).get("curve")}
+             for side in ("plugin", "plain_trl")}
+    plugin, plain = list(sides["plugin"].values()), list(sides["plain_trl"].values())
+    if not plugin or not plain:
+        raise SystemExit("--compare needs at least one report with each side (plugin, plain_trl)")
     n = min(len(w) for w in plugin + plain)
     rows = []
     for i in range(n):
@@ -198,11 +206,43 @@ def across_seeds(reports: list[dict]) -> dict:
         gap = statistics.fmean(a) - statistics.fmean(b)
         rows.append({"steps": f"{i * WINDOW + 1}-{(i + 1) * WINDOW}", "plugin": statistics.fmean(a),
                      "plain_trl": statistics.fmean(b), "gap": gap, "seed_spread": spread,
-                     "within_spread": abs(gap) <= spread})
-    return {"seeds": [r["params"].get("seed") for r in reports], "windows": rows,
+                     "within_spread": abs(gap) <= spread,
+                     "paired_gaps": {str(s): sides["plugin"][s][i] - sides["plain_trl"][s][i]
+                                     for s in sides["plugin"] if s in sides["plain_trl"]}})
+    return {"plugin_seeds": list(sides["plugin"]), "plain_trl_seeds": list(sides["plain_trl"]), "windows": rows,
             "follows": bool(rows) and all(w["within_spread"] for w in rows),
-            "plugin_rose_every_seed": all(learned(r["plugin"]["curve"]).get("rose") for r in reports),
-            "plain_trl_rose_every_seed": all(learned(r["plain_trl"]["curve"]).get("rose") for r in reports)}
+            "plugin_rose_every_seed": all(learned(r["plugin"]["curve"]).get("rose") for r in reports
+                                          if r.get("plugin", {}).get("curve")),
+            "plain_trl_rose_every_seed": all(learned(r["plain_trl"]["curve"]).get("rose") for r in reports
+                                             if r.get("plain_trl", {}).get("curve"))}
+
+
+def plot_seeds(reports: list[dict], path: Path) -> None:
+    """Every seed's curve (WINDOW-step running mean), the plugin solid, plain TRL dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for n, r in enumerate(reports):
+        color = f"C{n}"
+        for side, style in (("plugin", "-"), ("plain_trl", "--")):
+            curve = [c for c in r.get(side, {}).get("curve") or [] if c.get("reward") is not None]
+            if not curve:
+                continue
+            rewards = [c["reward"] for c in curve]
+            smooth = [statistics.fmean(rewards[max(0, i - WINDOW + 1):i + 1]) for i in range(len(rewards))]
+            label = f"{'GRPO plugin, defaults' if side == 'plugin' else 'plain TRL'}, seed {r['params'].get('seed')}"
+            ax.plot([c["step"] for c in curve], smooth, color=color, linestyle=style, linewidth=1.5, alpha=0.8,
+                    label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"mean reward ({WINDOW}-step running mean)")
+    ax.set_title(f"GRPO on {reports[0].get('model_name', 'the model')}, seeds side by side ({reports[0].get('gpu', '')})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -255,8 +295,11 @@ def main() -> None:
                     help="several seeds' reports: the gap between the curves against the seeds' spread, to --out")
     args = ap.parse_args()
     if args.compare:
-        result = across_seeds([json.loads(p.read_text()) for p in args.compare])
+        reports = [json.loads(p.read_text()) for p in args.compare]
+        result = {"reports": [str(p) for p in args.compare], **across_seeds(reports)}
         args.out.write_text(json.dumps(result, indent=1) + "\n")
+        if args.plot:
+            plot_seeds(reports, args.plot)
         print(json.dumps(result, indent=1))
         return
     if args.seed is not None:

@@ -85,7 +85,16 @@ def test_grpo_learning_bench_tells_drift_between_seeds_from_a_gap(tmp_path):
         return json.loads(out.read_text())
 
     drift = compare([report(1, 0.05, -0.05), report(2, -0.05, 0.05), report(3, 0.0, 0.0)])
-    assert drift["seeds"] == [1, 2, 3] and drift["follows"] and len(drift["windows"]) == 3
+    assert drift["plugin_seeds"] == drift["plain_trl_seeds"] == [1, 2, 3]
+    assert drift["follows"] and len(drift["windows"]) == 3
     assert drift["plugin_rose_every_seed"] and drift["plain_trl_rose_every_seed"]
     behind = compare([report(1, -0.1, 0.0), report(2, -0.11, 0.01), report(3, -0.09, -0.01)])
     assert not behind["follows"] and all(w["gap"] < -0.05 for w in behind["windows"])
+    assert all(abs(w["paired_gaps"]["1"] + 0.1) < 1e-9 for w in behind["windows"])
+    # a run cut short after its plugin side: that seed counts for the plugin's mean and spread only
+    cut = report(4, 0.12, 0.0)
+    del cut["plain_trl"]
+    ahead = compare([report(1, 0.0, 0.0), cut])
+    assert ahead["plugin_seeds"] == [1, 4] and ahead["plain_trl_seeds"] == [1]
+    assert all(abs(w["gap"] - 0.06) < 1e-9 and abs(w["seed_spread"] - 0.06 / 2 ** 0.5) < 1e-9
+               for w in ahead["windows"]) and not ahead["follows"]
