@@ -67,7 +67,7 @@ def test_train_a_job_from_the_page(page):
     steps.fill("4")
     steps.press("Tab")
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
-    expect(page.locator("#form-checks")).to_contain_text(re.compile(r"Disk: 1 checkpoint × .* GB free"))
+    expect(page.locator("#form-checks")).to_contain_text(re.compile(r"Disk: 1 checkpoint × .* GiB free"))
     expect(page.locator("#command-preview")).to_contain_text("accelerate")
     # A dropdown and a checkbox report their values too (the fields listen to .input).
     page.locator("#param-mixed_precision input").first.click()

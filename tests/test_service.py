@@ -145,12 +145,12 @@ def test_disk_estimate_counts_checkpoints_and_warns_when_the_disk_is_short(home,
 
     q = memory.Shape(hidden=896, intermediate=4864, layers=24, heads=14, kv_heads=2, vocab=151936, tied=True)
     full = memory.disk(q, use_lora=False, trainable=q.parameters(), weight_bytes=4, checkpoints=2)
-    assert full.checkpoint_gb == pytest.approx(q.parameters() * 12 / 1e9, rel=1e-4)  # fp32 weights + 2 moments
+    assert full.checkpoint_gb == pytest.approx(q.parameters() * 12 / 2**30, rel=1e-4)  # fp32 weights + 2 moments
     assert full.total_gb == pytest.approx(2 * full.checkpoint_gb + full.output_gb, abs=1e-5)
     lora = q.lora_parameters(16, "all-linear")
     fused = memory.disk(q, use_lora=True, trainable=lora, weight_bytes=4, checkpoints=None, fuse=True)
-    assert fused.total_gb is None and fused.checkpoint_gb == pytest.approx(lora * 12 / 1e9, rel=1e-4)
-    assert fused.output_gb == pytest.approx((lora * 4 + q.parameters() * 2) / 1e9, rel=1e-4)  # + merged 16-bit model
+    assert fused.total_gb is None and fused.checkpoint_gb == pytest.approx(lora * 12 / 2**30, rel=1e-4)
+    assert fused.output_gb == pytest.approx((lora * 4 + q.parameters() * 2) / 2**30, rel=1e-4)  # + merged 16-bit model
 
     svc = Service()
     request = {"plugin": SFT, "params": {"device": "cpu", "max_steps": 1000, "save_steps": 100,
@@ -161,7 +161,7 @@ def test_disk_estimate_counts_checkpoints_and_warns_when_the_disk_is_short(home,
     monkeypatch.setattr(estimates.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     disk = svc.memory_estimate(request)["disk"]
     assert disk["warning"].startswith("may not fit on disk: checkpoints and output need about ")
-    assert disk["warning"].endswith("the workspace disk has 0.0 GB free")
+    assert disk["warning"].endswith("the workspace disk has 0.0 GiB free")
 
 
 def test_plugin_form_is_the_plugins_entry_in_the_list(home, tmp_path, monkeypatch):

@@ -234,7 +234,7 @@ def test_the_disk_estimate_matches_what_a_full_fine_tune_writes(home):
     assert job.state == "COMPLETE", "\n".join(svc.job_log(job.id, 60))
 
     def size(folder):
-        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e9
+        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**30
 
     kept = sorted((job.job_dir / "checkpoints").glob("checkpoint-*"))
     assert [c.name for c in kept] == ["checkpoint-2"]

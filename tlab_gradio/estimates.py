@@ -60,6 +60,6 @@ def disk(home: Path, shape: memory.Shape, p: dict[str, Any], kwargs: dict[str, A
     free = shutil.disk_usage(home).free / memory.GB
     est["free_gb"] = round(free, 1)
     need = est["total_gb"] if est["total_gb"] is not None else est["checkpoint_gb"] + est["output_gb"]
-    est["warning"] = (f"may not fit on disk: checkpoints and output need about {need:.1f} GB, the workspace "
-                      f"disk has {free:.1f} GB free" if need > free else None)
+    est["warning"] = (f"may not fit on disk: checkpoints and output need about {need:.1f} GiB, the workspace "
+                      f"disk has {free:.1f} GiB free" if need > free else None)
     return est

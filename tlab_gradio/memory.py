@@ -178,7 +178,7 @@ def plan(shape: Shape, budget_gb: float | None, *, checkpointing: str = "auto", 
         micro = smaller
 
 
-GB = 1e9  # disk sizes in decimal gigabytes, as `df -H` and file managers show them
+GB = 2**30  # disk sizes in GiB, the one unit the page uses (memory estimates, the Computer tab)
 
 
 @dataclass(frozen=True)

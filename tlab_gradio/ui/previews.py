@@ -54,14 +54,14 @@ def memory_md(est: dict[str, Any]) -> str:
         kept = (f"{disk['checkpoints']} checkpoint{'s' * (disk['checkpoints'] != 1)}" if disk["checkpoints"] is not None
                 else "every checkpoint (no limit kept)")
         text += (f"<br>Disk: {kept} × {_size(disk['checkpoint_gb'])} + output {_size(disk['output_gb'])} · "
-                 f"{disk['free_gb']:.1f} GB free")
+                 f"{disk['free_gb']:.1f} GiB free")
         if disk.get("warning"):
             text += f'<br><span class="tl-warn">⚠ {html.escape(disk["warning"])}</span>'
     return text
 
 
 def _size(gb: float) -> str:
-    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB" if gb >= 0.001 else "<1 MB"
+    return f"{gb:.1f} GiB" if gb >= 1 else f"{gb * 1024:.0f} MiB" if gb >= 1 / 1024 else "<1 MiB"
 
 
 def _cell(value: Any) -> str:
