@@ -122,6 +122,7 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-files")).to_contain_text("adapter_model")
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"log\s*\.txt"))  # the whole log, not its tail
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"metrics\s*\.jsonl"))
+    expect(page.locator("#job-files .label-clear-button:visible")).to_have_count(0)  # its "×" hid a file, deleted none
     # Every step is on the chart once the job is COMPLETE (the automatic logging interval logs each step of a
     # short run; the chart used to draw one point behind the page's data), and smoothing draws over the raw points.
     loss_line = page.locator('#job-chart g.tl-series[data-series="loss"]')
@@ -162,10 +163,13 @@ def test_train_a_job_from_the_page(page):
     expect(chart).to_contain_text("· browser-run-2")
     page.screenshot(path=str(ARTIFACTS / "train-compare.png"), full_page=True)
 
-    # Delete asks first: dismissed, the job stays; accepted, it goes with its folder.
-    page.once("dialog", lambda dialog: dialog.dismiss())
+    # Delete asks first, naming the job: dismissed, the job stays; accepted, it goes with its folder.
+    second_id = re.search(r"job (\d+)", header.inner_text()).group(1)
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.locator("#delete-job").click()
     page.wait_for_timeout(1500)
+    assert asked and asked[0].startswith(f"Delete job {second_id} (browser-run-2) and its folder"), asked
     expect(page.locator("#jobs-table")).to_contain_text("browser-run-2")
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#delete-job").click()
@@ -175,7 +179,7 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-log")).to_be_hidden()
 
     page.get_by_role("tab", name="Computer").click()
-    expect(page.locator("#gpu-specs")).to_contain_text("GPU Specs (0)")
+    expect(page.locator("#gpu-specs")).to_contain_text("No GPU found on this machine")
     expect(page.locator("#system-info")).to_contain_text("transformers")
     page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)
 
@@ -279,3 +283,84 @@ def test_manifests_added_changed_or_broken_while_the_app_runs_show_at_the_next_p
         assert sft_name not in listed and "AAA Broken" not in listed, listed
         expect(page.locator("#param-lora_r")).to_be_visible()
         expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+
+
+def test_plugins_a_stopped_job_and_the_computer_tab(home, tmp_path, chromium, monkeypatch):
+    """Issue 18, items 8 and 10, as a user meets them: Unsloth's readiness and needs at the top of its details, with
+    Install, and its row whole in the table; a job stopped at step 2 without a checkpoint shows that step in the
+    list and offers no Resume, and Delete names it; the Computer tab draws CPU and memory curves from the app's
+    samples and lists the devices a running job holds. The jobs are stand-ins (tests/standins.py), started before
+    the app, which adopts the running one."""
+    import json
+
+    import standins
+    from test_job_watchdog import earlier_app
+    from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.jobfiles import PROGRESS
+
+    expect = playwright.expect
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", standins.launch_files)
+    manager = jobs_mod.JobManager(home)
+    stopped = manager.create(standins.spec("stopped-early", "progress", steps=2, every=0.2, hang=True))
+    manager.wait(stopped.id, 30, until=lambda j: (json.loads((j.job_dir / PROGRESS).read_text()) if
+                                                  (j.job_dir / PROGRESS).is_file() else {}).get("step") == 2)
+    manager.stop(stopped.id)
+    assert manager.wait(stopped.id, 30).state == "STOPPED"
+    manager.close()
+    (stopped.output_dir / "notes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (stopped.output_dir / "notes.txt").write_text("an output file")  # its list has two files: log and this
+    [busy_id] = earlier_app(home, standins.spec("busy", "sleep"))  # its app killed: the page's app adopts it
+    busy_dir = stopped.job_dir.parent / str(busy_id)  # (a JobManager here would adopt it too)
+    try:
+        with opened_page({}, tmp_path, chromium) as page:
+            table = page.locator("#plugins-table")
+            expect(table).to_contain_text("not ready: missing package unsloth; needs a CUDA GPU")
+            table.locator("span").filter(has_text="Unsloth GRPO").first.click()
+            summary = page.locator("#plugin-summary")
+            expect(summary).to_contain_text("Needs: a Python environment of its own, unsloth")
+            expect(summary).to_contain_text("unsloth==")
+            expect(summary).not_to_contain_text("nothing beyond")
+            install = page.locator("#install-plugin")
+            expect(install).to_be_visible()
+            assert install.bounding_box()["y"] < page.locator("#plugin-details").bounding_box()["y"]
+            details = page.locator("#plugin-details")
+            expect(details.locator("details").first).not_to_have_attribute("open", "")  # sections collapsed
+            assert details.bounding_box()["height"] < 1200  # not ~5,100 px of tables
+            row = table.get_by_role("row").filter(has_text="Unsloth GRPO").first
+            box, frame = row.bounding_box(), table.bounding_box()
+            assert box["y"] + box["height"] <= frame["y"] + frame["height"] + 1  # the row whole, not cut off
+            page.screenshot(path=str(ARTIFACTS / "plugins-unsloth.png"), full_page=True)
+
+            page.get_by_role("tab", name="Train").click()
+            jobs = page.locator("#jobs-table")
+            expect(jobs.get_by_role("row").filter(has_text="stopped-early")).to_contain_text("step 2/100")
+            jobs.locator("span").filter(has_text="stopped-early").first.click()
+            header = page.locator("#job-header")
+            expect(header).to_contain_text("STOPPED")
+            expect(page.locator("#job-progress")).to_contain_text("step 2 / 100")
+            expect(page.locator("#delete-job")).to_be_visible()
+            expect(page.locator("#resume-job")).to_be_hidden()  # no checkpoint: nothing to resume from
+            asked = []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+            page.locator("#delete-job").click()
+            page.wait_for_timeout(1000)
+            assert asked and asked[0].startswith(f"Delete job {stopped.id} (stopped-early)"), asked
+            expect(page.locator("#job-files")).to_contain_text("notes")
+            expect(page.locator("#job-files .label-clear-button:visible")).to_have_count(0)  # no × that only hides
+            page.screenshot(path=str(ARTIFACTS / "job-stopped.png"), full_page=True)
+
+            page.get_by_role("tab", name="Computer").click()
+            usage = page.locator("#machine-usage")
+            expect(usage).to_contain_text("Load, last 5 minutes")
+            two_or_more = re.compile(r"^[^,]+(,[^,]+)+$")
+            expect(usage.locator('.tl-usage-cpu g.tl-series')).to_have_attribute("data-steps", two_or_more)
+            expect(usage.locator('.tl-usage-memory g.tl-series')).to_have_attribute("data-steps", two_or_more)
+            running = usage.locator(f'tr[data-job="{busy_id}"]')
+            expect(running).to_contain_text("busy")
+            expect(running).to_contain_text("CPU · 1 process")
+            expect(page.locator("#gpu-specs")).to_contain_text("No GPU found on this machine")
+            page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)
+    finally:
+        for job_dir in (stopped.job_dir, busy_dir):
+            for proc in standins.left_of(job_dir):
+                proc.kill()

@@ -16,10 +16,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launcher, logs, manifests,
+from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launcher, logs, manifests, monitor,
                plugin_catalog, reward_files, settings, uploads)
 from .job_spec import JobSpec
-from .jobfiles import read_json
+from .jobfiles import CHECKPOINTS, last_checkpoint, read_json
 from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
 from .presets import Presets
 from .request_error import RequestError
@@ -35,6 +35,7 @@ class Service:
         self.jobs = JobManager(self.home)
         self.presets = Presets(self.home / "presets")  # hosted mode: presets_for(visitor) instead
         self._start_lock = threading.Lock()  # a visitor's count and their new job, together (10 Starts at once)
+        self.monitor = monitor.Monitor()  # the Computer tab's curves; sampling starts when first asked
 
     # --- hosted mode: no server path in anything shown ------------------------------
     def hide_paths(self, text: Any) -> Any:
@@ -67,8 +68,17 @@ class Service:
         return plugin_catalog.plugin(plugin_id)
 
     def plugin_list(self) -> list[dict[str, Any]]:
-        """Every plugin with its readiness and parameters; broken manifests with their error."""
-        return plugin_catalog.plugin_list()
+        """Every plugin with its readiness and parameters; broken manifests with their error. `needs`: what its
+        jobs need installed (the pinned lines of its requirements file, else its manifest's requirements), and
+        `environment`: the virtual environment of its own they go into (None: the app's)."""
+        rows = plugin_catalog.plugin_list()
+        found, _ = plugin_catalog.plugins()
+        for row in rows:
+            manifest = found.get(row["id"]) if "error" not in row else None
+            if manifest is not None:
+                row["needs"] = installer.requirement_lines(manifest)
+                row["requirements_file"] = manifest.requirements_file
+        return rows
 
     def plugin_form(self, plugin_id: str) -> dict[str, Any]:
         """One plugin's entry of plugin_list: what its form is built from (parameters with this machine's
@@ -94,6 +104,20 @@ class Service:
 
     def gpu_info(self) -> list[dict]:
         return [g.as_dict() for g in gpus.list_gpus(refresh=True)]
+
+    def machine_usage(self, owner: str | None = None) -> dict[str, Any]:
+        """The machine's load over the last minutes, for the Computer tab's curves: `samples` (oldest first, one
+        every monitor.INTERVAL s over monitor.WINDOW s: time, CPU %, memory used/total GiB, each GPU's
+        utilisation and memory), and `jobs`: each running job with the devices it holds (GPU ids, or CPU
+        processes); in hosted mode `owner`'s only. The sampler starts with the first call and runs in a thread of
+        this process."""
+        self.monitor.start()
+        running = [r for r in self.job_rows(owner=owner) if r["state"] in ACTIVE]
+        return {"samples": self.monitor.samples(), "interval_s": self.monitor.interval,
+                "window_s": self.monitor.window,
+                "jobs": [{"id": r["id"], "name": r["name"], "state": r["state"], "device": r["device"],
+                          "gpus": r["gpus"], "processes": r["processes"], "started": r["started"]}
+                         for r in running]}
 
     # --- checking a request -------------------------------------------------------
     def prepare(self, request: dict[str, Any], check_data: bool = True, owner: str | None = None) -> JobSpec:
@@ -253,7 +277,14 @@ class Service:
             "last_metrics": last[0] if last else None, "exit_code": job.exit_code,
             "reason": self.hide_paths(job.reason), "error": error, "attempts": job.attempts,
             "created": job.created, "started": job.started, "finished": job.finished,
+            "resumable": self._resumable(job),
         }
+
+    @staticmethod
+    def _resumable(job: Job) -> bool:
+        """Whether Resume can go on: a stopped or failed job with a complete checkpoint saved (resume_job refuses
+        the others, so the page offers Resume only where this holds)."""
+        return job.state in ("STOPPED", "FAILED") and last_checkpoint(job.job_dir / CHECKPOINTS) is not None
 
     def clone_request(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         """The request that made a job, to start it again (the UI loads it into the form)."""
@@ -296,6 +327,7 @@ class Service:
             "command": self.hide_paths(" ".join(job.command) if job.command else ""),
             "accelerate_yaml": self.hide_paths(accel.read_text() if accel.is_file() else ""),
             "files": self._files(job) if job.state in ("COMPLETE", "FAILED", "STOPPED") else [],
+            "resumable": self._resumable(job),  # Resume is offered only then
         }
 
     def job_metrics(self, job_id: int, offset: int = 0, owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
@@ -313,10 +345,15 @@ class Service:
     def _row(self, job: Job) -> dict[str, Any]:
         """What a jobs list shows of a job: no folders, no config, the processes it runs as."""
         spec = job.spec
-        return {"id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state, "gpus": job.gpus,
-                "device": spec.launch.device, "processes": spec.launch.total_processes,
-                "reason": self.hide_paths(job.reason),
-                "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts}
+        row = {"id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state, "gpus": job.gpus,
+               "device": spec.launch.device, "processes": spec.launch.total_processes,
+               "reason": self.hide_paths(job.reason),
+               "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
+               "step": None, "total_steps": None}
+        if job.started and job.state != "COMPLETE":  # where it got to: a stopped or failed job's too
+            progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
+            row["step"], row["total_steps"] = progress.get("step"), progress.get("max_steps")
+        return row
 
     def job_row(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         return self._row(self._get(job_id, owner))

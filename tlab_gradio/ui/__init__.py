@@ -27,6 +27,25 @@ CSS = """
 #plugin-details table td:nth-child(2), #plugin-details table th:nth-child(2) {min-width: 10em}
 #plugin-details table td:nth-child(3), #plugin-details table th:nth-child(3) {min-width: 5.5em}
 .tl-ok {color: #059669; font-weight: 600} .tl-warn {color: #b45309; font-weight: 600}
+.tl-usage {display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; margin-bottom: 8px}
+.tl-usage .tl-chart {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 6px 8px}
+/* A job's files are its record: gradio's per-file "x" only hid a file from the list (nothing was deleted) */
+#job-files .label-clear-button {display: none !important}
+/* The command wraps inside its box instead of running off the right */
+#command-preview .cm-content, #command-preview .cm-line, #job-command .cm-content, #job-command .cm-line
+  {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: normal}
+/* The plugin's whole name shows in its dropdown */
+#plugin {flex-grow: 3 !important; min-width: min(480px, 100%) !important}
+#plugin input {text-overflow: ellipsis}
+/* Plugins: words are not cut inside (a column is at least as wide as its longest word) */
+#plugins-table td, #plugins-table th, #plugin-details td, #plugin-details th {word-break: normal !important;
+  overflow-wrap: break-word !important; hyphens: manual}
+.tl-params {border-collapse: collapse; width: 100%; font-size: 0.92em; margin: 4px 0 10px}
+.tl-params th, .tl-params td {border-bottom: 1px solid var(--border-color-primary); padding: 4px 8px;
+  text-align: left; vertical-align: top}
+#plugin-details details {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 10px;
+  margin: 6px 0}
+#plugin-details summary {cursor: pointer; font-weight: 600}
 """
 
 

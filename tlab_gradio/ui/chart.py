@@ -82,20 +82,26 @@ def value_text(value: float) -> str:
     return f"{value:.5g}"
 
 
-def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "No points yet.") -> str:
-    """The chart as HTML: a title, the SVG (one <g class="tl-series"> per line, its steps in data-steps), a legend."""
+def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "No points yet.", *,
+           x_title: str = "step", x_range: tuple[float, float] | None = None,
+           y_range: tuple[float, float] | None = None, dots: bool = True,
+           size: tuple[int, int] = (WIDTH, HEIGHT), css_class: str = "") -> str:
+    """The chart as HTML: a title, the SVG (one <g class="tl-series"> per line, its steps in data-steps), a legend.
+    `x_range`/`y_range` fix an axis's span (a time window, 0-100 %) instead of fitting it to the points; `dots`
+    False draws the lines alone; `size` is the drawing's (width, height) before it scales to its box."""
+    WIDTH, HEIGHT = size  # noqa: N806 (the module's defaults, overridden for a small chart)
     lines = [Line(ln.name, [(s, v) for s, v in ln.points if _finite(s) and _finite(v)]) for ln in lines]
     drawn = [ln for ln in lines if ln.points]
     head = f'<div class="tl-chart-title" style="font-weight:600;text-align:center;margin:2px 0 4px">' \
            f'{html.escape(title)}</div>'
     if not drawn:
-        return (f'<div class="tl-chart">{head}<div class="tl-chart-empty" style="height:{HEIGHT}px;display:flex;'
+        return (f'<div class="tl-chart {css_class}">{head}<div class="tl-chart-empty" style="height:{HEIGHT}px;display:flex;'
                 f'align-items:center;justify-content:center;color:var(--body-text-color-subdued)">'
                 f'{html.escape(empty)}</div></div>')
     steps = [s for ln in drawn for s, _ in ln.points]
     values = [v for ln in drawn for _, v in ln.points]
-    x0, x1, xticks = ticks(min(steps), max(steps), 6, whole=True)
-    y0, y1, yticks = ticks(min(values), max(values), 5)
+    x0, x1, xticks = ticks(*(x_range or (min(steps), max(steps))), 6, whole=True)
+    y0, y1, yticks = ticks(*(y_range or (min(values), max(values))), 5)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(step: float) -> float:
@@ -119,7 +125,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
                      f'stroke-opacity:.5"/><text class="tl-xtick" x="{x(t):.1f}" y="{TOP + plot_h + 15}" '
                      f'text-anchor="middle" style="{text}">{label(t, xstep) if t else "0"}</text>')
     parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 2}" text-anchor="middle" '
-                 f'style="{text};opacity:.8">step</text>')
+                 f'style="{text};opacity:.8">{html.escape(x_title)}</text>')
     smoothing = min(max(float(smoothing or 0), 0.0), MAX_SMOOTHING)
     for i, ln in enumerate(lines):
         if not ln.points:
@@ -131,7 +137,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
                      f'data-steps="{",".join(_num(s) for s, _ in ln.points)}">')
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5" '
                      f'stroke-opacity="{raw_opacity}"/>')
-        if len(ln.points) <= DOTS_UP_TO:
+        if dots and len(ln.points) <= DOTS_UP_TO:
             for s, v in ln.points:
                 parts.append(f'<circle class="tl-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.6" fill="{color}" '
                              f'fill-opacity="{0.5 if smoothing else 1}"><title>{html.escape(ln.name)} · step '
@@ -147,7 +153,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
         f'<span class="tl-legend-item" style="display:inline-flex;align-items:center;gap:4px;margin:0 8px">'
         f'<span style="width:14px;height:3px;background:{COLORS[i % len(COLORS)]};display:inline-block"></span>'
         f'{html.escape(ln.name)}</span>' for i, ln in enumerate(lines) if ln.points)
-    return (f'<div class="tl-chart">{head}{"".join(parts)}'
+    return (f'<div class="tl-chart {css_class}">{head}{"".join(parts)}'
             f'<div class="tl-chart-legend" style="text-align:center;font-size:12px;margin-top:2px">{legend}</div>'
             f'</div>')
 

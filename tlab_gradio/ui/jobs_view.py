@@ -30,6 +30,12 @@ NOT_CHARTED = {"step", "epoch", "time", "world_size", "total_flos"}  # and the e
 MAX_POINTS = 5000  # per metric
 EMPTY_CHART = "No points yet: the first comes with the first logged step."
 MAX_FILES = 50
+# The job's id and name come from its header: the selected job is a gr.State, which the browser never holds (the
+# dialog said "Delete job null"). The State goes back as it came; the server fills it in.
+DELETE_CONFIRM_JS = """(job, _) => { const t = document.querySelector('#job-header [data-job-id]');
+  const what = t ? 'job ' + t.dataset.jobId + ' (' + t.dataset.jobName + ')' : 'this job';
+  return [job, confirm('Delete ' + what + ' and its folder (checkpoints and output included)? '
+                       + 'This cannot be undone.')]; }"""
 FOLLOW_LOG_JS = """() => { const t = document.querySelector('#job-log textarea');
   if (t) { requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); } }"""
 
@@ -51,6 +57,8 @@ def job_rows(svc: Service, owner: str | None = None) -> list[list[Any]]:
             progress = f"{st['progress']:.0f}% ({st['step']}/{st['total_steps'] or '?'})"
         elif j["state"] == "COMPLETE":
             progress = "100%"
+        elif j["step"] is not None:  # stopped or failed: the step it reached, as its bar shows
+            progress = f"step {j['step']}/{j['total_steps'] or '?'}"
         gpus = ",".join(j["gpus"]) if j["gpus"] else f"cpu×{j['processes']}"
         end = j["finished"] or (now if j["state"] in ACTIVE else None)
         rows.append([j["id"], j["name"], j["plugin"], j["state"], gpus, progress, when(j["started"]),
@@ -195,7 +203,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                                       info="TensorBoard's moving average, drawn over the raw points (0: off)",
                                       interactive=True, elem_id="job-smoothing")
         command = gr.Code(label="Command (rerun it by hand)", language="shell", interactive=False,
-                          visible=False, elem_id="job-command", max_lines=6)
+                          visible=False, elem_id="job-command", max_lines=6, wrap_lines=True)
         accel = gr.Code(label="accelerate.yaml (the job's distributed setup)", language="yaml", interactive=False,
                         visible=False, elem_id="job-accelerate", max_lines=14)
         files = gr.File(label="Log, metrics and output files", file_count="multiple", visible=False,
@@ -228,7 +236,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         label = (f"step {status['step']} / {total}{eta}" if total else
                  {"QUEUED": "waiting for its GPUs", "RUNNING": "starting…"}.get(job["state"], ""))
         world = f" · {status['world_size']} processes" if status.get("world_size") else ""
-        head = (f'<div class="tl-job-title">{html.escape(job["name"])} {state_badge(job["state"])}</div>'
+        head = (f'<div class="tl-job-title" data-job-id="{job["id"]}" data-job-name="{html.escape(job["name"])}">'
+                f'{html.escape(job["name"])} {state_badge(job["state"])}</div>'
                 f'<div class="tl-muted">job {job["id"]} · {html.escape(job["plugin"])}{world} · '
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = "\n".join(view["log"])  # the service hides server paths in hosted mode
@@ -249,7 +258,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             details = svc.job_details(job_id, owner)
             cmd, file_list, accel_text = details["command"], details["files"], details["accelerate_yaml"]
             outs += [gr.update(visible=job["state"] in ("RUNNING", "QUEUED")),
-                     gr.update(visible=job["state"] in ("STOPPED", "FAILED")),
+                     gr.update(visible=bool(details["resumable"])),  # only with a checkpoint to resume from
                      gr.update(visible=True), gr.update(visible=finished and not hosted), err,
                      gr.update(value=cmd, visible=bool(cmd) and not hosted),
                      gr.update(value=offered(file_list, hosted) or None, visible=bool(file_list)),
@@ -325,10 +334,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         if job_id is None or not confirmed:
             return [gr.skip()] * 14
         out = checked(svc.delete_job)(job_id, visitor(request))
-        gr.Info(f"Deleted job {out['job_id']} ({out['freed_mb']:g} MB freed)")
+        gr.Info(f"Deleted job {out['job_id']} ({out['freed_mb']:g} MiB freed)")
         hidden = gr.update(visible=False)
         return ([None, f'<p class="tl-muted">Job {out["job_id"]} was deleted, with its folder '
-                       f'({out["freed_mb"]:g} MB). Select another job, or start one with <b>+ New</b>.</p>', "",
+                       f'({out["freed_mb"]:g} MiB). Select another job, or start one with <b>+ New</b>.</p>', "",
                  {"job": None, "offset": 0, "series": {}, "state": None}, job_rows(svc, visitor(request)), ""]
                 + [hidden] * 8)
 
@@ -336,6 +345,5 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     delete_btn.click(delete, [selected, confirmed],
                      [selected, header, progress, view, table, error, stop_btn, resume_btn, clone_btn, delete_btn,
                       live_row, files, command, accel],
-                     js="(job, _) => [job, confirm('Delete job ' + job + ' and its folder (checkpoints and "
-                        "output included)? This cannot be undone.')]", **PRIVATE)
+                     js=DELETE_CONFIRM_JS, **PRIVATE)
     return Parts(selected=selected, clone_btn=clone_btn)
