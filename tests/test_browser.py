@@ -332,6 +332,15 @@ def test_plugins_a_stopped_job_and_the_computer_tab(home, tmp_path, chromium, mo
             page.screenshot(path=str(ARTIFACTS / "plugins-unsloth.png"), full_page=True)
 
             page.get_by_role("tab", name="Train").click()
+            page.locator("#new-task").click()
+            expect(page.locator("#command-preview")).to_contain_text("accelerate")
+            # The plugin's whole name shows, and the command wraps inside its box (it ran off the right)
+            name = page.locator("#plugin input").first
+            expect(name).to_have_value(re.compile(r"\(Multi GPU Support\)$"))
+            assert name.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the plugin name is cut off"
+            content = page.locator("#command-preview .cm-content").first
+            assert content.evaluate("e => e.getBoundingClientRect().right <= "
+                                    "document.querySelector('#command-preview').getBoundingClientRect().right + 1")
             jobs = page.locator("#jobs-table")
             expect(jobs.get_by_role("row").filter(has_text="stopped-early")).to_contain_text("step 2/100")
             jobs.locator("span").filter(has_text="stopped-early").first.click()

@@ -35,27 +35,30 @@ class Monitor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._cpu_last: tuple[float, float] | None = None  # (busy, total) CPU seconds at the last sample
+        self._first = threading.Event()  # set once the first sample is in
 
-    def start(self) -> None:
-        """Start sampling (once; later calls do nothing). The first sample is taken before this returns."""
+    def start(self, wait: bool = True) -> None:
+        """Start sampling (once; later calls do nothing). With `wait`, the first sample is in before this returns
+        (the app starts it without waiting, at launch, so the curves have history when the tab is opened)."""
         with self._lock:
-            if self._thread is not None:
-                return
-            self._cpu_pct()  # primes the counter: the next reading covers the time since
-            if self._gpu_reader is None:
-                self._gpu_reader = read_gpus if gpus.list_gpus() else (lambda: [])
-            self._thread = threading.Thread(target=self._run, daemon=True, name="tlab-monitor")
-        time.sleep(min(self.interval, 0.2))  # a CPU reading over a short span, not the 0.0 of an unprimed one
-        self.take()
-        self._thread.start()
+            if self._thread is None:
+                self._cpu_pct()  # primes the counter: the next reading covers the time since
+                if self._gpu_reader is None:
+                    self._gpu_reader = read_gpus if gpus.list_gpus() else (lambda: [])
+                self._thread = threading.Thread(target=self._run, daemon=True, name="tlab-monitor")
+                self._thread.start()
+        if wait:
+            self._first.wait(10)
 
     def _run(self) -> None:
+        time.sleep(min(self.interval, 0.2))  # a first CPU reading over a short span, not an unprimed 0
         while True:
-            time.sleep(self.interval)
             try:
                 self.take()
             except Exception:  # a reading that failed once (a GPU reset): the next tick tries again
                 pass
+            self._first.set()
+            time.sleep(self.interval)
 
     def take(self) -> dict[str, Any]:
         """One sample now, added to the buffer."""

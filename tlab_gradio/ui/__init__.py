@@ -34,8 +34,9 @@ CSS = """
 /* The command wraps inside its box instead of running off the right */
 #command-preview .cm-content, #command-preview .cm-line, #job-command .cm-content, #job-command .cm-line
   {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: normal}
+#command-preview .cm-content, #job-command .cm-content {flex-shrink: 1 !important; min-width: 0 !important}
 /* The plugin's whole name shows in its dropdown */
-#plugin {flex-grow: 3 !important; min-width: min(480px, 100%) !important}
+#plugin {flex-grow: 3 !important; min-width: min(540px, 100%) !important}
 #plugin input {text-overflow: ellipsis}
 /* Plugins: words are not cut inside (a column is at least as wide as its longest word) */
 #plugins-table td, #plugins-table th, #plugin-details td, #plugin-details th {word-break: normal !important;

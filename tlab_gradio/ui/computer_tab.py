@@ -122,6 +122,7 @@ def system_html(info: dict, hosted: bool) -> str:
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
+    svc.monitor.start(wait=False)  # from launch on: the curves have history when the page is opened
     usage_box = gr.HTML(elem_id="machine-usage")
     gpus_box = gr.HTML(elem_id="gpu-specs")
     sys_box = gr.HTML(elem_id="system-info")
