@@ -67,3 +67,23 @@ def test_the_checks_need_the_parameter_schema_not_the_manifest_loader():
 
     assert "manifests" not in imports("params") and "parameter" in imports("params")
     assert "params" not in imports("manifests") and "parameter" in imports("manifests")
+
+
+def test_a_grpo_job_on_a_cpu_gets_cpu_sized_defaults():
+    """GRPO's GPU defaults (32 x 8 = 256 completions of 256 tokens a step) took 76 s a step on 2 cores. On a CPU
+    the defaults are the manifest's `default_on_cpu`; a value the user gives wins, and a GPU keeps the others."""
+    grpo = manifests.load_all()[0]["grpo_multi_gpu"]
+    cpu = params.validate(grpo, {"device": "cpu"})
+    assert (cpu["per_device_train_batch_size"], cpu["gradient_accumulation_steps"], cpu["num_generations"],
+            cpu["max_completion_length"]) == (8, 1, 4, 64)
+    gpu = params.validate(grpo, {"device": "cuda"})
+    assert (gpu["per_device_train_batch_size"], gpu["gradient_accumulation_steps"], gpu["num_generations"],
+            gpu["max_completion_length"]) == (32, 8, 8, 256)
+    assert params.validate(grpo, {"device": "cpu", "max_completion_length": 200})["max_completion_length"] == 200
+
+
+def test_a_cpu_default_is_checked_like_a_default():
+    from tlab_gradio.parameter import Parameter
+
+    with pytest.raises(ValueError, match="default_on_cpu 0"):
+        Parameter(title="Batch", type="integer", default=8, default_on_cpu=0, minimum=1)

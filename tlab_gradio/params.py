@@ -40,10 +40,11 @@ def validate(manifest: Declares, values: dict[str, Any]) -> dict[str, Any]:
         if name not in manifest.parameters:
             problems.append(f"unknown parameter `{name}`{suggest(name, known)}")
     clean: dict[str, Any] = {}
+    device = values.get("device")
     for name, param in manifest.parameters.items():
         value = values.get(name)
         if value is None or (param.type != "string" and isinstance(value, str) and not value.strip()):
-            value = param.default  # not given, or a cleared box: the manifest's default
+            value = param.default_for(device)  # not given, or a cleared box: the manifest's default
         if value is None or (param.required and isinstance(value, str) and not value.strip()):
             if param.required:
                 problems.append(f"`{name}` ({param.title}) is required")

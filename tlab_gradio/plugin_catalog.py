@@ -71,6 +71,8 @@ def parameter_specs(manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:
         spec = p.model_dump(exclude_none=True)
         if name in machine and (p.enum is None or machine[name] in p.enum):
             spec["default"] = machine[name]
+        elif p.default_on_cpu is not None and device_default(manifest) == "cpu":
+            spec["default"] = p.default_on_cpu  # the form opens with what runs well here
         help_text = manifest.help(name)
         if help_text:
             spec["help"] = help_text
