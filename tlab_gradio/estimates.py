@@ -1,13 +1,14 @@
-"""What a job will need before it is started: GPU memory per device (memory.estimate / memory.plan on the
+"""What a job will need before it is started: time per step (step_time), GPU memory per device (memory.estimate / memory.plan on the
 model's own config) against the chosen GPUs' free memory, and disk for its checkpoints and output against
 the workspace's free space, with a warning when either may not fit."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from . import gpus, memory, plugin_code
+from . import gpus, memory, plugin_code, step_time
 from .job_spec import JobSpec
 
 
@@ -36,6 +37,8 @@ def for_job(spec: JobSpec, home: Path) -> dict[str, Any]:
     est["disk"] = disk(home, shape, p, kwargs, est["trainable_parameters"], spec.launch.device)
     if plan:
         est["plan"] = plan.describe()
+    est["step_time"] = step_time.estimate(spec, kwargs["use_lora"], [g.name for g in chosen],
+                                          len(os.sched_getaffinity(0)))
     short = [g for g in free if g["free_gb"] < est["total_gb"]]
     est["fits"] = None if not chosen else not short
     est["warning"] = (f"may not fit: about {est['total_gb']:.1f} GiB per GPU needed, GPU "

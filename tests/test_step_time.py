@@ -1,0 +1,41 @@
+"""The time-per-step estimate shown before Start: it follows the job's work and the device, and it is in the
+launch check the form shows."""
+from tlab_gradio import step_time
+from tlab_gradio.job_spec import JobSpec
+from tlab_gradio.service import Service
+
+
+def spec_for(svc, plugin, **params):
+    return svc.prepare({"plugin": plugin, "params": {"device": "cpu", **params}}, check_data=False)
+
+
+def test_the_estimate_follows_the_work_and_the_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLAB_HOME", str(tmp_path))
+    svc = Service()
+    # a fixed CPU speed (FLOP/s by threads), so the figures below are exact ratios
+    monkeypatch.setattr(step_time, "_CPU_SPEED", {2: (1e10, 0.0), 1: (0.5e10, 0.0)})
+    monkeypatch.setattr(step_time.time, "monotonic", lambda: 0.0)
+    small = step_time.estimate(spec_for(svc, "grpo_multi_gpu", cpu_processes=1), False, [], 2)["seconds"]
+    twice = step_time.estimate(spec_for(svc, "grpo_multi_gpu", cpu_processes=1, per_device_train_batch_size=16),
+                               False, [], 2)["seconds"]
+    decode = 64 * 2 * step_time.CPU_DECODE_LAYER_S  # the embedded model has 2 layers
+    overhead = step_time.STEP_OVERHEAD_S["cpu"]
+    assert abs((twice - decode - overhead) - 2 * (small - decode - overhead)) < 1e-9
+    # two processes on two cores: each has one thread, so each step's share takes as long on half the speed
+    two = step_time.estimate(spec_for(svc, "grpo_multi_gpu", cpu_processes=2), False, [], 2)["seconds"]
+    assert abs((two - decode - overhead) - 2 * (small - decode - overhead)) < 1e-9
+    # LoRA skips the weight gradients: 4 of the 6 FLOPs a token
+    sft = spec_for(svc, "llama_sft_multi_gpu", cpu_processes=1)
+    full, lora = (step_time.estimate(sft, lora, [], 2)["seconds"] - overhead for lora in (False, True))
+    assert abs(lora / full - 4 / 6) < 1e-9
+    on_gpu = JobSpec.model_validate({**sft.model_dump(), "launch": {**sft.launch.model_dump(), "device": "cuda"}})
+    assert step_time.estimate(on_gpu, True, ["NVIDIA H200"], 2)["seconds"] < \
+        step_time.estimate(on_gpu, True, ["Tesla T4"], 2)["seconds"]
+    assert step_time.gpu_flops("NVIDIA A100-SXM4-80GB") == 312e12 and step_time.gpu_flops("NVIDIA A10G") == 125e12
+
+
+def test_the_launch_check_says_the_time_per_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLAB_HOME", str(tmp_path))
+    est = Service().memory_estimate({"plugin": "grpo_multi_gpu", "params": {"device": "cpu"}})
+    assert est["step_time"]["seconds"] > 0 and "a step (8 completions of up to 64 tokens per process" in \
+        est["step_time"]["text"], est["step_time"]
