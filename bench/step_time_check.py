@@ -44,7 +44,10 @@ def main() -> None:
                        "params": {"device": args.device, "max_steps": args.steps}}
             estimate = Service().memory_estimate(request)["step_time"]
             job = plugin_job(home, request, args.timeout)
-            times = [r["step_time"] for r in job["records"][1:] if r.get("step_time")]
+            recs = job["records"]
+            times = [r["step_time"] for r in recs[1:] if r.get("step_time")] or [  # SFT logs no step_time
+                (b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(recs, recs[1:])
+                if a.get("time") and b.get("time") and b["step"] > a["step"]]
             measured = statistics.median(times) if times else None
             case = {"plugin": plugin, "model": model_name, "estimate_s": estimate["seconds"],
                     "estimate_text": estimate["text"], "measured_median_s": measured, "step_times": times,
