@@ -333,3 +333,126 @@ def test_a_visitor_cannot_hold_more_running_jobs_than_the_cap(home, monkeypatch)
                 svc.jobs.stop(job.id, grace=0.5)
                 svc.jobs.wait(job.id, 10)
         svc.jobs.close()
+
+
+@pytest.fixture
+def two_visits(home, monkeypatch):
+    """A hosted service whose jobs are stand-in processes (this is about who may do what, not training)."""
+    import sys
+
+    from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.service import Service
+
+    monkeypatch.setattr(jobs_mod.launcher, "write_launch_files",
+                        lambda job_dir, *a, **k: [sys.executable, "-c", "import time; time.sleep(120)", str(job_dir)])
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    svc = Service(home)
+    yield svc
+    for job in svc.jobs.list():
+        if job.state in jobs_mod.ACTIVE or job.state == "QUEUED":
+            svc.jobs.stop(job.id, grace=0.5)
+            svc.jobs.wait(job.id, 10)
+    svc.jobs.close()
+
+
+def test_every_job_verb_answers_its_owner_only(two_visits):
+    """Each of the service's job verbs, called by another visitor or with no visitor at all (a page handler
+    that lost its session), answers as if the job did not exist; the owner gets the job. Before, only the API's
+    verbs were tried: the job page's own (view, details and files, metrics of a compared job, clone) were not."""
+    from tlab_gradio.service import JobError
+
+    svc = two_visits
+    job_id = svc.start_job({"plugin": SFT, "device": "cpu", "params": {"max_steps": 5}}, owner="session:a")["id"]
+    verbs = {"job": (), "job_status": (), "job_view": (), "job_details": (), "job_metrics": (), "clone_request": (),
+             "job_log": (10,), "job_row": (), "stop_job": (), "resume_job": (), "delete_job": ()}
+    for owner in ("session:b", None):
+        for verb, args in verbs.items():
+            with pytest.raises(JobError, match=f"no job with id {job_id}"):
+                getattr(svc, verb)(job_id, *args, owner=owner)
+        assert svc.list_jobs(owner=owner) == [] and svc.job_rows(owner=owner) == []
+    mine = {"owner": "session:a"}
+    assert svc.job_view(job_id, **mine)["job"]["id"] == job_id and svc.job_details(job_id, **mine)["files"] == []
+    assert svc.job_metrics(job_id, **mine) == ([], 0) and svc.clone_request(job_id, **mine)["plugin"] == SFT
+    assert [j["id"] for j in svc.job_rows(**mine)] == [job_id]
+    assert svc.stop_job(job_id, **mine)["state"] in ("STOPPING", "STOPPED")
+
+
+def test_a_resumed_job_counts_toward_the_visitors_cap(two_visits, monkeypatch):
+    """Resume queues a finished job again: past the cap of unfinished jobs it is refused, before anything else
+    is looked at (else stopping and resuming would get round the cap)."""
+    monkeypatch.setenv("TLAB_HOSTED_MAX_JOBS_PER_VISITOR", "1")
+    svc, a = two_visits, "session:a"
+    request = {"plugin": SFT, "device": "cpu", "params": {"max_steps": 5}}
+    first = svc.start_job(request, owner=a)["id"]
+    svc.stop_job(first, owner=a)
+    assert svc.jobs.wait(first, 20).state == "STOPPED"
+    svc.start_job(request, owner=a)
+    with pytest.raises(Exception, match="you have 1 unfinished jobs, this server's cap per visitor"):
+        svc.resume_job(first, owner=a)
+
+
+def test_the_service_refuses_an_upload_over_the_cap_too(two_visits, monkeypatch, tmp_path):
+    """gradio refuses a large upload at the door (max_file_size); the service checks again, for a file that
+    reaches it another way (a page handler given a cached path)."""
+    from tlab_gradio.service import RequestError
+
+    monkeypatch.setenv("TLAB_HOSTED_MAX_UPLOAD_MB", "1")
+    big = tmp_path / "big.jsonl"
+    big.write_text((json.dumps(ROW) + "\n") * (2 * 2**20 // len(json.dumps(ROW))))
+    with pytest.raises(RequestError, match="over this server's cap of 1 MB"):
+        two_visits.save_upload(str(big), owner="session:a")
+    assert not list((two_visits.home / "uploads").rglob("big.jsonl"))
+
+
+def test_a_job_on_many_gpus_is_over_the_process_cap(two_visits, monkeypatch):
+    """Hosted: at most job_request.HOSTED_MAX_PROCESSES processes in one job, GPUs included (cpu_processes has
+    its own cap; on a big GPU machine `gpu_ids: auto` would take every GPU)."""
+    from tlab_gradio import gpus
+    from tlab_gradio import service as service_mod
+    from tlab_gradio.job_request import HOSTED_MAX_PROCESSES
+    from tlab_gradio.service import RequestError
+
+    many = HOSTED_MAX_PROCESSES + 2
+    fake = [gpus.GPU(i, str(i), "H100", 80000, 0, 0, 30, (9, 0)) for i in range(many)]
+    monkeypatch.setattr(service_mod.gpus, "list_gpus", lambda refresh=False: fake)
+    with pytest.raises(RequestError, match=f"{many} processes is over this server's cap of {HOSTED_MAX_PROCESSES}"):
+        two_visits.prepare({"plugin": SFT, "device": "cuda", "gpu_ids": "auto"}, check_data=False, owner="session:a")
+
+
+def test_the_loader_refuses_a_hub_name_that_is_a_local_folder(home, monkeypatch, tmp_path):
+    """The trainer loads its dataset in another working folder than the app checked it in: the loader itself
+    refuses, in hosted mode, a Hub name that is a path there."""
+    from tlab_gradio import data
+
+    folder = _data_folder(tmp_path / "server-data")
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    with pytest.raises(data.DataError, match="local paths are turned off on this server"):
+        data.load(data.parse_spec({"source": "hub", "name": str(folder)}))
+
+
+def test_an_error_about_a_visitors_own_upload_names_no_server_folder(hosted, home):
+    """The API's error messages go through hide_paths too: a broken upload's error quotes its stored path, which
+    would tell a visitor where the workspace is (and so every job's folder). Before the check was tried on
+    logs and statuses only, so an unhidden message passed."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"broken.jsonl\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + json.dumps(ROW).encode() + \
+        b"\n{broken\n" + f"\r\n--{boundary}--\r\n".encode()
+    upload = urllib.request.Request(hosted + "gradio_api/upload", body,
+                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
+    file_data = {"path": uploaded, "orig_name": "broken.jsonl", "meta": {"_type": "gradio.FileData"}}
+    shown = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
+                                               "{{output}}"], session="owner1")
+    stored = next((home / "uploads").rglob("broken.jsonl"))
+    owner = Client(hosted, verbose=False)
+    owner.session_hash = "owner1"
+    with pytest.raises(AppError) as info:
+        owner.predict({"plugin": SFT, "dataset": {"source": "file", "name": str(stored)}, **TEMPLATES},
+                      api_name="/start_job")
+    message = str(info.value)
+    assert "could not load dataset" in message and "$TLAB_HOME" in message, message
+    leaked = [p for p in _server_paths(home) if p in message + json.dumps(shown)]
+    assert not leaked, (leaked, message)

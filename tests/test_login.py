@@ -30,3 +30,17 @@ def test_failures_spread_over_more_than_the_window_do_not_lock():
     assert gate.check("demo", "secret")
     assert asyncio.run(gate.login("demo", "secret")) is True
     assert inspect.iscoroutinefunction(gate.login)  # how gradio decides to await it
+
+
+def test_each_failure_waits_before_the_answer():
+    """A guess costs the guesser time (TLAB_LOGIN_FAIL_DELAY_SECONDS), on the event loop without blocking it;
+    the right password is answered at once."""
+    import time
+
+    gate = ThrottledLogin([("demo", "secret")], window=60, lock=30, delay=0.3)
+    started = time.monotonic()
+    assert asyncio.run(gate.login("demo", "wrong")) is False
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert asyncio.run(gate.login("demo", "secret")) is True
+    assert time.monotonic() - started < 0.3
