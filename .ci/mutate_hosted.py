@@ -6,7 +6,7 @@ notices is a hole in the tests. Slow (an app or two started per mutation), so no
     python .ci/mutate_hosted.py > bench/results/mutation-hosted-DATE.json        # every mutation
     python .ci/mutate_hosted.py preset-shared running-cap-off                     # some, by id
 
-The copy is the working tree's tracked files as they are now (uncommitted changes included). First the
+The copy is a commit's tree (HEAD, or $MUTATE_COMMIT), not the working tree. First the
 unbroken copy must pass the tests (else every mutation would look caught). A mutation is `caught` when
 pytest fails (the first failing test is named); one the fast tests miss is run again with the browser test.
 Progress goes to stderr, the JSON to stdout.
@@ -92,8 +92,7 @@ MUTATIONS = [
      "if not settings.hosted() or not isinstance(text, str) or not text:\n            return text",
      "if True:\n            return text"),
     ("hide-log", "a job's log lines hide server paths", "tlab_gradio/service.py",
-     "return [self.hide_paths(line) for line in self.jobs.log_tail(job.id, lines)]",
-     "return list(self.jobs.log_tail(job.id, lines))"),
+     "return [self.hide_paths(line) for line in self.", "return [line for line in self."),
     ("hide-error", "a failed job's error hides server paths", "tlab_gradio/service.py",
      "error = self.hide_paths(error)", "pass"),
     ("hide-messages", "error messages to the page and API hide server paths", "tlab_gradio/ui/common.py",
@@ -158,20 +157,17 @@ MUTATIONS = [
      "if settings.hosted() and not owner:\n            return []  # no visitor: nobody's presets",
      "if False:\n            return []"),
     ("preset-page-load", "the page's Load preset asks for the visitor's preset", "tlab_gradio/ui/train_tab.py",
-     "request = svc.load_preset(name, visitor(visit))", "request = svc.load_preset(name, 'session:shared')"),
+     "svc.load_preset(", "(lambda name, owner: svc.load_preset(name, 'session:shared'))("),
     ("preset-page-save", "the page's Save preset saves as the visitor", "tlab_gradio/ui/train_tab.py",
-     "presets = svc.save_preset(preset, request_of(args, visitor(visit)), visitor(visit))",
-     "presets = svc.save_preset(preset, request_of(args, visitor(visit)), 'session:shared')"),
+     "svc.save_preset(", "(lambda name, request, owner: svc.save_preset(name, request, 'session:shared'))("),
 ]
 
 
-def copy_tree(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for rel in files.decode().split("\0"):
-        src = REPO / rel
-        if rel and src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+def copy_tree(dest: Path, commit: str) -> None:
+    """The tree of `commit` (not the working tree: others' unfinished edits there are no baseline)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
 INCONCLUSIVE = re.compile(r"did not answer within|TimeoutError|ReadTimeout|timed out")  # a slow machine, not a test
@@ -205,8 +201,9 @@ def main(only: list[str]) -> int:
         sys.exit(f"unknown mutation(s): {sorted(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="tlab-mutate-"))
     tree = work / "tree"
-    copy_tree(tree)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", os.environ.get("MUTATE_COMMIT", "HEAD")], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    copy_tree(tree, commit)
     ok, failed, baseline, _ = run_tests(tree, TESTS, work / "baseline.log")
     print(f"baseline: {'passed' if ok else 'FAILED ' + str(failed)} in {baseline} s", file=sys.stderr)
     if not ok:
