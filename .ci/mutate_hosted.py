@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = [
     "tests/test_login.py",
     "tests/test_reward_files.py::test_hosted_mode_refuses_code_from_a_visitor",
-    "tests/test_service.py",
+    "tests/test_service.py::test_an_uploaded_dataset_is_kept_in_the_workspace_once",
+    "tests/test_service.py::test_an_uploaded_reward_file_is_saved_under_its_name_and_refused_when_hosted",
     "tests/test_hosted_attacks.py",
     "tests/test_app.py::test_hosted_mode_hides_server_paths_and_local_inputs",
     "tests/test_app.py::test_guessing_the_password_is_throttled_on_the_real_server",
