@@ -131,7 +131,7 @@ def test_grpo_batch_must_hold_whole_prompt_groups(home):
                                          "reward_integer": False, "reward_strict_format": False,
                                          "reward_soft_format": False, "reward_tag_count": False}})
     assert "choose at least one reward function" in got
-    assert "generation_batch_size 12 must be a multiple of processes x batch = 32" in got
+    assert "generation_batch_size 12 must be a multiple of processes x batch = 8" in got  # the CPU default batch
     assert any("data template uses `q`" in p and "columns: question, answer" in p for p in got)
     assert "GRPO needs an input template" in refused(Service(), {"plugin": "grpo_multi_gpu", "device": "cpu",
                                                                  "template": "{{question}}",
