@@ -184,6 +184,108 @@ def test_train_a_job_from_the_page(page):
     page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)
 
 
+# Records every moment the verdict says "Settings look good" while window.tlWrong is set (a field is wrong):
+# a stale or coerced verdict flashing ✓ for a moment is caught too, not only the one seen at the end.
+WATCH_VERDICT = """() => {
+  window.tlGreen = [];
+  const box = document.querySelector('#form-checks');
+  new MutationObserver(() => {
+    if (window.tlWrong && box.textContent.includes('Settings look good')) window.tlGreen.push(window.tlWrong);
+  }).observe(box, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def retype(page, locator, text: str) -> None:
+    """Replace a field's text key by key, as a person types, without leaving the field."""
+    locator.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Backspace")
+    page.keyboard.type(text, delay=40)
+
+
+def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page, tmp_path):
+    """Issue 18 items 2-4: every change of the data or a template previews again; a non-number and a missing
+    column are flagged at their fields before Start, which refuses them too; the verdict never shows ✓ while a
+    field is wrong (nor while a value is half-typed), and the command follows the same rule."""
+    expect = playwright.expect
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#new-task").click()
+    checks, command = page.locator("#form-checks"), page.locator("#command-preview")
+    expect(page.locator("#ds-info")).to_contain_text("320 rows")
+    expect(checks).to_contain_text("Settings look good")
+    expect(command).to_contain_text("--cpu")
+    page.evaluate(WATCH_VERDICT)
+
+    # A template edit renders the examples again (they used to stay as they were until Preview was pressed).
+    template = page.locator("#template textarea")
+    retype(page, template, "Do: {{instruction}}")
+    expect(checks).not_to_contain_text("Settings look good")  # typed, not yet checked: no old verdict
+    template.press("Tab")
+    expect(page.locator("#rendered")).to_contain_text("Do: Add the two numbers.")
+    expect(checks).to_contain_text("Settings look good")
+
+    # A non-number in Learning Rate: flagged at the field, the verdict is not ✓ at any moment, Start refuses.
+    page.evaluate("window.tlWrong = 'learning rate'")
+    lr = page.locator("#param-learning_rate input").first
+    retype(page, lr, "two e minus four")
+    expect(checks).not_to_contain_text("Settings look good")
+    lr.press("Tab")
+    expect(page.locator("#param-learning_rate-error")).to_contain_text("'two e minus four' is not a number")
+    expect(page.locator("#param-learning_rate")).to_have_attribute("data-tl-invalid", "1")
+    expect(checks).to_contain_text("learning_rate")
+    expect(command).not_to_contain_text("accelerate")
+    page.locator("#start").click()
+    expect(page.locator("#start-msg")).to_contain_text("'two e minus four' is not of type 'number'")
+    expect(page.locator("#task-form")).to_be_visible()  # not started: the form stays
+    page.evaluate("window.tlWrong = null")
+    retype(page, lr, "2e-4")
+    lr.press("Enter")
+    expect(checks).to_contain_text("Settings look good")
+    expect(page.locator("#param-learning_rate-error")).to_have_count(0)
+    expect(page.locator("#param-learning_rate")).not_to_have_attribute("data-tl-invalid", "1")
+
+    # A template naming a column the data lacks: flagged at the template (and in its rendered examples), Start
+    # refuses it.
+    page.evaluate("window.tlWrong = 'template'")
+    retype(page, template, "Q: {{question}}")
+    template.press("Tab")
+    expect(page.locator("#template-error")).to_contain_text("`question`, which the dataset does not have")
+    expect(page.locator("#rendered")).to_contain_text("data template uses `question`")
+    expect(checks).to_contain_text("which the dataset does not have")
+    page.locator("#start").click()
+    expect(page.locator("#start-msg")).to_contain_text("which the dataset does not have")
+    expect(page.locator("#task-form")).to_be_visible()
+
+    # An upload previews at once (the sample's 320 rows used to stay), and its columns fit the template; the
+    # completion template still names the sample's `output`, at its own field.
+    data = tmp_path / "ten.csv"
+    data.write_text("question,answer\n" + "".join(f"what is {i}+1,{i + 1}\n" for i in range(10)))
+    page.locator("#ds-source").get_by_text("Upload").click()
+    page.locator("#ds-upload input[type=file]").set_input_files(str(data))
+    expect(page.locator("#ds-info")).to_contain_text("10 rows")
+    expect(page.locator("#ds-table")).to_contain_text("what is 0+1")
+    expect(page.locator("#template-error")).to_have_count(0)
+    expect(page.locator("#completion-template-error")).to_contain_text("`output`")
+    completion = page.locator("#completion-template textarea")
+    retype(page, completion, "{{answer}}")
+    page.evaluate("window.tlWrong = null")
+    completion.press("Tab")
+    expect(page.locator("#rendered")).to_contain_text("Q: what is 0+1<completion>1</completion>")
+    expect(checks).to_contain_text("Settings look good")
+
+    # Device cuda on a machine without one: flagged at the device, and the old --cpu command is not shown.
+    page.evaluate("window.tlWrong = 'device'")
+    page.locator("#param-device input").first.click()
+    page.get_by_role("option", name="cuda").click()
+    expect(page.locator("#param-device-error")).to_contain_text("no CUDA GPU")
+    expect(command).not_to_contain_text("--cpu")
+    page.screenshot(path=str(ARTIFACTS / "train-form-field-checks.png"), full_page=True)
+    page.locator("#start").click()
+    expect(page.locator("#start-msg")).to_contain_text("no CUDA GPU")
+    assert page.evaluate("window.tlGreen") == []  # ✓ was never shown while a field was wrong
+    expect(page.locator("#jobs-table")).not_to_contain_text("RUNNING")
+
+
 def test_switching_plugin_rebuilds_the_form(page):
     expect = playwright.expect
     page.get_by_role("tab", name="Train").click()

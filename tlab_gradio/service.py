@@ -122,7 +122,7 @@ class Service:
     # --- checking a request -------------------------------------------------------
     def prepare(self, request: dict[str, Any], check_data: bool = True, owner: str | None = None) -> JobSpec:
         """Check everything and return the job's spec, or raise RequestError listing every problem.
-        `check_data=False` skips loading the dataset (the live command preview does that). In hosted mode a
+        `check_data=False` skips loading the dataset (the memory estimate does that). In hosted mode a
         dataset file must be one of `owner`'s uploads."""
         return job_request.prepare(self.home, request, check_data, self.uploads_for(owner))
 
@@ -140,8 +140,9 @@ class Service:
 
     def launch_preview(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """What the form shows before Start, from one check of the request: the command and the
-        memory estimate."""
-        spec = self.prepare(request, check_data=False, owner=owner)
+        memory estimate. The same checks as start_job, the dataset and templates included (a live verdict that
+        passes what Start refuses is wrong); only the visitor's job cap is Start's alone."""
+        spec = self.prepare(request, owner=owner)
         return {"command": launcher.preview(spec.launch), "memory": estimates.for_job(spec, self.home)}
 
     def memory_estimate(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:

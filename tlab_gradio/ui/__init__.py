@@ -47,6 +47,17 @@ CSS = """
 #plugin-details details {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 10px;
   margin: 6px 0}
 #plugin-details summary {cursor: pointer; font-weight: 600}
+/* A field with a problem (ui/live.py): a red border and its message right under it; faded while it is re-checked */
+[data-tl-invalid] input, [data-tl-invalid] textarea, [data-tl-invalid] .wrap
+  {border-color: #dc2626 !important; box-shadow: 0 0 0 1px #dc2626 !important}
+[data-tl-invalid] .wrap input {border: none !important; box-shadow: none !important}
+.tl-field-error {color: #b91c1c; font-size: 0.88em; margin-top: 4px; overflow-wrap: anywhere}
+.tl-field-error.tl-stale {opacity: 0.45}
+.tl-ds-table {max-height: 260px; overflow: auto; font-size: 0.9em}
+.tl-ds-table table {border-collapse: collapse; width: 100%}
+.tl-ds-table th, .tl-ds-table td {border: 0 !important; border-bottom: 1px solid var(--border-color-primary) !important;
+  padding: 3px 8px;
+  text-align: left; vertical-align: top; white-space: pre-wrap; overflow-wrap: anywhere}
 """
 
 

@@ -42,7 +42,7 @@ def build(hosted: bool) -> dict[str, Any]:
             parts["split"] = gr.Textbox(label="Split", placeholder="train, or the only split", visible=False,
                                         elem_id="ds-split")
         parts["info"] = gr.Markdown(elem_id="ds-info")
-        parts["table"] = gr.Dataframe(visible=False, interactive=False, wrap=True, max_height=260, elem_id="ds-table")
+        parts["table"] = gr.HTML(elem_id="ds-table")  # the first rows (previews.data_preview)
     with gr.Group():
         gr.Markdown("### Data Template", elem_classes="tl-section")
         with gr.Row():
@@ -56,12 +56,10 @@ def build(hosted: bool) -> dict[str, Any]:
 
 
 def wire(svc: Service, parts: dict[str, Any], plugin_dd: gr.Dropdown) -> None:
-    """The sections' own listeners: the source shows its fields, a sample brings its templates, a plugin its
-    template labels."""
-    source_fields = [parts[n] for n in DATASET_FIELDS[1:]]
-    parts["source"].change(show_source, parts["source"], source_fields, **PRIVATE)
+    """The sections' own listeners: the source shows its fields, a plugin brings its template labels (a sample
+    picked brings its templates: train_tab, which checks and previews them then)."""
+    parts["source"].change(show_source, parts["source"], [parts[n] for n in DATASET_FIELDS[1:]], **PRIVATE)
     templates = [parts[n] for n in TEMPLATE_FIELDS]
-    parts["sample"].input(sample_templates, parts["sample"], templates, **PRIVATE)
     plugin_dd.change(lambda plugin_id: tuple(gr.update(**x) for x in template_labels(svc, plugin_id)), plugin_dd,
                      templates, **PRIVATE)
 

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from ..service import RequestError, Service
-from .common import PRIVATE, problems_md
+from .common import problems_md
 from .reward_table import custom_rewards_block, seeded_rewards
 
 DEFAULT_PLUGIN = "llama_sft_multi_gpu"
@@ -72,13 +72,43 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
         step = spec.get("multipleOf") or (1 if kind == "integer" else None)
         if spec.get("widget") == "range" and lo is not None and hi is not None:
             return gr.Slider(minimum=lo, maximum=hi, step=step or 1, value=value, **common)
-        # Limits are not handed to gr.Number: its own check would reject a value before ours runs,
-        # with a message that does not name the parameter. Ours runs on every change instead.
-        extra = {"precision": 0} if kind == "integer" else {}
-        if step:
-            extra["step"] = step
-        return gr.Number(value=value, **extra, **common)
+        # A text box, not gr.Number: a number box hands on nothing for text it cannot read ("two e minus four"
+        # left "e" shown and the old value checked and started); this one hands on what is shown, which
+        # number_value reads and the check names at the field. No limits here either: ours name the parameter.
+        return gr.Textbox(value="" if value is None else _number_text(value), lines=1, max_lines=1, **common)
     return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+def _number_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else str(value)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def number_value(spec: dict[str, Any], value: Any) -> Any:
+    """A number field's text as the request's value: a number where the text is one (`2e-4`, `0.0002`, `4`),
+    None where it is empty (the default), else the text itself, which the check refuses by name ("is not a
+    number"). Other fields' values pass as they are."""
+    if spec.get("type") not in ("integer", "number") or not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    if not _NUMBER.fullmatch(text):
+        return value
+    number = float(text)
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else number
+
+
+def field_triggers(comp: Any) -> tuple[list[Any], list[Any]]:
+    """A field's (typing, committed) events: a text box is checked when it is left or on Enter, not at each key
+    (half-typed values are not errors); a pick, a tick or a slider's release is checked at once."""
+    if isinstance(comp, gr.Textbox):
+        return [comp.input], [comp.blur, comp.submit]
+    if isinstance(comp, gr.Slider):
+        return [comp.input], [comp.release]
+    return [], [comp.input]
 
 
 def opens(group: dict[str, Any], specs: dict[str, dict[str, Any]], values: dict[str, Any]) -> bool:
@@ -88,16 +118,22 @@ def opens(group: dict[str, Any], specs: dict[str, dict[str, Any]], values: dict[
 
 
 def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, seed_value: dict[str, Any]) -> None:
-    """The Plugin Config fields of one plugin, inside gr.render. Each field reports its value into the
-    `values` state (refs) and the form is checked again; the listeners belong to these fields alone, so
-    they go when the section is rebuilt for another plugin."""
+    """The Plugin Config fields of one plugin, inside gr.render, handed to refs["wire"] (train_tab) with their
+    typing and committed events: the check, Start and Save preset read these fields themselves, so they see
+    exactly what is shown. Listeners made here go when the section is rebuilt for another plugin."""
+    fields: dict[str, Any] = {}
+    typing: list[Any] = []
+    commits: list[Any] = []
+    chained: list[Any] = []
     if not plugin_id:
         gr.Markdown("No trainer plugin is available.")
+        refs["wire"](plugin_id, fields, typing, commits, chained)
         return
     try:
         form = svc.plugin_form(plugin_id)
     except RequestError as exc:
         gr.Markdown(problems_md(exc))
+        refs["wire"](plugin_id, fields, typing, commits, chained)
         return
     specs = form["parameters"]
     start_values = initial_values(svc, plugin_id, seed_value)
@@ -117,13 +153,11 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
                     for name in names[first:first + 4]:
                         comp = param_component(name, specs[name], start_values[name],
                                                key=f"{plugin_id}-{name}-{version}")
-                        # .input, not .change: a rebuilt section's fields would each fire .change once as
-                        # they mount (a check apiece, ~30 events per plugin switch); their values are
-                        # already in the state, set with the section. always_last: .input's default drops
-                        # what is typed while an update is pending (0.00123 typed key by key was saved as 0).
-                        comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, refs["values"]],
-                                   refs["values"], show_progress="hidden", trigger_mode="always_last",
-                                   **PRIVATE).then(
-                            refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+                        fields[name] = comp
+                        typed, committed = field_triggers(comp)
+                        typing += typed
+                        commits += committed
             if form["train_type"] == "grpo" and "reward_correctness" in names:
-                custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value), f"{plugin_id}-{version}")
+                chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value),
+                                                    f"{plugin_id}-{version}"))
+    refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None])

@@ -5,33 +5,39 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import gradio as gr
-
 from ..service import RequestError, Service
 from .common import problems_md
 from .dataset_picker import dataset_value
 
 
-def data_preview(svc: Service, fields: dict[str, Any], owner: str | None = None) -> tuple[str, dict, str]:
-    """The dataset fields' first rows (a heading and a table) and up to three rendered examples, or the
+def data_preview(svc: Service, fields: dict[str, Any], owner: str | None = None) -> tuple[str, str, str]:
+    """The dataset fields' first rows (a heading and a table, as HTML) and up to three rendered examples, or the
     problems."""
     try:
         out = svc.preview_data(dataset_value(svc, fields, owner), fields["template"], fields["completion_template"], 5,
                                owner)
     except RequestError as exc:
-        return problems_md(exc), gr.update(visible=False), ""
+        return problems_md(exc), "", ""
     head = f"**{out['num_rows']} rows** · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
-    table = [[_cell(r.get(c)) for c in out["columns"]] for r in out["rows"]]
     if "template_error" in out:
-        text = f"✗ {out['template_error']}"
+        text = f"✗ {svc.hide_paths(out['template_error'])}"
     else:
         text = "\n\n".join(_render_example(i, ex) for i, ex in enumerate(out["rendered"][:3], 1))
-    return head, gr.update(value=table, headers=out["columns"], visible=True), text
+    return head, _table(out["columns"], out["rows"]), text
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """The first rows as a plain HTML table (every cell escaped)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f'<div class="tl-ds-table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def launch_check(svc: Service, request: dict[str, Any], hosted: bool, owner: str | None = None) -> tuple[str, str]:
     """The check line (✓ and the estimates) and the command, for a request built from the form; raises
-    RequestError listing its problems. In hosted mode the command names no server folder."""
+    RequestError listing its problems. The same checks as Start, the data and templates included. In hosted
+    mode the command names no server folder."""
     preview = svc.launch_preview(request, owner)
     text = preview["command"]
     return ('<span class="tl-ok">✓ Settings look good.</span> ' + memory_md(preview["memory"]),

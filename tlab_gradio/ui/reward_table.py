@@ -57,12 +57,13 @@ def chosen_rewards(rows: Any) -> list[dict[str, Any]]:
     return chosen
 
 
-def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], key: str) -> None:
+def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], key: str) -> Any:
     """The table and the upload, inside the Plugin Config's render. Hidden in hosted mode: a visitor's file
-    would run here. A change reports the chosen rows into refs["custom"] and checks the form again."""
+    would run here. A change reports the chosen rows into refs["custom"]: the event returned, after which the
+    caller checks the form again (None in hosted mode)."""
     if settings.hosted():
         gr.Markdown("Reward functions of your own are turned off on this server.", elem_classes="tl-muted")
-        return
+        return None
     gr.Markdown("**Your reward functions**: Python files of `def f(prompts, completions, **kwargs) -> list[float]` "
                 "(completions are chat messages or strings; dataset columns such as `answer` come as keyword "
                 "lists). Tick the ones to use and give each a weight; each is tried on a sample completion "
@@ -86,5 +87,6 @@ def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], 
                 f"Added **{html.escape(saved['file'])}**: {', '.join(saved['functions'])}")
 
     upload.upload(uploaded, [upload, table], [table, note], **PRIVATE)
-    table.change(chosen_rewards, table, refs["custom"], show_progress="hidden", trigger_mode="always_last",
-                 **PRIVATE).then(refs["check"], refs["inputs"], refs["outputs"], show_progress="hidden", **PRIVATE)
+    # The chosen rows into refs["custom"]; the caller checks the form again after it (refs["wire"]).
+    return table.change(chosen_rewards, table, refs["custom"], show_progress="hidden", trigger_mode="always_last",
+                        **PRIVATE)

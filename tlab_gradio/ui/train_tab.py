@@ -2,7 +2,10 @@
 the jobs list, and the wiring between them. Each part is its own module: dataset_picker (the Dataset and
 Data Template sections), plugin_form (the Plugin picker and the Plugin Config section, rebuilt with
 gr.render when the plugin changes), reward_table (GRPO's own reward functions), form_request (the form's
-values as a request and back: presets, clones), previews (the data preview, the live check and command)."""
+values as a request and back: presets, clones), previews (the data preview, the live check and command), live
+(what is shown is never older than the values, and each problem is shown at its field). Every listener is made
+here: those that read the Plugin Config's fields (the check, Start, Save preset) by `wire`, which the render
+calls with the fields it built."""
 from __future__ import annotations
 
 import html
@@ -11,13 +14,16 @@ from typing import Any
 import gradio as gr
 
 from ..service import RequestError, Service
-from . import dataset_picker, jobs_view
+from . import dataset_picker, jobs_view, live
 from .common import PRIVATE, checked, problems_md, visitor
 from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS
 from .form_request import FILLED, STATIC_FIELDS, build_request, form_from_request
-from .plugin_form import config_section, form_of, initial_values, trainer_choices
+from .plugin_form import config_section, form_of, initial_values, number_value, trainer_choices
 from .previews import data_preview, launch_check
 from .reward_table import seeded_rewards
+
+CHECK_IDS = ["form-checks", "command-preview"]  # the live check's outputs, and the preview's, by elem_id
+PREVIEW_IDS = ["ds-info", "ds-table", "rendered"]
 
 
 def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
@@ -25,7 +31,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     refs: dict[str, Any] = {}  # what the Plugin Config section's own fields report to when they change
     seed = gr.State({"plugin": first, "values": {}, "version": 0})  # a preset's or a cloned job's values
-    values = gr.State({})  # the Plugin Config fields' current values, by parameter name
+    values = gr.State({})  # the Plugin Config's starting values (the plugin's, a preset's), checked as they are set
     fields: dict[str, Any] = {"custom_rewards": gr.State([])}  # GRPO: your own reward functions, [{function, weight}]
     with gr.Row(elem_classes="tl-toolbar"):
         new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
@@ -74,33 +80,65 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     static = [fields[n] for n in STATIC_FIELDS]
     form_outputs = [fields[n] for n in FILLED] + [seed]
+    # The live check's and the preview's answers land in hidden JSON first: live.show_js shows one only when no
+    # change came since it was asked for (a stale verdict, command or preview is never shown).
+    check_raw = gr.JSON(visible="hidden", elem_id="check-answer")
+    check_seq = gr.Textbox(visible="hidden", elem_id="check-seq")
+    preview_raw = gr.JSON(visible="hidden", elem_id="preview-answer")
+    preview_seq = gr.Textbox(visible="hidden", elem_id="preview-seq")
+    check_shown = [checks, command]
+    preview_shown = [data_parts["info"], data_parts["table"], data_parts["rendered"]]
 
-    # --- checks, Start and presets: every listener lives here, none inside the render ------
-    def request_of(args, owner: str | None = None) -> dict[str, Any]:
-        """The request from the form's inputs (static + [values]). The values state is ignored while it
-        still holds another plugin's fields (a check queued while the plugin was being switched): then
-        this plugin's starting values."""
-        *field_values, vals = args
-        static_values = dict(zip(STATIC_FIELDS, field_values))
+    # --- checks, Start and presets ------------------------------------------------------
+    def request_of(static_values: list[Any], vals: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+        """The request from the static fields' values and the Plugin Config's (number fields' text read as
+        numbers). Config values of another plugin (a check asked for while the plugin was being switched) are
+        ignored: then this plugin's starting values."""
+        static_values = dict(zip(STATIC_FIELDS, static_values))
         plugin_form = form_of(svc, static_values["plugin"])
         if plugin_form and set(vals) != set(plugin_form["parameters"]):
             vals = initial_values(svc, static_values["plugin"], {})
+        elif plugin_form:
+            vals = {n: number_value(plugin_form["parameters"][n], v) for n, v in vals.items()}
         return build_request(svc, static_values, vals, owner)  # an upload goes to the visitor's folder
 
-    # Handlers take the visitor first: gradio fills a gr.Request only before *args.
-    def check(visit: gr.Request, *args):
+    last_checked = live.Checked()  # each page's last checked request, by its change number: what Start starts
+
+    def verdict(static_values: list[Any], vals: dict[str, Any], seq: Any, visit: gr.Request) -> dict[str, Any]:
+        """One check of the form, as Start checks it: the shown verdict and command, and each problem at its field;
+        tagged with the change number it answers. The request is kept for Start and Save preset."""
+        owner = visitor(visit)
+        names = list(vals)
+        source = dict(zip(STATIC_FIELDS, static_values)).get("source")
+        request = None
         try:
-            owner = visitor(visit)
-            return launch_check(svc, request_of(args, owner), hosted, owner)
+            request = request_of(static_values, vals, owner)
+            shown = launch_check(svc, request, hosted, owner)
+            last_checked.keep(visit, seq, request, None)
+            return live.answer(seq, list(shown))
         except RequestError as exc:
-            return problems_md(exc), gr.skip()
+            last_checked.keep(visit, seq, request, exc.problems)
+            form = form_of(svc, dict(zip(STATIC_FIELDS, static_values))["plugin"])
+            names = list(form["parameters"]) if form else names
+            problems = [svc.hide_paths(p) for p in exc.problems]
+            return live.answer(seq, [problems_md(exc), live.NO_COMMAND], live.field_problems(problems, names, source))
+
+    n_static = len(STATIC_FIELDS)
+
+    # Handlers take the visitor first: gradio fills a gr.Request only before *args.
+    def check_values(visit: gr.Request, *args):
+        """The check with the Plugin Config as the values state holds it (set with the plugin or the seed)."""
+        *static_values, vals, seq = args
+        return verdict(static_values, vals, seq, visit)
 
     def set_values(plugin_id, seed_value):
         return initial_values(svc, plugin_id, seed_value), seeded_rewards(svc, plugin_id, seed_value)
 
-    def start(visit: gr.Request, *args):
+    def start(visit: gr.Request, seq):
+        """Start the request the shown verdict was checked on (live.START_JS waits for the check of the latest
+        change), so Start and the verdict never disagree; start_job checks it again."""
         try:
-            job = svc.start_job(request_of(args, visitor(visit)), visitor(visit))
+            job = svc.start_job(last_checked.request(visit, seq), visitor(visit))
         except RequestError as exc:
             gr.Warning("The job was not started: " + "; ".join(exc.problems))
             return problems_md(exc), gr.skip(), gr.skip()
@@ -108,42 +146,114 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return (f"Started job **{job['id']}** ({html.escape(job['name'])}); its progress is below.",
                 gr.update(visible=False), job["id"])
 
-    def save(visit: gr.Request, preset, *args):
-        try:
-            presets = svc.save_preset(preset, request_of(args, visitor(visit)), visitor(visit))  # hosted: theirs
+    def save(visit: gr.Request, preset, seq):
+        try:  # hosted: the visitor's own presets
+            presets = svc.save_preset(preset, last_checked.request(visit, seq), visitor(visit))
         except RequestError as exc:
             raise gr.Error("; ".join(exc.problems), print_exception=False) from None
         gr.Info(f"Saved preset {preset}")
         return gr.update(choices=presets, value=preset.strip())
 
-    form_inputs = static + [values]
-    check_outputs = [checks, command]
-    refs.update(values=values, custom=fields["custom_rewards"], check=check, inputs=form_inputs,
-                outputs=check_outputs)
-    gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed],
-          [values, fields["custom_rewards"]], **PRIVATE).then(
-        check, form_inputs, check_outputs, show_progress="hidden", **PRIVATE)
-    watched = [fields[n] for n in ("model", "source", "sample", "path", "hub") + TEMPLATE_FIELDS]
-    gr.on([c.change for c in watched] + [fields["upload"].upload], check, form_inputs, check_outputs,
-          show_progress="hidden", **PRIVATE)
-    start_btn.click(start, form_inputs, [start_msg, form, jobs_view_parts.selected], **PRIVATE)
-    save_btn.click(save, [preset_name] + form_inputs, preset_pick, **PRIVATE)
+    def check_with(names: list[str]):
+        def check(visit: gr.Request, *args):
+            *rest, seq = args
+            return verdict(list(rest[:n_static]), dict(zip(names, rest[n_static:])), seq, visit)
+        return check
+
+    def send_check(event_or_triggers, fn, inputs) -> Any:
+        """Ask for a check (its change number counted in the page first), its answer into check_raw."""
+        kwargs = dict(fn=fn, inputs=inputs + [check_seq], outputs=check_raw, js=live.send_js("check"),
+                      show_progress="hidden", trigger_mode="multiple", **PRIVATE)
+        if isinstance(event_or_triggers, list):
+            gr.on(event_or_triggers, None, None, check_shown,
+                  js=live.pending_js("check", [live.CHECKING, live.COMMAND_WAITS], CHECK_IDS),
+                  show_progress="hidden", **PRIVATE)
+            return gr.on(event_or_triggers, **kwargs)
+        return event_or_triggers.then(**kwargs)
+
+    # Typed, not yet checked: what is shown says so (and answers still on their way are dropped).
+    static_text = [fields[n] for n in ("name", "model", "path", "hub", "subset", "split") + TEMPLATE_FIELDS]
+    static_commits = ([c.blur for c in static_text] + [c.submit for c in static_text if c.lines == 1]
+                      + [fields["source"].change, fields["sample"].change, fields["upload"].change])
+
+    def wire(plugin_id, config: dict[str, Any], typing: list[Any], commits: list[Any], chained: list[Any]) -> None:
+        """Inside the Plugin Config's render: the check on every committed change of its fields, reading the fields
+        themselves (what they show, not a copy that may lag)."""
+        names = list(config)
+        inputs = static + list(config.values())
+        if typing:
+            gr.on(typing, None, None, check_shown,
+                  js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
+                  **PRIVATE)
+        send_check(commits, check_with(names), inputs)
+        for event in chained:  # GRPO's reward table
+            send_check(event, check_with(names), inputs)
+        # Each field's value into the values state too, which the checks of the other fields' changes read: their
+        # listeners are made outside the render (gradio 6.31 drops the listeners of an event made outside a render
+        # once the render has one, and a render's own fail while it is rebuilt).
+        for name, comp in config.items():
+            comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, values], values,
+                       show_progress="hidden", trigger_mode="always_last", **PRIVATE)
+
+    refs.update(custom=fields["custom_rewards"], wire=wire)
+    send_check(gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed],
+                     [values, fields["custom_rewards"]], **PRIVATE), check_values, static + [values])
+    send_check(static_commits, check_values, static + [values])
+    # Start and Save preset take the request of the latest check (not made in the render: a click while it is
+    # rebuilt, after a preset or a clone, would be lost).
+    start_seq = gr.Textbox(visible="hidden", elem_id="start-seq")
+    start_btn.click(start, start_seq, [start_msg, form, jobs_view_parts.selected], js=live.START_JS, **PRIVATE)
+    save_btn.click(save, [preset_name, start_seq], preset_pick, js=live.START_JS, **PRIVATE)
+    gr.on(check_raw.change, None, [check_raw] + check_shown, check_shown,
+          js=live.show_js("check", CHECK_IDS, marks=True), show_progress="hidden", **PRIVATE)
+    gr.on([c.input for c in static_text], None, None, check_shown,
+          js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
+          **PRIVATE)
 
     # --- dataset source, a plugin's own sample data, previews ------------------------------
     dataset_picker.wire(svc, data_parts, plugin_dd)
     preview_inputs = [fields[n] for n in DATASET_FIELDS + TEMPLATE_FIELDS]
-    preview_outputs = [data_parts["info"], data_parts["table"], data_parts["rendered"]]
     defaults_outputs = [fields[n] for n in ("source", "sample") + TEMPLATE_FIELDS]
 
     def preview(visit: gr.Request, *args):
-        return data_preview(svc, dict(zip(DATASET_FIELDS + TEMPLATE_FIELDS, args)), visitor(visit))
+        *values_, seq = args
+        shown = data_preview(svc, dict(zip(DATASET_FIELDS + TEMPLATE_FIELDS, values_)), visitor(visit))
+        return live.answer(seq, list(shown))
+
+    def send_preview(event_or_triggers) -> Any:
+        """The preview again, for the values as they are when it is asked for; shown only if still current."""
+        kwargs = dict(fn=preview, inputs=preview_inputs + [preview_seq], outputs=preview_raw,
+                      js=live.send_js("preview"), show_progress="hidden", trigger_mode="multiple", **PRIVATE)
+        if isinstance(event_or_triggers, list):
+            gr.on(event_or_triggers, None, None, preview_shown,
+                  js=live.pending_js("preview", [live.PREVIEWING, "", "⋯"], PREVIEW_IDS), show_progress="hidden",
+                  **PRIVATE)
+            return gr.on(event_or_triggers, **kwargs)
+        return event_or_triggers.then(**kwargs)
 
     def plugin_defaults(plugin_id):
         return dataset_picker.plugin_defaults(svc, plugin_id)
 
-    data_parts["preview_btn"].click(preview, preview_inputs, preview_outputs, **PRIVATE)
-    plugin_dd.input(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE).then(
-        preview, preview_inputs, preview_outputs, **PRIVATE)
+    # Every change of where the rows come from, or of a template, previews again at once (a template or a path
+    # when its box is left, not at each key); a picked sample after its templates are filled in.
+    data_text = [fields[n] for n in ("path", "hub", "subset", "split")]
+    template_boxes = [fields[n] for n in TEMPLATE_FIELDS]
+    send_preview([data_parts["preview_btn"].click, fields["source"].change, fields["sample"].change,
+                  fields["upload"].change] + [c.blur for c in data_text + template_boxes]
+                 + [c.submit for c in data_text])
+    # A sample picked: its templates are filled in, then checked and previewed with them.
+    picked = fields["sample"].input(dataset_picker.sample_templates, fields["sample"],
+                                    [fields[n] for n in TEMPLATE_FIELDS], **PRIVATE)
+    send_check(picked, check_values, static + [values])
+    send_preview(picked)
+    gr.on([c.input for c in data_text], None, None, preview_shown,
+          js=live.pending_js("preview", [live.PREVIEWING, "", "⋯"], PREVIEW_IDS), show_progress="hidden",
+          **PRIVATE)
+    gr.on([c.input for c in template_boxes], None, None, [data_parts["rendered"]],
+          js=live.pending_js("preview", [live.RENDER_TYPING], ["rendered"]), show_progress="hidden", **PRIVATE)
+    gr.on(preview_raw.change, None, [preview_raw] + preview_shown, preview_shown,
+          js=live.show_js("preview", PREVIEW_IDS), show_progress="hidden", **PRIVATE)
+    send_preview(plugin_dd.input(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
 
     # --- open / close the form, presets, clone --------------------------------------
     def open_new(current):
@@ -151,9 +261,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True), {"plugin": current.get("plugin") or first, "values": {},
                                           "version": version}, ""]
 
-    new_btn.click(open_new, seed, [form, seed, start_msg], **PRIVATE).then(
-        plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE).then(
-        preview, preview_inputs, preview_outputs, **PRIVATE)
+    send_preview(new_btn.click(open_new, seed, [form, seed, start_msg], **PRIVATE).then(
+        plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
     cancel_btn.click(lambda: gr.update(visible=False), None, form, **PRIVATE)
 
     def load_preset(name, current, visit: gr.Request):
@@ -166,7 +275,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Loaded preset **{html.escape(name)}**."]
 
-    load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE)
+    send_preview(load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE))
     # The list as it is now, not as it was when the app started (presets saved since, in any tab).
     def list_presets(visit: gr.Request):
         return gr.update(choices=svc.list_presets(visitor(visit)))  # hosted: the visitor's own
@@ -187,5 +296,5 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Cloned the settings of job {int(job_id)}. Change what you like and press Start."]
 
-    jobs_view_parts.clone_btn.click(clone, [jobs_view_parts.selected, seed], [form] + form_outputs + [start_msg],
-                                    **PRIVATE)
+    send_preview(jobs_view_parts.clone_btn.click(clone, [jobs_view_parts.selected, seed],
+                                                 [form] + form_outputs + [start_msg], **PRIVATE))
