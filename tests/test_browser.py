@@ -300,6 +300,11 @@ def test_switching_plugin_rebuilds_the_form(page):
     expect(page.locator("#ds-info")).to_contain_text("360 rows")  # its own sample, previewed
     expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     expect(page.locator("#command-preview")).to_contain_text("grpo.py")
+    # On this CPU-only machine the form opens with GRPO's CPU defaults, and says how long a step should take.
+    expect(page.locator("#param-per_device_train_batch_size input").first).to_have_value("8")
+    expect(page.locator("#param-max_completion_length input").first).to_have_value("64")
+    expect(page.locator("#form-checks")).to_contain_text(
+        re.compile(r"Time per step: (under 1 s|about \d+ (s|min)) a step \(8 completions of up to 64 tokens"))
     gens = page.locator("#param-num_generations input").first
     gens.fill("3")
     gens.press("Tab")

@@ -45,10 +45,13 @@ def launch_check(svc: Service, request: dict[str, Any], hosted: bool, owner: str
 
 
 def memory_md(est: dict[str, Any]) -> str:
-    """The memory estimate next to the chosen GPUs' free memory, with a warning when it won't fit."""
+    """The time a step should take, and the memory estimate next to the chosen GPUs' free memory, with a
+    warning when it won't fit."""
+    step = est.get("step_time")
+    timing = f"Time per step: **{html.escape(step['text'])}**<br>" if step else ""
     parts = (f"weights {est['weights_gb']:.1f}, gradients {est['gradients_gb']:.1f}, optimizer "
              f"{est['optimizer_gb']:.1f}, activations {est['activations_gb']:.1f}, overhead {est['overhead_gb']:.1f}")
-    text = f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
+    text = timing + f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
     if est["gpus"]:
         text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
     if est.get("plan"):
