@@ -2,7 +2,9 @@
 
 A dataset is a bundled sample, a local file (JSON, JSONL, CSV, Parquet) or a Hub
 id, all loaded through `datasets`. Conversational data (a `messages` column) is
-left to the tokenizer's chat template; anything else is rendered through data
+left to the tokenizer's chat template; ShareGPT turns and chat messages under another
+column name become a `messages` column when loaded (the spec's `messages_from`, which
+`resolve` sets from the format data_formats finds when no templates are given); anything else is rendered through data
 templates with `{{field}}` placeholders in jinja2's sandbox, so a template cannot
 reach Python objects, and under bounds of size and time (templating.py). Used both
 before launch (checks, previews) and by the trainers: the trainers render in their
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import inputs, settings, templating
+from . import data_formats, inputs, settings, templating
 
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -47,6 +49,7 @@ class DatasetSpec:
     name: str  # sample name, file path or Hub id
     subset: str | None = None  # Hub configuration name
     split: str | None = None  # default: train, or the only split there is
+    messages_from: str | None = None  # a column of ShareGPT turns or chat messages loaded as `messages`
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +83,7 @@ def parse_spec(value: Any) -> DatasetSpec:
     if value is None or value == "":
         return DatasetSpec("sample", DEFAULT_SFT_SAMPLE)
     if isinstance(value, dict):
-        unknown = set(value) - {"source", "name", "subset", "split"}
+        unknown = set(value) - {"source", "name", "subset", "split", "messages_from"}
         if unknown:
             raise DataError(f"dataset: unknown keys {sorted(unknown)} (expected source, name, subset, split)")
         source = value.get("source")
@@ -90,13 +93,16 @@ def parse_spec(value: Any) -> DatasetSpec:
             raise DataError("dataset: `name` is required (sample name, file path or Hub id)")
         spec = DatasetSpec(source, _text("dataset.name", value["name"]),
                            _text("dataset.subset", value.get("subset"), True),
-                           _text("dataset.split", value.get("split"), True))
+                           _text("dataset.split", value.get("split"), True),
+                           _text("dataset.messages_from", value.get("messages_from"), True))
     elif isinstance(value, str):
         text = _text("dataset", value)
         if text in SAMPLES:
             spec = DatasetSpec("sample", text)
         elif _exists("dataset", text):
             spec = DatasetSpec("file", text)
+        elif _looks_like_path(text):
+            raise DataError(not_found(text))
         else:
             spec = DatasetSpec("hub", text)
     else:
@@ -106,12 +112,23 @@ def parse_spec(value: Any) -> DatasetSpec:
         raise DataError(f"no bundled sample {spec.name!r}; samples: {', '.join(SAMPLES)}")
     if spec.source == "file":
         if not _exists("dataset.name", spec.name):
-            raise DataError(f"dataset file {spec.name!r} does not exist")
+            raise DataError(not_found(spec.name))
         path = Path(spec.name).expanduser().resolve()
         if path.is_file() and path.suffix.lower() not in FILE_TYPES:
             raise DataError(f"dataset file {path.name!r}: use JSON, JSONL, CSV or Parquet")
-        spec = DatasetSpec("file", str(path), spec.subset, spec.split)
+        spec = DatasetSpec("file", str(path), spec.subset, spec.split, spec.messages_from)
     return spec
+
+
+def not_found(path: str) -> str:
+    return f"dataset: file not found: {path} (it does not exist on this machine)"
+
+
+def _looks_like_path(text: str) -> bool:
+    """A name that can only be a local path (absolute, ./ ../ ~, or a data file's suffix), never a Hub id: one
+    that is missing is "file not found", not a failed Hub download."""
+    return (text.startswith(("/", "./", "../", "~", "\\")) or Path(text).suffix.lower() in FILE_TYPES
+            or (len(text) > 2 and text[1] == ":" and text[2] in "/\\"))
 
 
 def _exists(field: str, text: str) -> bool:
@@ -135,7 +152,12 @@ def _load_dict(spec: DatasetSpec):
             if path.is_dir():
                 return datasets.load_dataset(str(path))
             kind = FILE_TYPES[path.suffix.lower()]
-            return datasets.load_dataset(kind, data_files={"train": str(path)})
+            try:
+                return datasets.load_dataset(kind, data_files={"train": str(path)})
+            except Exception:
+                if kind == "json":
+                    _json_head(path, None)  # the line that does not parse, by its number
+                raise
         if settings.hosted() and Path(spec.name).expanduser().exists():  # the trainer's folder differs from the app's
             raise DataError(f"dataset {spec.label}: local paths are turned off on this server")
         return datasets.load_dataset(spec.name, spec.subset)
@@ -146,7 +168,40 @@ def _load_dict(spec: DatasetSpec):
 
 
 def load(spec: DatasetSpec):
-    """The training split: the one asked for, else `train`, else the only split there is."""
+    """The training split: the one asked for, else `train`, else the only split there is; with the spec's
+    `messages_from`, that column's conversations as a `messages` column."""
+    return _as_messages(_split(spec), spec)
+
+
+def _as_messages(dataset, spec: DatasetSpec):
+    column = spec.messages_from
+    if not column:
+        return dataset
+    if column not in dataset.column_names:
+        raise DataError(f"dataset {spec.label} has no column {column!r} of conversations; columns: "
+                        f"{', '.join(dataset.column_names)}")
+    fmt_id = _turns_format(dataset[column][:20])
+    drop = [c for c in ("messages", column) if c in dataset.column_names]
+    return dataset.map(lambda row: {"converted": _messages(row[column], fmt_id, column)},
+                       remove_columns=drop).rename_column("converted", "messages")
+
+
+def _turns_format(values: list) -> str:
+    """ShareGPT (from/value) or chat messages (role/content), from the first conversations' first turns."""
+    for turns in values:
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+            return "sharegpt" if "from" in turns[0] and "value" in turns[0] else "messages"
+    return "messages"
+
+
+def _messages(turns: Any, fmt_id: str, column: str, where: str | None = None) -> list[dict[str, Any]]:
+    try:
+        return data_formats.to_messages(turns, fmt_id, where or f"column {column!r}")
+    except data_formats.FormatError as exc:
+        raise DataError(f"dataset: {exc}") from None
+
+
+def _split(spec: DatasetSpec):
     splits = _load_dict(spec)
     names = list(splits.keys())
     if spec.split:
@@ -282,26 +337,201 @@ def _sample_rows(name: str) -> list[dict[str, Any]]:
 
 
 CHECKED_ROWS = 3  # the rows the check at Start renders
+HEAD_ROWS = 1000  # the rows the check reads and checks: a file's head, never the whole of a large file
+COUNT_BYTES = 64 * 2**20  # a JSONL file up to this size has its lines counted for the row count
+FORMAT_ROWS = 20  # the rows a format is detected from
 
 
-def check(spec: DatasetSpec, templates: Templates) -> dict[str, Any]:
-    """Load, check the templates against the columns, and describe the data; raise DataError.
+@dataclass
+class Head:
+    """A dataset's first rows (each with every column, None where a row lacks one, as `datasets` loads them),
+    its columns, and its row count where it is known without reading the whole data (None: not counted)."""
 
-    A bundled sample (the default dataset) is read directly: importing `datasets` in the web
-    process costs over a second on a 2-core machine, which the first job after a start would wait."""
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    total: int | None
+
+
+def _rows_head(rows: list[dict[str, Any]], total: int | None) -> Head:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return Head([{c: r.get(c) for c in columns} for r in rows], columns, total)
+
+
+def _json_head(path: Path, limit: int | None) -> list[dict[str, Any]] | None:
+    """The first `limit` rows of a JSON Lines file (None: all of them, only to find a bad line), or None when
+    the file is one JSON document (an array) rather than lines. DataError naming the line that is no JSON
+    object."""
+    rows: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if not rows and (line.lstrip().startswith("[") or line.strip() == "{"):
+                return None  # a JSON array, or a pretty-printed document
+            try:
+                row = json.loads(line.strip())
+            except json.JSONDecodeError as exc:
+                if not rows and line.lstrip().startswith("{") and not line.rstrip().endswith("}"):
+                    return None  # a pretty-printed JSON document, not lines
+                raise DataError(f"dataset: line {number} of {path.name} is not valid JSON: {exc.msg} (column "
+                                f"{exc.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"dataset: line {number} of {path.name} is a JSON {type(row).__name__}, not an "
+                                "object of columns")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def _count_lines(path: Path) -> int | None:
+    if path.stat().st_size > COUNT_BYTES:
+        return None
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def read_head(spec: DatasetSpec, limit: int = HEAD_ROWS, cheap_only: bool = False) -> Head | None:
+    """The dataset's first `limit` rows: a bundled sample, a JSONL, CSV or Parquet file read from its start
+    (fast on a file of any size); a JSON array, a folder or a Hub dataset through `datasets` (None instead with
+    `cheap_only`). With `messages_from`, that column comes as `messages`, each row's turns checked."""
+    path = Path(spec.name)
+    head = None
     if spec.source == "sample" and spec.split in (None, "train"):
         rows = _sample_rows(spec.name)
-        count, columns = len(rows), list(dict.fromkeys(key for row in rows for key in row))
-        first = rows[:CHECKED_ROWS]
-    else:
-        dataset = load(spec)
-        count, columns = len(dataset), list(dataset.column_names)
-        first = [dict(r) for r in dataset.select(range(min(CHECKED_ROWS, count)))]
-    if count == 0:
+        head = _rows_head(rows[:limit], len(rows))
+    elif spec.source == "file" and path.is_file() and spec.split in (None, "train"):
+        kind, suffix = FILE_TYPES.get(path.suffix.lower()), path.suffix.lower()
+        try:
+            if kind == "json":
+                rows = _json_head(path, limit)
+                if rows is not None:
+                    head = _rows_head(rows, len(rows) if len(rows) < limit else _count_lines(path))
+            elif kind == "csv":
+                import csv
+                import itertools
+
+                with path.open("r", encoding="utf-8-sig", newline="") as fh:
+                    rows = [dict(r) for r in itertools.islice(csv.DictReader(fh), limit)]
+                head = _rows_head(rows, len(rows) if len(rows) < limit else None)
+            elif suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                table = pq.ParquetFile(path)
+                batch = next(table.iter_batches(batch_size=limit), None)
+                head = _rows_head(batch.to_pylist() if batch is not None else [], table.metadata.num_rows)
+                if batch is not None:
+                    head.columns = list(batch.schema.names)
+        except DataError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"dataset: {path.name} cannot be read: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors: a broken Parquet file
+            raise DataError(f"dataset: {path.name} cannot be read: {type(exc).__name__}: {exc}") from None
+    if head is None:
+        if cheap_only:
+            return None
+        dataset = _split(spec)
+        head = Head([dict(r) for r in dataset.select(range(min(limit, len(dataset))))], list(dataset.column_names),
+                    len(dataset))
+    if spec.messages_from:
+        head = _head_as_messages(head, spec)
+    return head
+
+
+def _head_as_messages(head: Head, spec: DatasetSpec) -> Head:
+    column = spec.messages_from
+    if column not in head.columns:
+        raise DataError(f"dataset {spec.label} has no column {column!r} of conversations; columns: "
+                        f"{', '.join(head.columns)}")
+    fmt_id = _turns_format([r[column] for r in head.rows[:20]])
+    rows = []
+    for i, row in enumerate(head.rows):
+        row = {k: v for k, v in row.items() if k not in (column, "messages")}
+        row["messages"] = _messages(head.rows[i][column], fmt_id, column, f"row {i + 1}")
+        rows.append(row)
+    columns = [c for c in head.columns if c not in (column, "messages")] + ["messages"]
+    return Head(rows, columns, head.total)
+
+
+def check(spec: DatasetSpec, templates: Templates, head: Head | None = None) -> dict[str, Any]:
+    """Check the templates against the dataset's head (read here unless given) and describe the data; raise
+    DataError. Only the head is read (HEAD_ROWS): `rows_checked` says how many rows that was, `rows` is the
+    count where it is known without reading everything (else None).
+
+    A bundled sample (the default dataset) and a JSONL, CSV or Parquet file are read directly: importing
+    `datasets` in the web process costs over a second on a 2-core machine, which the first job after a start
+    would wait."""
+    head = head or read_head(spec)
+    if not head.rows:
         raise DataError(f"dataset {spec.label} is empty")
-    templates.check(columns)
-    templates.rendered(first)  # a template that fails on the data (or is too slow) is refused before a job runs
-    return {"rows": count, "columns": columns, "conversational": not templates.template.strip()}
+    templates.check(head.columns)
+    if not templates.template.strip():  # conversations: every row checked has chat messages
+        for i, row in enumerate(head.rows):
+            _messages(row.get("messages"), "messages", "messages", f"row {i + 1}")
+    templates.rendered(head.rows[:CHECKED_ROWS])  # a template that fails on the data (or is too slow) is refused
+    return {"rows": head.total, "rows_checked": len(head.rows), "columns": head.columns,
+            "conversational": not templates.template.strip()}
+
+
+@dataclass
+class Resolved:
+    """What a request's dataset and templates come to: the spec (with `messages_from` where conversations are
+    converted), the templates, the format found (None: none fits, or the head was not read), and the head."""
+
+    spec: DatasetSpec
+    templates: Templates
+    format: data_formats.Format | None
+    head: Head | None
+    own: bool  # the templates are the user's (or the bundled sample's own), not the format's
+
+
+def _own_templates(spec: DatasetSpec, template: str | None, completion: str | None) -> Templates | None:
+    """The templates the user gave, or None where they gave none: both empty, or a bundled sample's defaults sent
+    with another dataset (the form keeps them in its boxes). A sample named with no templates brings its own."""
+    if template is None and spec.source == "sample":
+        return templates_for(spec, template, completion)
+    if not (template or "").strip() and not (completion or "").strip():
+        return None
+    pair = (template or "", completion or "")
+    for name, sample in SAMPLES.items():
+        if pair == (sample["template"], sample["completion_template"]) and \
+                not (spec.source == "sample" and spec.name == name):
+            return None
+    return Templates(template or "", completion or "")
+
+
+def resolve(spec: DatasetSpec, template: Any = None, completion_template: Any = None, train_type: str = "sft",
+            data_format: Any = None, read: bool = True) -> Resolved:
+    """The templates a job uses: the user's own always; else the ones of the format found from the data's head
+    (data_formats.detect, or the `data_format` named), conversations converted to `messages`. `read=False` reads
+    only what is cheap (a sample, a file's head: not a Hub dataset). DataError naming the problem."""
+    templates_for(spec, template, completion_template)  # the types, checked
+    if data_format is not None and not isinstance(data_format, str):
+        raise DataError(f"`data_format` must be text ({', '.join(data_formats.IDS)}), got "
+                        f"{type(data_format).__name__} {inputs.short(data_format)}")
+    own = _own_templates(spec, template, completion_template)
+    head = read_head(spec, cheap_only=not read)
+    if head is None:
+        return Resolved(spec, own or Templates(), None, None, own is not None)
+    try:
+        fmt = data_formats.detect(head.columns, head.rows[:FORMAT_ROWS], (data_format or "").strip() or None)
+    except data_formats.FormatError as exc:
+        raise DataError(str(exc)) from None
+    if own is not None:
+        return Resolved(spec, own, fmt, head, True)
+    if fmt is None:
+        return Resolved(spec, Templates(), None, head, False)  # the check says a template is needed, and why
+    if train_type == "grpo" and fmt.grpo is None:
+        raise DataError(f"GRPO needs an input template (the question) and an answer template; the dataset "
+                        f"{fmt.description}, which has no question and answer to take them from; columns: "
+                        f"{', '.join(head.columns)}")
+    if fmt.messages_from and train_type != "grpo":
+        from dataclasses import replace
+
+        spec = replace(spec, messages_from=fmt.messages_from)
+        head = _head_as_messages(head, spec)
+    return Resolved(spec, Templates(*fmt.templates(train_type)), fmt, head, False)
 
 
 def preview(spec: DatasetSpec, templates: Templates | None = None, rows: int = 3) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .jobfiles import read_json
 from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .request_error import RequestError
 
-REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template",
+REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template", "data_format",
                 "device", "gpu_ids", "cpu_processes", "params")
 TOP_LEVEL_PARAMS = ("device", "gpu_ids", "cpu_processes")  # also accepted inside `params`
 
@@ -119,6 +119,7 @@ class _Fields(BaseModel):
     dataset: str | dict | None = None
     template: str | None = None
     completion_template: str | None = None
+    data_format: str | None = None
     params: dict | None = None
 
 
@@ -129,6 +130,8 @@ EXPECTED = {
     "dataset": "a sample name, a file path or a Hub id, or an object with source, name, subset, split",
     "template": "text: a Jinja template such as {{instruction}}",
     "completion_template": "text: a Jinja template such as {{output}}",
+    "data_format": "text: the dataset's format when it is not the one found (alpaca, sharegpt, messages, "
+                   "messages:COLUMN, prompt_completion, question_answer, text), or empty",
     "params": "an object of parameter names and values",
 }
 NAME_CHARS = 200
@@ -227,13 +230,21 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
     try:
         spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
         hosted_dataset_check(spec, uploads or settings.uploads_dir())
-        templates = data.templates_for(spec, request.get("template"), request.get("completion_template"))
+        # The user's templates, else those of the format found in the data (conversations: the chat template).
+        found = data.resolve(spec, request.get("template"), request.get("completion_template"),
+                             manifest.train_type, request.get("data_format"), read=check_data)
+        spec, templates = found.spec, found.templates
         if manifest.train_type == "grpo" and not (templates.template.strip() and
-                                                  templates.completion_template.strip()):
+                                                  templates.completion_template.strip()) and \
+                (found.head is not None or found.own):
             raise data.DataError("GRPO needs an input template (e.g. `{{question}}`) and an answer template "
-                                 "(e.g. `{{answer}}`)")
+                                 "(e.g. `{{answer}}`)" + (f"; columns: {', '.join(found.head.columns)}"
+                                                          if found.head is not None else ""))
         if check_data:
-            dataset_info = data.check(spec, templates)
+            dataset_info = data.check(spec, templates, found.head)
+            if found.format is not None:
+                dataset_info["format"] = {"id": found.format.id, "name": found.format.name,
+                                          "description": found.format.description, "used": not found.own}
     except data.DataError as exc:
         problems.append(str(exc))
         templates = None  # the reward check below uses its fixed sample rather than render these again

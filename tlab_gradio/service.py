@@ -170,6 +170,28 @@ class Service:
         except data.DataError as exc:
             raise RequestError([str(exc)]) from None
 
+    def dataset_format(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
+                       train_type: str = "sft", data_format: str | None = None,
+                       owner: str | None = None) -> dict[str, Any]:
+        """The dataset's format as found from its head (data_formats.detect, or `data_format` where named), for
+        the page's "looks like ShareGPT: conversations -> messages": `format` (id, name, description; None when
+        none fits), the templates a job would use (`templates`, `from_format`: the format's rather than the
+        user's), `columns`, `rows` (None: not counted), `rows_checked`. RequestError for data that cannot be read."""
+        try:
+            spec = data.parse_spec(dataset)
+            job_request.hosted_dataset_check(spec, self.uploads_for(owner))
+            found = data.resolve(spec, template, completion_template, "grpo" if train_type == "grpo" else "sft",
+                                 data_format)
+        except data.DataError as exc:
+            raise RequestError([self.hide_paths(str(exc))]) from None
+        fmt = found.format
+        return {"format": None if fmt is None else {"id": fmt.id, "name": fmt.name, "description": fmt.description,
+                                                     "column": fmt.column},
+                "templates": {"template": found.templates.template,
+                              "completion_template": found.templates.completion_template},
+                "from_format": fmt is not None and not found.own, "columns": found.head.columns,
+                "rows": found.head.total, "rows_checked": len(found.head.rows)}
+
     def save_upload(self, path: str, owner: str | None = None) -> str:
         """Keep an uploaded dataset file in the workspace (gradio's upload cache may be cleaned; a resumed job
         needs it) and return the stored path, for the request's dataset. Allowed in hosted mode too: there,
