@@ -51,6 +51,7 @@ CSS = """
 [data-tl-invalid] input, [data-tl-invalid] textarea, [data-tl-invalid] .wrap
   {border-color: #dc2626 !important; box-shadow: 0 0 0 1px #dc2626 !important}
 [data-tl-invalid] .wrap input {border: none !important; box-shadow: none !important}
+.form:has([data-tl-invalid]), [data-tl-invalid] {overflow: visible !important}
 .tl-field-error {color: #b91c1c; font-size: 0.88em; margin-top: 4px; overflow-wrap: anywhere}
 .tl-field-error.tl-stale {opacity: 0.45}
 .tl-ds-table {max-height: 260px; overflow: auto; font-size: 0.9em}

@@ -78,7 +78,7 @@ function tlMark(fields) {
     const note = document.createElement('div');
     note.className = 'tl-field-error'; note.id = id + '-error'; note.setAttribute('role', 'alert');
     note.textContent = messages.join(' · ');
-    el.appendChild(note);
+    (el.querySelector(':scope > .container') || el).appendChild(note);  // a dropdown's block is clipped below it
   }
 }"""
 
