@@ -1,0 +1,237 @@
+"""Your own data in the public formats (issue 19): each format found from the columns of a file the test writes,
+the templates it brings (SFT and GRPO), the request taking them when it gives none, the user's own templates
+winning, conversations loaded as chat `messages`, errors that name the place, and one real CPU job on a
+ShareGPT file with empty templates."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tlab_gradio import data, data_formats
+from tlab_gradio.service import RequestError, Service
+
+SFT = "llama_sft_multi_gpu"
+GRPO = "grpo_multi_gpu"
+ROWS = 12
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def alpaca(i):
+    return {"instruction": f"Add {i} and 2.", "input": "" if i % 2 else f"{i} + 2", "output": str(i + 2)}
+
+
+def sharegpt(i):
+    return {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": f"Double {i}?"},
+                              {"from": "gpt", "value": str(2 * i)}], "id": f"c{i}"}
+
+
+def chat(i):  # OpenAI messages under a column not named `messages`
+    return {"dialogue": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": str(i)}],
+            "source": "test"}
+
+
+def gsm8k(i):
+    return {"question": f"Tom has {i} apples and buys 3. How many now?",
+            "answer": f"He has {i} + 3 = {i + 3} apples.\n#### {i + 3}"}
+
+
+def write(folder: Path, kind: str) -> Path:
+    rows = range(ROWS)
+    if kind == "alpaca":
+        return _jsonl(folder / "alpaca.jsonl", [alpaca(i) for i in rows])
+    if kind == "sharegpt":
+        return _jsonl(folder / "sharegpt.jsonl", [sharegpt(i) for i in rows])
+    if kind == "chat":
+        return _jsonl(folder / "chat.jsonl", [chat(i) for i in rows])
+    if kind == "gsm8k":
+        return _jsonl(folder / "gsm8k.jsonl", [gsm8k(i) for i in rows])
+    if kind == "qa":
+        return _jsonl(folder / "qa.jsonl", [{"question": f"Capital number {i}?", "answer": f"City {i}"} for i in rows])
+    if kind == "prompt_completion":  # CSV with a BOM, quoted commas and a newline inside a value
+        path = folder / "pc.csv"
+        with path.open("w", encoding="utf-8-sig", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["prompt", "completion"])
+            for i in rows:
+                out.writerow([f"Count to {i}, then stop:\n", ", ".join(str(n) for n in range(i + 1))])
+        return path
+    if kind == "parquet":
+        import pandas as pd
+
+        path = folder / "alpaca.parquet"
+        pd.DataFrame([alpaca(i) for i in rows]).to_parquet(path)
+        return path
+    raise AssertionError(kind)
+
+
+# kind -> (format id, description's start, SFT templates)
+EXPECTED = {
+    "alpaca": ("alpaca", "looks like Alpaca: instruction, input -> output", (data_formats.ALPACA_PROMPT, "{{output}}")),
+    "parquet": ("alpaca", "looks like Alpaca", (data_formats.ALPACA_PROMPT, "{{output}}")),
+    "sharegpt": ("sharegpt", "looks like ShareGPT: conversations -> messages", ("", "")),
+    "chat": ("messages", "looks like OpenAI chat messages: dialogue -> messages", ("", "")),
+    "prompt_completion": ("prompt_completion", "looks like prompt/completion", ("{{prompt}}", "{{completion}}")),
+    "gsm8k": ("question_answer", "looks like GSM8K: question -> answer",
+              ("Question: {{question}}\nAnswer: ", "{{answer}}")),
+    "qa": ("question_answer", "looks like question/answer", ("Question: {{question}}\nAnswer: ", "{{answer}}")),
+}
+
+
+def request(plugin, dataset, template="", completion="", **more):
+    return {"plugin": plugin, "dataset": str(dataset), "template": template, "completion_template": completion,
+            "device": "cpu", **more}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_each_format_is_found_and_trains_sft_with_empty_templates(home, tmp_path, kind):
+    path = write(tmp_path, kind)
+    fmt_id, description, sft = EXPECTED[kind]
+    head = data.read_head(data.parse_spec(str(path)))
+    found = data_formats.detect(head.columns, head.rows)
+    assert (found.id, found.sft) == (fmt_id, sft)
+    assert found.description.startswith(description), found.description
+
+    svc = Service()
+    shown = svc.dataset_format(str(path))
+    assert shown["format"]["id"] == fmt_id and shown["from_format"] is True
+    assert (shown["rows"], shown["rows_checked"]) == (ROWS, ROWS)
+
+    spec = svc.prepare(request(SFT, path))
+    assert (spec.data.template, spec.data.completion_template) == sft
+    assert spec.data.info["format"]["id"] == fmt_id and spec.data.info["rows_checked"] == ROWS
+    if fmt_id in ("sharegpt", "messages"):  # conversations: the chat template, as a `messages` column
+        assert spec.data.info["conversational"] is True
+        column = {"sharegpt": "conversations", "messages": "dialogue"}[fmt_id]
+        assert spec.data.dataset["messages_from"] == column
+        loaded = data.load(data.parse_spec(spec.data.dataset))  # what the trainer loads
+        assert "messages" in loaded.column_names and column not in loaded.column_names
+        formatted = data.formatted(loaded, data.Templates(spec.data.template, spec.data.completion_template))
+        first = formatted[0]["messages"]
+        if fmt_id == "sharegpt":
+            assert [m["role"] for m in first] == ["system", "user", "assistant"]
+            assert first[1]["content"] == "Double 0?" and first[2]["content"] == "0"
+        else:
+            assert first == chat(0)["dialogue"]
+    else:
+        assert spec.data.dataset["messages_from"] is None
+        rendered = data.Templates(*sft).rendered(head.rows[:1])[0]
+        assert rendered["prompt"] and rendered["completion"]
+
+
+@pytest.mark.parametrize("kind, answer", [("gsm8k", "3"), ("qa", "City 0")])
+def test_question_answer_data_trains_grpo_with_empty_templates(home, tmp_path, kind, answer):
+    path = write(tmp_path, kind)
+    spec = Service().prepare(request(GRPO, path))
+    assert spec.data.template == "{{question}}"
+    template = data.Templates(spec.data.template, spec.data.completion_template)
+    row = data.read_head(data.parse_spec(str(path))).rows[0]
+    assert template.rendered([row])[0]["completion"] == answer  # GSM8K: the number after ####
+    if kind == "gsm8k":
+        assert spec.data.completion_template == data_formats.GSM8K_ANSWER
+
+
+def test_grpo_on_conversations_says_why_it_has_no_templates(home, tmp_path):
+    with pytest.raises(RequestError) as info:
+        Service().prepare(request(GRPO, write(tmp_path, "sharegpt")))
+    assert any("GRPO needs an input template" in p and "looks like ShareGPT" in p and "columns: conversations, id"
+               in p for p in info.value.problems), info.value.problems
+
+
+def test_the_users_own_templates_win(home, tmp_path):
+    svc = Service()
+    path = write(tmp_path, "gsm8k")
+    spec = svc.prepare(request(SFT, path, "Q: {{question}}", "{{answer}}"))
+    assert (spec.data.template, spec.data.completion_template) == ("Q: {{question}}", "{{answer}}")
+    assert spec.data.info["format"] == {"id": "question_answer", "name": "GSM8K", "used": False,
+                                        "description": spec.data.info["format"]["description"]}
+    # A ShareGPT file with a template of the user's own is rendered by it, not converted
+    path = write(tmp_path, "sharegpt")
+    spec = svc.prepare(request(SFT, path, "{{ conversations[1].value }}", "{{ conversations[2].value }}"))
+    assert spec.data.dataset["messages_from"] is None and spec.data.template == "{{ conversations[1].value }}"
+    # the SFT sample's templates, left in the form's boxes, are not the user's for a GSM8K file
+    sample = data.SAMPLES["sft_instructions"]
+    spec = svc.prepare(request(SFT, write(tmp_path, "gsm8k"), sample["template"], sample["completion_template"]))
+    assert spec.data.template == "Question: {{question}}\nAnswer: "
+    # ... but a wrong template of the user's own is refused, naming the columns there are
+    with pytest.raises(RequestError) as info:
+        svc.prepare(request(SFT, path, "{{instruction}}", "{{output}}"))
+    assert any("uses `instruction`, which the dataset does not have; columns: conversations, id" in p
+               for p in info.value.problems), info.value.problems
+
+
+def test_a_format_can_be_named(home, tmp_path):
+    svc = Service()
+    rows = [{**chat(i), "other": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+            for i in range(ROWS)]
+    path = _jsonl(tmp_path / "two.jsonl", rows)
+    spec = svc.prepare({**request(SFT, path), "data_format": "messages:other"})
+    assert spec.data.dataset["messages_from"] == "other" and spec.request["data_format"] == "messages:other"
+    with pytest.raises(RequestError) as info:
+        svc.prepare({**request(SFT, path), "data_format": "alpaca"})
+    assert "`data_format` alpaca needs the columns instruction, output (input optional); columns: dialogue, source, " \
+           "other" in info.value.problems
+    with pytest.raises(RequestError) as info:
+        svc.prepare({**request(SFT, path), "data_format": 3})
+    assert info.value.problems[0].startswith("`data_format` must be text")
+
+
+def test_a_malformed_jsonl_line_is_named_by_its_number(home, tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(alpaca(0)) + "\n" + json.dumps(alpaca(1)) + "\n" + '{"instruction": "x", "output": \n'
+                    + json.dumps(alpaca(3)) + "\n")
+    with pytest.raises(RequestError) as info:
+        Service().prepare(request(SFT, path))
+    assert info.value.problems == ["dataset: line 3 of data.jsonl is not valid JSON: Expecting value (column 31)"]
+    with pytest.raises(data.DataError, match="line 3 of data.jsonl is not valid JSON"):
+        data.load(data.parse_spec(str(path)))  # the trainer's load says the same
+    path.write_text(json.dumps(alpaca(0)) + "\n[1, 2]\n")
+    with pytest.raises(data.DataError, match="line 2 of data.jsonl is a JSON list, not an object of columns"):
+        data.check(data.parse_spec(str(path)), data.Templates("{{instruction}}"))
+
+
+def test_a_missing_file_is_file_not_found(home, tmp_path):
+    svc = Service()
+    for dataset in ("/nonexistent/dir/data.jsonl", {"source": "file", "name": "/nonexistent/dir/data.jsonl"},
+                    "missing.csv"):
+        with pytest.raises(RequestError) as info:
+            svc.prepare({"plugin": SFT, "device": "cpu", "dataset": dataset})
+        name = dataset["name"] if isinstance(dataset, dict) else dataset
+        assert info.value.problems[0].startswith(f"dataset: file not found: {name}"), info.value.problems
+    assert data.parse_spec("org/some-dataset").source == "hub"  # a Hub id is still a Hub id
+
+
+def test_the_check_reads_the_head_of_a_large_file(home, tmp_path):
+    big = _jsonl(tmp_path / "big.jsonl", [alpaca(i) for i in range(3 * data.HEAD_ROWS)])
+    with big.open("a") as fh:
+        fh.write("{not json\n")  # past the head: the check does not read it; the trainer's load names it
+    info = data.check(data.parse_spec(str(big)), data.Templates("{{instruction}}", "{{output}}"))
+    assert (info["rows_checked"], info["rows"]) == (data.HEAD_ROWS, 3 * data.HEAD_ROWS + 1)
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["prompt", "completion"])
+        out.writerows([[f"p{i}", f"c{i}"] for i in range(2 * data.HEAD_ROWS)])
+    shown = Service().dataset_format(str(path))
+    assert (shown["rows_checked"], shown["rows"]) == (data.HEAD_ROWS, None)  # not counted: a CSV is read to its head
+    assert shown["format"]["id"] == "prompt_completion"
+
+
+def test_a_sharegpt_job_with_empty_templates_completes(home, tmp_path):
+    """The whole way: the API's request with empty templates, the trainer loading the ShareGPT file as chat
+    messages through the tiny model's chat template, and the job COMPLETE."""
+    svc = Service()
+    path = write(tmp_path, "sharegpt")
+    job = svc.start_job({**request(SFT, path), "name": "sharegpt", "cpu_processes": 1,
+                         "params": {"logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128,
+                                    "gradient_checkpointing": "off", "max_steps": 2}})
+    done = svc.jobs.wait(job["id"], 420)
+    log = "\n".join(svc.job_log(job["id"], 200))
+    assert done.state == "COMPLETE", log
+    assert done.spec.data.dataset["messages_from"] == "conversations" and done.spec.data.template == ""
+    metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics), metrics
