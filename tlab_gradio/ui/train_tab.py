@@ -9,6 +9,7 @@ calls with the fields it built."""
 from __future__ import annotations
 
 import html
+import time
 from typing import Any
 
 import gradio as gr
@@ -141,7 +142,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             job = svc.start_job(last_checked.request(visit, seq), visitor(visit))
         except RequestError as exc:
             gr.Warning("The job was not started: " + "; ".join(exc.problems))
-            return problems_md(exc), gr.skip(), gr.skip()
+            # What happened at that press, dated: the check under the form shows the settings as they are now.
+            return (f"**Not started** (Start pressed at {time.strftime('%H:%M:%S')}; the check under the form "
+                    f"follows your changes):\n{problems_md(exc)}", gr.skip(), gr.skip())
         # No state here: this line stays while the job runs and ends; the job view below shows it live.
         return (f"Started job **{job['id']}** ({html.escape(job['name'])}); its progress is below.",
                 gr.update(visible=False), job["id"])
