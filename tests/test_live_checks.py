@@ -69,3 +69,24 @@ def test_an_answer_is_shown_only_for_the_latest_change():
     assert out == {"seq": "7", "shown": ["verdict", "command"], "fields": {"param-x": ["bad"]}}
     assert "String(raw.seq) !== String(w[\"check\"]" in live.show_js("check", ["a", "b"], marks=True)
     assert "tlMark" not in live.show_js("preview", ["a", "b", "c"])
+
+
+def test_start_takes_the_request_of_the_latest_check_only():
+    """Start names the change its page last had checked; the request kept for an older change is never started."""
+    class Page:
+        session_hash, username = "page-1", None
+
+    checked = live.Checked()
+    checked.keep(Page, 3, {"plugin": SFT, "params": {"learning_rate": 0.001}}, None)
+    assert checked.request(Page, "3")["params"] == {"learning_rate": 0.001}
+    with pytest.raises(RequestError, match="changed while they were being checked"):
+        checked.request(Page, "4")  # a newer change whose check is not in
+    checked.keep(Page, 4, None, ["dataset: upload a file"])  # the form made no request: its problems
+    with pytest.raises(RequestError, match="upload a file"):
+        checked.request(Page, "4")
+
+    class Other:
+        session_hash, username = "page-2", None
+
+    with pytest.raises(RequestError):
+        checked.request(Other, "4")  # another page's check is not this one's
