@@ -217,8 +217,16 @@ def test_the_check_reads_the_head_of_a_large_file(home, tmp_path):
         out.writerow(["prompt", "completion"])
         out.writerows([[f"p{i}", f"c{i}"] for i in range(2 * data.HEAD_ROWS)])
     shown = Service().dataset_format(str(path))
-    assert (shown["rows_checked"], shown["rows"]) == (data.HEAD_ROWS, None)  # not counted: a CSV is read to its head
+    assert (shown["rows_checked"], shown["rows"]) == (data.HEAD_ROWS, 2 * data.HEAD_ROWS)
     assert shown["format"]["id"] == "prompt_completion"
+    data.COUNT_BYTES, counted = 1000, data.COUNT_BYTES  # a file over the size counted: its head only
+    try:
+        assert Service().dataset_format(str(path))["rows"] is None
+        assert data.check(data.parse_spec(str(big)), data.Templates("{{instruction}}"))["rows"] is None
+        preview = data.preview(data.parse_spec(str(big)), rows=2)
+        assert (preview["num_rows"], len(preview["rows"])) == (None, 2)
+    finally:
+        data.COUNT_BYTES = counted
 
 
 def test_a_sharegpt_job_with_empty_templates_completes(home, tmp_path):

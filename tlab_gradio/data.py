@@ -338,7 +338,7 @@ def _sample_rows(name: str) -> list[dict[str, Any]]:
 
 CHECKED_ROWS = 3  # the rows the check at Start renders
 HEAD_ROWS = 1000  # the rows the check reads and checks: a file's head, never the whole of a large file
-COUNT_BYTES = 64 * 2**20  # a JSONL file up to this size has its lines counted for the row count
+COUNT_BYTES = 64 * 2**20  # a JSONL or CSV file up to this size has its rows counted (else the count is None)
 FORMAT_ROWS = 20  # the rows a format is detected from
 
 
@@ -412,8 +412,12 @@ def read_head(spec: DatasetSpec, limit: int = HEAD_ROWS, cheap_only: bool = Fals
                 import itertools
 
                 with path.open("r", encoding="utf-8-sig", newline="") as fh:
-                    rows = [dict(r) for r in itertools.islice(csv.DictReader(fh), limit)]
-                head = _rows_head(rows, len(rows) if len(rows) < limit else None)
+                    reader = csv.DictReader(fh)
+                    rows = [dict(r) for r in itertools.islice(reader, limit)]
+                    total = None  # counted where the file is small enough (quoted newlines: rows are not lines)
+                    if len(rows) < limit or path.stat().st_size <= COUNT_BYTES:
+                        total = len(rows) + sum(1 for _ in reader)
+                head = _rows_head(rows, total)
             elif suffix == ".parquet":
                 import pyarrow.parquet as pq
 
@@ -535,10 +539,11 @@ def resolve(spec: DatasetSpec, template: Any = None, completion_template: Any = 
 
 
 def preview(spec: DatasetSpec, templates: Templates | None = None, rows: int = 3) -> dict[str, Any]:
-    """The first rows as they are and, given templates, as the trainer will see them."""
-    dataset = load(spec)
-    head = [dict(r) for r in dataset.select(range(min(rows, len(dataset))))]
-    out: dict[str, Any] = {"columns": list(dataset.column_names), "num_rows": len(dataset), "rows": head}
+    """The first rows as they are and, given templates, as the trainer will see them. Only the head is read
+    (read_head): `num_rows` is None for a file too large to count."""
+    found = read_head(spec, rows)
+    head = found.rows
+    out: dict[str, Any] = {"columns": found.columns, "num_rows": found.total, "rows": head}
     if templates is not None:
         templates.check(out["columns"])
         out["rendered"] = templates.rendered(head)
