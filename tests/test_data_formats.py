@@ -243,3 +243,16 @@ def test_a_sharegpt_job_with_empty_templates_completes(home, tmp_path):
     assert done.spec.data.dataset["messages_from"] == "conversations" and done.spec.data.template == ""
     metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics), metrics
+
+
+def test_dataset_format_checks_its_arguments(home, tmp_path):
+    svc = Service()
+    for args, field in [((5,), "`dataset` must be"), (("sft_instructions", 5), "`template` must be text"),
+                        (("sft_instructions", None, None, "sft", ["x"]), "`data_format` must be text"),
+                        (("sft_instructions", None, None, "sft", "csv"), "`data_format` 'csv': use one of")]:
+        with pytest.raises(RequestError) as info:
+            svc.dataset_format(*args)
+        assert field in str(info.value), (args, str(info.value))
+    shown = svc.dataset_format("sft_instructions")  # the sample's own templates: not the format's
+    assert shown["format"]["id"] == "alpaca" and shown["from_format"] is False
+    assert shown["templates"]["completion_template"] == "{{output}}"
