@@ -38,7 +38,7 @@ TESTS = [
 ]
 SLOW_TESTS = ["tests/test_hosted_browser.py"]  # real training in Chromium: only for what the fast ones miss
 
-# (id, the guard, file, text as it is, text broken). The text must occur exactly once.
+# (id, the guard, file, text as it is, text broken); or lists of texts, patched together. Each must occur once.
 MUTATIONS = [
     ("hub-path", "a Hub id that is a path is refused", "tlab_gradio/job_request.py",
      'if spec.source == "hub" and not hub_id_only(spec.name):', 'if False and spec.source == "hub":'),
@@ -73,9 +73,12 @@ MUTATIONS = [
     ("delete-owner", "Delete: own jobs only", "tlab_gradio/service.py",
      "job_id = self._get(job_id, owner).id\n        if settings.hosted():",
      "job_id = inputs.job_id(job_id)\n        if settings.hosted():"),
-    ("view-owner", "a job's page (log, metrics, status): own jobs only", "tlab_gradio/service.py",
-     "job = self._get(job_id, owner)\n        records, offset = logs.read_metrics",
-     "job = self.jobs.get(inputs.job_id(job_id))\n        records, offset = logs.read_metrics"),
+    ("view-owner", "a job's page (log, metrics, status): own jobs only (its nested status check broken too: "
+     "alone, the first patch changes nothing)", "tlab_gradio/service.py",
+     ["job = self._get(job_id, owner)\n        records, offset = logs.read_metrics",
+      '"status": self.job_status(job.id, owner)'],
+     ["job = self.jobs.get(inputs.job_id(job_id))\n        records, offset = logs.read_metrics",
+      '"status": self.job_status(job.id, job.owner)']),
     ("files-owner", "a job's command and files: own jobs only", "tlab_gradio/service.py",
      "return self._details(self._get(job_id, owner))", "return self._details(self.jobs.get(inputs.job_id(job_id)))"),
     ("metrics-owner", "a compared job's metrics: own jobs only", "tlab_gradio/service.py",
@@ -214,12 +217,17 @@ def main(only: list[str]) -> int:
     for mid, guard, rel, before, after in chosen:
         path = tree / rel
         original = path.read_text()
-        if original.count(before) != 1:
+        pairs = list(zip(before, after)) if isinstance(before, list) else [(before, after)]  # several patches
+        counts = [original.count(b) for b, _ in pairs]
+        if counts != [1] * len(pairs):
             results.append({"id": mid, "guard": guard, "file": rel, "caught": None,
-                            "error": f"the text to break occurs {original.count(before)} times"})
+                            "error": f"the texts to break occur {counts} times (once each wanted)"})
             print(f"{mid}: NOT APPLIED", file=sys.stderr)
             continue
-        path.write_text(original.replace(before, after))
+        broken = original
+        for b, a in pairs:
+            broken = broken.replace(b, a)
+        path.write_text(broken)
         try:
             passed, failed, seconds, why = run_tests(tree, TESTS, work / f"{mid}.log")
             entry = {"id": mid, "guard": guard, "file": rel, "caught": not passed, "caught_by": failed,
