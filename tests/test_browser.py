@@ -184,8 +184,8 @@ def test_train_a_job_from_the_page(page):
     page.screenshot(path=str(ARTIFACTS / "computer.png"), full_page=True)
 
 
-# Records every moment the verdict says "Settings look good" while window.tlWrong is set (a field is wrong):
-# a stale or coerced verdict flashing ✓ for a moment is caught too, not only the one seen at the end.
+# Records every moment the verdict says "Settings look good" while window.tlWrong is set (from the moment a field
+# is made wrong until it is right again): a stale or coerced verdict flashing ✓ for a moment is caught too.
 WATCH_VERDICT = """() => {
   window.tlGreen = [];
   const box = document.querySelector('#form-checks');
@@ -225,9 +225,10 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
     expect(checks).to_contain_text("Settings look good")
 
     # A non-number in Learning Rate: flagged at the field, the verdict is not ✓ at any moment, Start refuses.
-    page.evaluate("window.tlWrong = 'learning rate'")
     lr = page.locator("#param-learning_rate input").first
-    retype(page, lr, "two e minus four")
+    retype(page, lr, "t")
+    page.evaluate("window.tlWrong = 'learning rate'")  # from the first key that makes it wrong
+    page.keyboard.type("wo e minus four", delay=40)
     expect(checks).not_to_contain_text("Settings look good")
     lr.press("Tab")
     expect(page.locator("#param-learning_rate-error")).to_contain_text("'two e minus four' is not a number")
@@ -246,8 +247,8 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
 
     # A template naming a column the data lacks: flagged at the template (and in its rendered examples), Start
     # refuses it.
-    page.evaluate("window.tlWrong = 'template'")
     retype(page, template, "Q: {{question}}")
+    page.evaluate("window.tlWrong = 'template'")
     template.press("Tab")
     expect(page.locator("#template-error")).to_contain_text("`question`, which the dataset does not have")
     expect(page.locator("#rendered")).to_contain_text("data template uses `question`")
@@ -274,9 +275,9 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
     expect(checks).to_contain_text("Settings look good")
 
     # Device cuda on a machine without one: flagged at the device, and the old --cpu command is not shown.
-    page.evaluate("window.tlWrong = 'device'")
     page.locator("#param-device input").first.click()
     page.get_by_role("option", name="cuda").click()
+    page.evaluate("window.tlWrong = 'device'")
     expect(page.locator("#param-device-error")).to_contain_text("no CUDA GPU")
     expect(command).not_to_contain_text("--cpu")
     page.screenshot(path=str(ARTIFACTS / "train-form-field-checks.png"), full_page=True)
