@@ -118,7 +118,7 @@ def test_each_format_is_found_and_trains_sft_with_empty_templates(home, tmp_path
         else:
             assert first == chat(0)["dialogue"]
     else:
-        assert spec.data.dataset["messages_from"] is None
+        assert spec.data.dataset.get("messages_from") is None
         rendered = data.Templates(*sft).rendered(head.rows[:1])[0]
         assert rendered["prompt"] and rendered["completion"]
 
@@ -152,7 +152,7 @@ def test_the_users_own_templates_win(home, tmp_path):
     # A ShareGPT file with a template of the user's own is rendered by it, not converted
     path = write(tmp_path, "sharegpt")
     spec = svc.prepare(request(SFT, path, "{{ conversations[1].value }}", "{{ conversations[2].value }}"))
-    assert spec.data.dataset["messages_from"] is None and spec.data.template == "{{ conversations[1].value }}"
+    assert spec.data.dataset.get("messages_from") is None and spec.data.template == "{{ conversations[1].value }}"
     # the SFT sample's templates, left in the form's boxes, are not the user's for a GSM8K file
     sample = data.SAMPLES["sft_instructions"]
     spec = svc.prepare(request(SFT, write(tmp_path, "gsm8k"), sample["template"], sample["completion_template"]))
@@ -189,6 +189,17 @@ def test_a_malformed_jsonl_line_is_named_by_its_number(home, tmp_path):
     assert info.value.problems == ["dataset: line 3 of data.jsonl is not valid JSON: Expecting value (column 31)"]
     with pytest.raises(data.DataError, match="line 3 of data.jsonl is not valid JSON"):
         data.load(data.parse_spec(str(path)))  # the trainer's load says the same
+    path.write_text('{"instruction": "x",\n' + json.dumps(alpaca(1)) + "\n")  # the first line broken
+    with pytest.raises(RequestError) as info:
+        Service().prepare(request(SFT, path))
+    assert info.value.problems[0].startswith("dataset: line 1 of data.jsonl is not valid JSON"), info.value.problems
+    pretty = tmp_path / "pretty.json"  # one JSON document over several lines: datasets reads it
+    pretty.write_text(json.dumps([alpaca(i) for i in range(3)], indent=2))
+    assert Service().dataset_format(str(pretty))["format"]["id"] == "alpaca"
+    pretty.write_text(json.dumps([alpaca(i) for i in range(3)], indent=2).replace('"output"', '"output" 1', 1))
+    with pytest.raises(RequestError) as info:
+        Service().prepare(request(SFT, pretty))
+    assert info.value.problems[0].startswith("dataset: line 5 of pretty.json is not valid JSON"), info.value.problems
     path.write_text(json.dumps(alpaca(0)) + "\n[1, 2]\n")
     with pytest.raises(data.DataError, match="line 2 of data.jsonl is a JSON list, not an object of columns"):
         data.check(data.parse_spec(str(path)), data.Templates("{{instruction}}"))

@@ -52,7 +52,10 @@ class DatasetSpec:
     messages_from: str | None = None  # a column of ShareGPT turns or chat messages loaded as `messages`
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["messages_from"] is None:  # only where conversations are converted: a plain spec keeps its shape
+            del out["messages_from"]
+        return out
 
     @property
     def label(self) -> str:
@@ -156,7 +159,7 @@ def _load_dict(spec: DatasetSpec):
                 return datasets.load_dataset(kind, data_files={"train": str(path)})
             except Exception:
                 if kind == "json":
-                    _json_head(path, None)  # the line that does not parse, by its number
+                    _json_problem(path)  # the line that does not parse, by its number
                 raise
         if settings.hosted() and Path(spec.name).expanduser().exists():  # the trainer's folder differs from the app's
             raise DataError(f"dataset {spec.label}: local paths are turned off on this server")
@@ -382,6 +385,25 @@ def _json_head(path: Path, limit: int | None) -> list[dict[str, Any]] | None:
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def _json_problem(path: Path) -> None:
+    """Where a JSON or JSON Lines file `datasets` could not load fails to parse: DataError naming the line."""
+    if _json_head(path, None) is not None or path.stat().st_size > COUNT_BYTES:
+        return  # every line is a JSON object (the problem is elsewhere), or too large to read whole
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) > 1 and lines[0][1].startswith("{") and lines[1][1].startswith("{"):  # JSON Lines: line 1
+        try:
+            json.loads(lines[0][1])
+        except json.JSONDecodeError as exc:
+            raise DataError(f"dataset: line {lines[0][0]} of {path.name} is not valid JSON: {exc.msg} (column "
+                            f"{exc.colno})") from None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"dataset: line {exc.lineno} of {path.name} is not valid JSON: {exc.msg} (column "
+                        f"{exc.colno})") from None
 
 
 def _count_lines(path: Path) -> int | None:
