@@ -74,17 +74,22 @@ class Service:
         rows = plugin_catalog.plugin_list()
         found, _ = plugin_catalog.plugins()
         for row in rows:
-            manifest = found.get(row["id"]) if "error" not in row else None
-            if manifest is not None:
-                row["needs"] = installer.requirement_lines(manifest)
-                row["requirements_file"] = manifest.requirements_file
+            if "error" not in row and row["id"] in found:
+                self._add_needs(row, found[row["id"]])
         return rows
 
     def plugin_form(self, plugin_id: str) -> dict[str, Any]:
         """One plugin's entry of plugin_list: what its form is built from (parameters with this machine's
         defaults, help and widget; parameter_groups; train_type; sample_dataset). RequestError when the
         plugin is unknown or its manifest fails to load now."""
-        return plugin_catalog.plugin_form(plugin_id)
+        row = plugin_catalog.plugin_form(plugin_id)
+        return self._add_needs(row, plugin_catalog.plugins()[0][plugin_id])
+
+    @staticmethod
+    def _add_needs(row: dict[str, Any], manifest: manifests.Manifest) -> dict[str, Any]:
+        row["needs"] = installer.requirement_lines(manifest)
+        row["requirements_file"] = manifest.requirements_file
+        return row
 
     def parameter_specs(self, manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:
         return plugin_catalog.parameter_specs(manifest)
