@@ -68,7 +68,8 @@ def test_local_files_of_each_type(tmp_path, suffix):
      "parquet": lambda: frame.to_parquet(path)}[suffix]()
     spec = data.parse_spec(str(path))
     info = data.check(spec, data.Templates("Q: {{question}}\nA: {{answer}}"))
-    assert info == {"rows": 3, "rows_checked": 3, "columns": ["question", "answer"], "conversational": False}
+    assert info == {"rows": 3, "rows_checked": 3, "columns": ["question", "answer"], "conversational": False,
+                    "example_chars": 10.0}  # "Q: a?\nA: x": the rendered rows' mean length
     assert data.preview(spec, data.Templates("Q: {{question}}"))["rendered"][1] == {"text": "Q: b?"}
 
 

@@ -39,3 +39,18 @@ def test_the_launch_check_says_the_time_per_step(tmp_path, monkeypatch):
     est = Service().memory_estimate({"plugin": "grpo_multi_gpu", "params": {"device": "cpu"}})
     assert est["step_time"]["seconds"] > 0 and "a step (8 completions of up to 64 tokens per process" in \
         est["step_time"]["text"], est["step_time"]
+
+
+def test_sft_counts_the_rows_own_length_once_the_data_is_read(tmp_path, monkeypatch):
+    """With padding-free batches a row costs its own length: the bundled sample's rows are about 40 tokens,
+    not max_length's 1024, so the check that read the data estimates far less than the bound without it."""
+    monkeypatch.setenv("TLAB_HOME", str(tmp_path))
+    request = {"plugin": "llama_sft_multi_gpu", "params": {"device": "cpu", "cpu_processes": 1}}
+    svc = Service()
+    bound = svc.memory_estimate(request)["step_time"]
+    read = svc.launch_preview(request)["memory"]["step_time"]
+    overhead = step_time.STEP_OVERHEAD_S["cpu"]
+    assert "up to 1024 tokens" in bound["text"] and "rows of about" in read["text"]
+    assert read["seconds"] - overhead < (bound["seconds"] - overhead) / 5, (bound, read)
+    packed = svc.launch_preview({**request, "params": {**request["params"], "packing": True}})["memory"]["step_time"]
+    assert "sequences of 1024 tokens" in packed["text"]

@@ -495,9 +495,19 @@ def check(spec: DatasetSpec, templates: Templates, head: Head | None = None) -> 
     if not templates.template.strip():  # conversations: every row checked has chat messages
         for i, row in enumerate(head.rows):
             _messages(row.get("messages"), "messages", "messages", f"row {i + 1}")
-    templates.rendered(head.rows[:CHECKED_ROWS])  # a template that fails on the data (or is too slow) is refused
+    shown = templates.rendered(head.rows[:CHECKED_ROWS])  # a template that fails on the data (or is too slow) is refused
     return {"rows": head.total, "rows_checked": len(head.rows), "columns": head.columns,
-            "conversational": not templates.template.strip()}
+            "conversational": not templates.template.strip(), "example_chars": _mean_chars(shown)}
+
+
+def _mean_chars(examples: list[dict[str, Any]]) -> float | None:
+    """The rendered examples' mean length in characters (for the time-per-step estimate: rows are seldom as
+    long as max_length)."""
+    def chars(ex):
+        if "messages" in ex:
+            return sum(len(str(m.get("content", ""))) for m in ex["messages"] if isinstance(m, dict))
+        return sum(len(v) for v in ex.values() if isinstance(v, str))
+    return sum(map(chars, examples)) / len(examples) if examples else None
 
 
 @dataclass

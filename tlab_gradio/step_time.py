@@ -31,6 +31,7 @@ GPU_EFFICIENCY, CPU_EFFICIENCY = 0.12, 0.5
 # from the H200 GRPO bench (SmolLM2-135M, 30 layers, compiled static cache: ~3.7 s for 256 decode steps).
 GPU_DECODE_LAYER_S, CPU_DECODE_LAYER_S = 3e-4, 1e-3
 PROMPT_TOKENS = 128  # a prompt's length when only its maximum is known
+CHARS_PER_TOKEN, CHAT_TOKENS = 3.5, 16  # English text through a BPE tokenizer; a chat template's own tokens
 STEP_OVERHEAD_S = {"cuda": 0.05, "cpu": 0.1}
 _CPU_SPEED: dict[int, tuple[float, float]] = {}  # threads -> (FLOP/s, when timed)
 CPU_SPEED_TTL_S = 120
@@ -88,12 +89,19 @@ def estimate(spec: JobSpec, use_lora: bool, gpu_names: list[str], cpu_count: int
         if p.get("beta"):
             flops += 2 * weights * tokens  # the reference model's forward
         decode = completion * shape.layers * (CPU_DECODE_LAYER_S if launch.device == "cpu" else GPU_DECODE_LAYER_S)
-        what, bound = f"{batch} completions of up to {completion} tokens", "about"
+        what, bound = f"{batch} completions of up to {completion} tokens per process", "about"
     else:
-        tokens = batch * (p.get("max_length") or 1024)
+        longest = p.get("max_length") or 1024
+        chars = spec.data.info.get("example_chars")
+        if chars and not p.get("packing"):  # padding-free batches: a row costs its own length
+            length = min(longest, round(chars / CHARS_PER_TOKEN) + CHAT_TOKENS)
+            what, bound = f"{batch} rows of about {length} tokens per process, from the data's first rows", "about"
+        else:  # packed rows fill max_length; with no data read, the longest a row may be
+            length = longest
+            what, bound = f"{batch} sequences of {'' if p.get('packing') else 'up to '}{longest} tokens per process", \
+                "about" if p.get("packing") else "at most about"
+        tokens = batch * length
         flops, decode = per_token * tokens, 0.0
-        what = f"{batch} sequences of up to {p.get('max_length') or 1024} tokens"
-        bound = "at most about"  # padding-free batches: shorter rows take less
     if launch.device == "cpu":
         threads = max(1, cpu_count // max(1, launch.num_processes))
         speed = cpu_flops(threads) * CPU_EFFICIENCY
@@ -103,7 +111,7 @@ def estimate(spec: JobSpec, use_lora: bool, gpu_names: list[str], cpu_count: int
         device = gpu_names[0] if gpu_names else "a GPU"
     seconds = flops / speed + decode + STEP_OVERHEAD_S[launch.device]
     said = "under 1 s" if seconds < 1 else f"{bound} {_human(seconds)}"
-    return {"seconds": seconds, "text": f"{said} a step ({what} per process, on {device}; "
+    return {"seconds": seconds, "text": f"{said} a step ({what}, on {device}; "
                                         "a rough estimate)"}
 
 
