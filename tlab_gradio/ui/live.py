@@ -36,14 +36,28 @@ def _js(text: str) -> str:
     return json.dumps(text)
 
 
-def send_js(key: str) -> str:
-    """A check's preprocessing in the page: count this change and send the count as the last input. It counts a
-    moment later: a text box reports its last key (an `input`, counted as typing) just after Enter or a blur
-    that commits the same text, and that must not make this check's answer look stale."""
-    return ("async (...args) => { await new Promise(r => setTimeout(r, 80)); "
-            "const w = window.tlLive = window.tlLive || {}; "
+def send_js(key: str, ids: list[str | None] | None = None) -> str:
+    """A check's preprocessing in the page: note the text fields' values it sends (`ids`: the inputs' elem_ids),
+    count this change and send the count as the last input. It counts a moment later: a text box may report its
+    last key (an `input`) just after the Enter or blur that commits it, which typing_js then sees as sent."""
+    note = (f"const ids = {json.dumps(ids)}; w.sent = w.sent || {{}}; "
+            "ids.forEach((id, i) => { if (id) w.sent[id] = String(args[i] ?? ''); }); " if ids else "")
+    return ("async (...args) => { const w = window.tlLive = window.tlLive || {}; " + note +
+            "await new Promise(r => setTimeout(r, 80)); "
             f"w[{_js(key)}] = (w[{_js(key)}] || 0) + 1; args[args.length - 1] = String(w[{_js(key)}]); "
             "return args; }")
+
+
+def typing_js(key: str, elem_id: str, texts: list[str], ids: list[str]) -> str:
+    """A key typed in text field `elem_id`: as pending_js, unless the text is what the last check sent (the
+    field's last key reported after its Enter or blur), when what is shown stays. Inputs: the field, then the
+    shown outputs."""
+    values = ", ".join(_js(t) for t in texts)
+    return (f"(value, ...shown) => {{ const w = window.tlLive = window.tlLive || {{}}; "
+            f"if (w.sent && w.sent[{_js(elem_id)}] === String(value ?? '')) return shown; "
+            f"w[{_js(key)}] = (w[{_js(key)}] || 0) + 1; "
+            "document.querySelectorAll('.tl-field-error').forEach(e => e.classList.add('tl-stale')); "
+            f"{_hold(ids, True)}return [{values}]; }}")
 
 
 def _hold(ids: list[str], keep: bool) -> str:

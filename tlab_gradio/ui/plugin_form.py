@@ -105,7 +105,7 @@ def field_triggers(comp: Any) -> tuple[list[Any], list[Any]]:
     """A field's (typing, committed) events: a text box is checked when it is left or on Enter, not at each key
     (half-typed values are not errors); a pick, a tick or a slider's release is checked at once."""
     if isinstance(comp, gr.Textbox):
-        return [comp.input], [comp.blur, comp.submit]
+        return [], [comp.blur, comp.submit]  # its keys: train_tab.wire (live.typing_js)
     if isinstance(comp, gr.Slider):
         return [comp.input], [comp.release]
     return [], [comp.input]

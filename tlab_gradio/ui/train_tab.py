@@ -165,7 +165,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     def send_check(event_or_triggers, fn, inputs) -> Any:
         """Ask for a check (its change number counted in the page first), its answer into check_raw."""
-        kwargs = dict(fn=fn, inputs=inputs + [check_seq], outputs=check_raw, js=live.send_js("check"),
+        ids = [getattr(c, "elem_id", None) if isinstance(c, gr.Textbox) else None for c in inputs] + [None]
+        kwargs = dict(fn=fn, inputs=inputs + [check_seq], outputs=check_raw, js=live.send_js("check", ids),
                       show_progress="hidden", trigger_mode="multiple", **PRIVATE)
         if isinstance(event_or_triggers, list):
             gr.on(event_or_triggers, None, None, check_shown,
@@ -179,6 +180,12 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     static_commits = ([c.blur for c in static_text] + [c.submit for c in static_text if c.lines == 1]
                       + [fields["source"].change, fields["sample"].change, fields["upload"].change])
 
+    def typed(comp) -> None:
+        """A key typed in a text field: the verdict and command say it is not checked yet (live.typing_js)."""
+        comp.input(None, [comp] + check_shown, check_shown,
+                   js=live.typing_js("check", comp.elem_id, [live.TYPING, live.COMMAND_WAITS], CHECK_IDS),
+                   show_progress="hidden", **PRIVATE)
+
     def wire(plugin_id, config: dict[str, Any], typing: list[Any], commits: list[Any], chained: list[Any]) -> None:
         """Inside the Plugin Config's render: the check on every committed change of its fields, reading the fields
         themselves (what they show, not a copy that may lag)."""
@@ -188,6 +195,9 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             gr.on(typing, None, None, check_shown,
                   js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
                   **PRIVATE)
+        for comp in config.values():
+            if isinstance(comp, gr.Textbox):
+                typed(comp)
         send_check(commits, check_with(names), inputs)
         for event in chained:  # GRPO's reward table
             send_check(event, check_with(names), inputs)
@@ -209,9 +219,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     save_btn.click(save, [preset_name, start_seq], preset_pick, js=live.START_JS, **PRIVATE)
     gr.on(check_raw.change, None, [check_raw] + check_shown, check_shown,
           js=live.show_js("check", CHECK_IDS, marks=True), show_progress="hidden", **PRIVATE)
-    gr.on([c.input for c in static_text], None, None, check_shown,
-          js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
-          **PRIVATE)
+    for comp in static_text:
+        typed(comp)
 
     # --- dataset source, a plugin's own sample data, previews ------------------------------
     dataset_picker.wire(svc, data_parts, plugin_dd)
