@@ -3,6 +3,7 @@ through gradio_client and raw HTTP, each aimed at a promise of issue 17 ("must b
 import json
 import os
 import re
+import time
 import urllib.request
 
 import pytest
@@ -30,7 +31,8 @@ def page_call(url, elem_id, data, session="attacker", event="click"):
     component that triggers it: hidden from the API list, but reachable."""
     config = json.load(urllib.request.urlopen(url + "config"))
     target = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
-    dep = next(d for d in config["dependencies"] if [target, event] in [list(t) for t in d["targets"]])
+    dep = next(d for d in config["dependencies"] if [target, event] in [list(t) for t in d["targets"]]
+               and d.get("backend_fn", True))  # not a listener that runs in the browser only
     body = json.dumps({"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
                        "trigger_id": target}).encode()
     urllib.request.urlopen(urllib.request.Request(url + "gradio_api/queue/join", body,
@@ -79,7 +81,7 @@ def test_the_page_preview_reads_no_server_folder(hosted, tmp_path):
     folder = _data_folder(tmp_path / "server-data")
     for name in (str(folder), os.path.relpath(folder, REPO)):
         out = page_call(hosted, "preview-data", ["Hugging Face Hub", None, None, "", name, "", "",
-                                                 "{{instruction}}", "{{output}}"])
+                                                 "{{instruction}}", "{{output}}", "1"])
         assert "secret" not in json.dumps(out), out
         assert "local dataset paths are turned off" in json.dumps(out)
 
@@ -225,7 +227,7 @@ def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
     uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
     file_data = {"path": uploaded, "orig_name": "rows.jsonl", "meta": {"_type": "gradio.FileData"}}
     mine = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
-                                              "{{output}}"], session="owner1")
+                                              "{{output}}", "1"], session="owner1")
     assert "secret" in json.dumps(mine)  # the uploader sees their rows
     stored = [p for p in (home / "uploads").rglob("rows.jsonl")]
     assert len(stored) == 1
@@ -240,11 +242,14 @@ def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
     assert job["state"] in ("QUEUED", "RUNNING")
 
 
-def _form(preset, run_name):
-    """The Save preset button's inputs as the page sends them: the preset's name, the form's fields
-    (form_request.STATIC_FIELDS: plugin, name, model, the dataset's and the templates'), then the two states."""
-    return [preset, SFT, run_name, "", "Bundled sample", "sft_instructions", None, "", "", "", "",
-            "{{instruction}}", "{{output}}", None, None]
+def _save_preset(url, preset, run_name, session):
+    """Save preset as the page does it: the form is checked first (leaving the task name sends the form's fields,
+    form_request.STATIC_FIELDS then the two states, and the change number), then Save names that checked
+    request by its number."""
+    seq = str(int(time.time() * 1000))
+    page_call(url, "task-name", [SFT, run_name, "", "Bundled sample", "sft_instructions", None, "", "", "", "",
+                                 "{{instruction}}", "{{output}}", None, None, seq], session=session, event="blur")
+    return page_call(url, "save-preset", [preset, seq], session=session)
 
 
 def _answer(out):
@@ -254,7 +259,7 @@ def _answer(out):
 def test_a_visitor_cannot_list_load_or_overwrite_anothers_preset_through_the_page(hosted):
     """Before: presets were one folder for everyone: the Presets list showed every visitor's, Load preset loaded
     any by name (its dataset, templates and settings), and a Save under the same name overwrote the owner's."""
-    saved = page_call(hosted, "save-preset", _form("mine", "owner-secret-run"), session="owner-a")
+    saved = _save_preset(hosted, "mine", "owner-secret-run", "owner-a")
     assert "mine" in _answer(saved) and "error" not in _answer(saved).lower(), saved
     assert "owner-secret-run" in _answer(page_call(hosted, "load-preset", ["mine", None], session="owner-a"))
 
@@ -262,9 +267,9 @@ def test_a_visitor_cannot_list_load_or_overwrite_anothers_preset_through_the_pag
     refused = page_call(hosted, "load-preset", ["mine", None], session="visitor-b")
     assert re.search(r"no preset named 'mine'|mine is not in the list of choices: \[\]", _answer(refused)), refused
     assert "owner-secret-run" not in _answer(refused)
-    theirs = page_call(hosted, "save-preset", _form("theirs", "b-run"), session="visitor-b")
+    theirs = _save_preset(hosted, "theirs", "b-run", "visitor-b")
     assert "theirs" in _answer(theirs) and "mine" not in _answer(theirs), theirs  # B's list: B's presets only
-    page_call(hosted, "save-preset", _form("mine", "b-run"), session="visitor-b")  # the same name: B's own
+    _save_preset(hosted, "mine", "b-run", "visitor-b")  # the same name: B's own
     assert "b-run" in _answer(page_call(hosted, "load-preset", ["mine", None], session="visitor-b"))
     kept = _answer(page_call(hosted, "load-preset", ["mine", None], session="owner-a"))
     assert "owner-secret-run" in kept and "b-run" not in kept  # A's preset is as A saved it
@@ -445,7 +450,7 @@ def test_an_error_about_a_visitors_own_upload_names_no_server_folder(hosted, hom
     uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
     file_data = {"path": uploaded, "orig_name": "broken.jsonl", "meta": {"_type": "gradio.FileData"}}
     shown = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
-                                               "{{output}}"], session="owner1")
+                                               "{{output}}", "1"], session="owner1")
     stored = next((home / "uploads").rglob("broken.jsonl"))
     owner = Client(hosted, verbose=False)
     owner.session_hash = "owner1"
@@ -457,3 +462,17 @@ def test_an_error_about_a_visitors_own_upload_names_no_server_folder(hosted, hom
     assert "line 2 of broken.jsonl is not valid JSON" in message, message
     leaked = [p for p in _server_paths(home) if p in message + json.dumps(shown)]
     assert not leaked, (leaked, message)
+
+
+def test_every_message_to_a_visitor_goes_through_hide_paths(home, monkeypatch):
+    """The page's and the API's error messages (user_error, problems_md) name no server folder, whatever the core
+    put in them: the guard itself, since which refusal quotes a path changes as messages improve."""
+    from tlab_gradio.service import JobError, RequestError
+    from tlab_gradio.ui.common import problems_md, user_error
+
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    where = str(home / "uploads" / "visitor-0" / "rows.jsonl")
+    for exc in (RequestError([f"could not load dataset {where}"]), JobError(f"no output in {where}")):
+        shown = user_error(exc).message
+        assert str(home) not in shown and "$TLAB_HOME/uploads/visitor-0/rows.jsonl" in shown, shown
+        assert str(home) not in problems_md(exc)
