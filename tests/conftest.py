@@ -70,3 +70,14 @@ def real_manager(home):
     for job in mgr.list():
         for proc in standins.left_of(job.job_dir):
             proc.kill()
+
+
+@pytest.fixture
+def no_leftovers(home):
+    """Whatever a test's attack left running (on code that fails it), killed afterwards."""
+    import standins
+
+    yield
+    for job_dir in (home / "jobs").glob("*"):
+        for proc in standins.left_of(job_dir):
+            proc.kill()

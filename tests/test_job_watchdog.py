@@ -22,13 +22,7 @@ from tlab_gradio import settings
 from tlab_gradio.jobs import JobManager
 
 
-@pytest.fixture(autouse=True)
-def no_leftovers(home):
-    """Whatever a test's attack left running (on code that fails it), killed afterwards."""
-    yield
-    for job_dir in (home / "jobs").glob("*"):
-        for proc in standins.left_of(job_dir):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_leftovers")  # conftest: kills what a test left running
 
 
 @pytest.fixture

@@ -15,12 +15,7 @@ from tlab_gradio.jobfiles import PROGRESS
 from tlab_gradio.service import Service
 
 
-@pytest.fixture(autouse=True)
-def no_leftovers(home):
-    yield
-    for job_dir in (home / "jobs").glob("*"):
-        for proc in standins.left_of(job_dir):
-            proc.kill()
+pytestmark = pytest.mark.usefixtures("no_leftovers")  # conftest: kills what a test left running
 
 
 @pytest.fixture
