@@ -7,11 +7,12 @@ such: its use is telling a 2-second step from a 2-minute one before a run starts
                 (no weight gradients); P counts the matmul weights (decoder layers and the output head)
     generation  (GRPO) 2 x P a token for the prompts and completions, and completion_length x layers x a
                 per-layer cost for the token-by-token decoding
-    device      a CPU's speed is timed once (a float32 matrix product on the threads a process gets), so a
+    device      a CPU's speed is timed (a float32 matrix product, the share of the threads a process gets), so a
                 busy machine gives a longer estimate; a GPU's is its dense bf16 peak from its name
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -38,24 +39,21 @@ CPU_SPEED_TTL_S = 120
 
 
 def cpu_flops(threads: int) -> float:
-    """FLOP/s of a float32 matrix product on `threads` threads, timed for about 0.2 s (kept for two minutes)."""
+    """FLOP/s `threads` of this machine's CPUs give: a float32 matrix product on all of them, timed for about
+    0.2 s and taken in proportion (kept for two minutes). numpy, not torch: the web process never loads torch,
+    and torch's thread count is one setting for every thread of the server."""
     known = _CPU_SPEED.get(threads)
     if known and time.monotonic() - known[1] < CPU_SPEED_TTL_S:
         return known[0]
-    import torch
+    import numpy as np
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
-        a = torch.randn(512, 512)
-        a @ a  # the first call allocates
-        start, runs = time.perf_counter(), 0
-        while time.perf_counter() - start < 0.2:
-            a @ a
-            runs += 1
-        speed = 2 * 512**3 * runs / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
+    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    a @ a  # the first call allocates
+    start, runs = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.2:
+        a @ a
+        runs += 1
+    speed = 2 * 512**3 * runs / (time.perf_counter() - start) * threads / max(1, len(os.sched_getaffinity(0)))
     _CPU_SPEED[threads] = (speed, time.monotonic())
     return speed
 
