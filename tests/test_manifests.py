@@ -110,7 +110,7 @@ def test_form_sections_cover_every_parameter_once():
         assert manifests.OTHER_GROUP not in [g.title for g in m.groups()], m.id
     partial = manifests.Manifest.model_validate(_mutate(lambda d: d.update(parameter_groups=[
         {"title": "Speed", "open": False, "parameters": ["torch_compile", "packing"]}])))
-    app_and_set = ["Training", "Optimiser, logging and checkpoints", "Several GPUs and machines"]
+    app_and_set = ["Training", "Optimiser, logging and checkpoints", "Held-out evaluation", "Several GPUs and machines"]
     hardware, speed, *placed, rest = partial.groups()
     assert (hardware.title, [g.title for g in placed]) == ("Hardware", app_and_set)
     assert (speed.title, speed.open, speed.parameters) == ("Speed", False, ["torch_compile", "packing"])

@@ -4,7 +4,9 @@ back together, each naming the bad value (RequestError). What passes becomes the
 The checks, in order: the request's shape and its plugin (runnable, ready on this machine); its parameters
 against the manifest (Transformer Lab's names accepted); where it runs (device, GPU ids, processes,
 precision) and the plugin's own checks beside its trainer (plugin_code); logging and distributed settings;
-the model; the dataset and templates; your own reward functions, called once in a child process.
+the model; the dataset and templates; what would fail once started (preflight: the held-out split against
+the data, assistant-only loss against the model's chat template); your own reward functions, called once in a
+child process.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import (data, gpus, inputs, installer, launcher, manifests, models, params, plugin_catalog, plugin_code,
-               reward_files, settings)
+               preflight, reward_files, settings)
 from .jobfiles import read_json
 from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
 from .request_error import RequestError
@@ -225,7 +227,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
     except models.ModelError as exc:
         problems.append(str(exc))
 
-    spec = templates = None
+    spec = templates = found = None
     dataset_info: dict[str, Any] = {}
     try:
         spec = data.parse_spec(request.get("dataset") or manifest.sample_dataset)
@@ -248,6 +250,9 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
     except data.DataError as exc:
         problems.append(str(exc))
         templates = None  # the reward check below uses its fixed sample rather than render these again
+    if clean:  # what would fail once started: the held-out split against the data, loss masks against the model
+        problems += preflight.held_out(clean, spec, found.head if found is not None else None, check_data)
+        problems += preflight.chat_loss(clean, templates, model_ref)
 
     if choices and clean:
         problems += _custom_reward_problems(home, choices, clean, spec, templates, model_ref, manifest)

@@ -4,6 +4,7 @@ alone (no weights loaded) to check against a manifest."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +95,78 @@ def check_supported(ref: ModelRef, supported: list[str], plugin_name: str) -> No
             f"model {ref.path} is a {ref.architecture}, which {plugin_name} does not support "
             f"(supported: {', '.join(supported)})"
         )
+
+
+# TRL's test for a chat template that marks the assistant's tokens (trl.chat_template_utils.has_generation_markers)
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def chat_template(ref: ModelRef) -> str | None:
+    """The model's chat template as its tokenizer will load it, read from the files alone (no tokenizer built):
+    "" when it has none, None when it cannot be told cheaply (a Hub model that cannot be reached)."""
+    if ref.source == "embedded":
+        return tiny_model.CHAT_TEMPLATE
+    if ref.source == "local":
+        return _folder_chat_template(Path(ref.path))
+    from huggingface_hub import hf_hub_download
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(ref.path, name))
+        except Exception:  # noqa: BLE001 - not there, offline, gated: unknown here
+            return None
+
+    found = fetch("chat_template.jinja")
+    if found is not None:
+        return found.read_text(encoding="utf-8", errors="replace")
+    found = fetch("chat_template.json")
+    if found is not None and _template_of(_read_json(found)):
+        return _template_of(_read_json(found))
+    config = fetch("tokenizer_config.json")
+    return None if config is None else _template_of(_read_json(config))
+
+
+def _folder_chat_template(folder: Path) -> str:
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+    if (folder / "chat_template.json").is_file():
+        found = _template_of(_read_json(folder / "chat_template.json"))
+        if found:
+            return found
+    return _template_of(_read_json(folder / "tokenizer_config.json"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _template_of(config: dict) -> str:
+    """`chat_template` of a tokenizer config: text, or named variants ([{name, template}]) whose `default` counts."""
+    value = config.get("chat_template")
+    if isinstance(value, list):
+        named = {v.get("name"): v.get("template") for v in value if isinstance(v, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) else ""
+
+
+def trl_patches(template: str) -> bool:
+    """Does TRL swap in a training version of this chat template (with generation markers) for assistant-only
+    loss? It does for the templates it ships as NAME.jinja beside NAME_training.jinja (Qwen, Llama 3, Gemma...),
+    compared as text (trl.chat_template_utils.get_training_chat_template). Read from TRL's files, not imported."""
+    import importlib.util
+
+    found = importlib.util.find_spec("trl")
+    for folder in (found.submodule_search_locations or []) if found else []:
+        shipped = Path(folder) / "chat_templates"
+        for training in shipped.glob("*_training.jinja"):
+            plain = shipped / training.name.replace("_training.jinja", ".jinja")
+            try:
+                if plain.is_file() and plain.read_text(encoding="utf-8") == template:
+                    return True
+            except OSError:
+                continue
+    return False

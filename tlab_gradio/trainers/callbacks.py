@@ -1,5 +1,6 @@
 """The Trainer callbacks every trainer adds: metrics.jsonl and progress.json from rank 0 (MetricsCallback),
-and a stop at the first non-finite gradient norm or loss (FiniteGuard, added by common.train)."""
+and a stop at the first non-finite gradient norm or loss (FiniteGuard, added by common.train); with a held-out
+split, an evaluation at the last step (EvaluateAtEnd, added by common.eval_callbacks)."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,17 @@ class FiniteGuard(TrainerCallback):
                 continue
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 self._fail(what, value, state.global_step)
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """With a held-out split: evaluate at the last step too, whatever the interval (20 steps evaluated every 6 end
+    on an evaluation at 20), so the chart's eval curve reaches the end of the run and the best checkpoint is
+    chosen among all of it. Its metrics (eval_loss, GRPO's eval_reward...) reach metrics.jsonl through the
+    Trainer's log, at their step, as the training metrics do (MetricsCallback.on_log)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_evaluate = True
 
 
 class MetricsCallback(TrainerCallback):

@@ -268,3 +268,75 @@ def finish(state) -> None:
 def write_result(job_dir: Path, **info: Any) -> None:
     write_json_atomic(job_dir / RESULT, {"finished": time.time(), **info})
 
+
+
+# --- held-out evaluation (the shared set plugin_manifests/shared/held_out.json) ---------------------------
+
+AUTO_EVALUATIONS = 10  # eval_steps 0 (auto): about this many evaluations a run
+
+
+def eval_split_name(p: dict) -> str | None:
+    """The dataset's split named for evaluation (`eval_split`), or None."""
+    return (p.get("eval_split") or "").strip() or None
+
+
+def held_out(train, evaluate, p: dict, is_main: bool):
+    """(train rows, eval rows or None): with `val_size`, that many of the formatted rows (a fraction below 1, else a
+    count) set aside at random with the job's seed, so every rank and every rerun holds out the same rows; else the
+    named split's rows (`evaluate`, formatted the same way), or no evaluation."""
+    size = p.get("val_size") or 0
+    if size > 0:
+        total = len(train)
+        parts = train.train_test_split(test_size=int(size) if size >= 1 else float(size), seed=p.get("seed") or 0,
+                                       shuffle=True)
+        train, evaluate = parts["train"], parts["test"]
+        if is_main:
+            print(f"[tlab] held out {len(evaluate)} of {total} rows for evaluation (val_size {size:g}, seed "
+                  f"{p.get('seed') or 0}); training on {len(train)}", flush=True)
+    elif evaluate is not None and is_main:
+        print(f"[tlab] evaluating on the dataset's {eval_split_name(p)!r} split: {len(evaluate)} rows", flush=True)
+    return train, evaluate
+
+
+def eval_settings(p: dict, evaluated: bool, metric: str, eval_batch: int, is_main: bool) -> dict[str, Any]:
+    """TrainingArguments for the held-out evaluation: every `eval_steps` steps (0: a tenth of the run, which the
+    Trainer rounds up to whole steps once it knows max_steps), the loss only (no logits gathered), and, for early
+    stopping or the best checkpoint, the metric to compare (`metric`: eval_loss, lower is better; eval_reward,
+    higher). With load_best_model_at_end, checkpoints are saved at every evaluation (save_steps = eval_steps):
+    transformers requires save_steps to be a multiple of eval_steps, and it can load as best only an evaluation
+    that has a checkpoint, so a multiple such as the default 500 against an eval every 2 steps would keep only
+    the last step's. Aligning them here rather than refusing the form's save_steps (500 or 100 against an
+    automatic interval) keeps the option usable with one click; the log says so. {} without evaluation."""
+    if not evaluated:
+        return {}
+    every = p.get("eval_steps") or 0
+    steps = every if every >= 1 else 1 / AUTO_EVALUATIONS
+    out: dict[str, Any] = {"eval_strategy": "steps", "eval_steps": steps, "per_device_eval_batch_size": eval_batch,
+                           "prediction_loss_only": True}
+    best = bool(p.get("load_best_model_at_end"))
+    if best or (p.get("early_stopping_patience") or 0) > 0:
+        out.update(metric_for_best_model=metric, greater_is_better=not metric.endswith("loss"))
+    if best:
+        out["load_best_model_at_end"] = True
+        save = p.get("save_steps")
+        out["save_steps"] = steps
+        if save != steps and is_main:
+            print(f"[tlab] load_best_model_at_end: a checkpoint at every evaluation (save_steps "
+                  f"{every if every >= 1 else 'auto, as eval_steps'} instead of {save})", flush=True)
+    return out
+
+
+def eval_callbacks(p: dict, evaluated: bool) -> list:
+    """Evaluate at the last step too (the chart ends on an eval point), and stop early after
+    `early_stopping_patience` evaluations without improvement (transformers' EarlyStoppingCallback)."""
+    if not evaluated:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    from tlab_gradio.trainers.callbacks import EvaluateAtEnd
+
+    found = [EvaluateAtEnd()]
+    patience = p.get("early_stopping_patience") or 0
+    if patience > 0:
+        found.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    return found

@@ -191,7 +191,9 @@ def generation_batch(p: dict) -> int | None:
 
 def load_prompts(spec, p: dict, markers, state):
     """The tokenizer (left padding, for generation) and the dataset as GRPO prompts, capped at `max_samples`,
-    without those longer than `max_prompt_length` (rank 0 builds and maps; the others reuse its cache)."""
+    without those longer than `max_prompt_length` (rank 0 builds and maps; the others reuse its cache); and the
+    held-out prompts (`val_size` of them, or the `eval_split`'s, made the same way; None without evaluation).
+    Returns (tokenizer, train prompts, eval prompts)."""
     from transformers import AutoTokenizer
 
     from tlab_gradio import data, tiny_model
@@ -205,13 +207,31 @@ def load_prompts(spec, p: dict, markers, state):
         templates = data.Templates(spec.data.template, spec.data.completion_template)
         rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"),
                                  state.is_main_process)
-        dataset = prompts(rows, templates, p, markers, tokenizer)
-        return tokenizer, drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], state.is_main_process)
+        dataset = drop_long_prompts(prompts(rows, templates, p, markers, tokenizer), tokenizer,
+                                    p["max_prompt_length"], state.is_main_process)
+        split = common.eval_split_name(p)
+        evaluate = None
+        if split:
+            held = data.load(data.parse_spec({**spec.data.dataset, "split": split}))
+            evaluate = drop_long_prompts(prompts(held, templates, p, markers, tokenizer), tokenizer,
+                                         p["max_prompt_length"], state.is_main_process)
+        return (tokenizer, *common.held_out(dataset, evaluate, p, state.is_main_process))
 
 
-def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float], dtype, cache):
-    """TRL's GRPOConfig: the form's parameters by their own names (GRPO_KEYS), the reward weights, and what
-    the app decides (precision, weights' dtype and cache, logging, where checkpoints go)."""
+def eval_batch(p: dict, processes: int) -> int:
+    """GRPO's per-device eval batch: TRL needs processes x batch to hold whole groups of num_generations
+    completions (each held-out prompt's are generated together); the training batch, rounded up to that."""
+    import math
+
+    unit = p["num_generations"] // math.gcd(processes, p["num_generations"])
+    return unit * -(-p["per_device_train_batch_size"] // unit)
+
+
+def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float], dtype, cache,
+                evaluated: bool = False, state=None):
+    """TRL's GRPOConfig: the form's parameters by their own names (GRPO_KEYS), the reward weights, what the app
+    decides (precision, weights' dtype and cache, logging, where checkpoints go) and, with held-out prompts
+    (`evaluated`), the evaluation: completions for them every eval_steps, their reward (eval_reward) the metric."""
     from trl import GRPOConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
@@ -236,7 +256,9 @@ def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float]
         ddp_find_unused_parameters=False,
         **common.checkpointing_kwargs(GRPOConfig, bool(p.get("gradient_checkpointing")), p),
         **common.precision_flags(spec.launch.mixed_precision),
-        **{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},
+        **{**{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},  # the evaluation may align save_steps
+           **common.eval_settings(p, evaluated, "eval_reward", eval_batch(p, state.num_processes if state else 1),
+                                  state is None or state.is_main_process)},
         **extra,
     )
 
@@ -251,7 +273,8 @@ def main() -> None:
     from tlab_gradio.trainers import callbacks
 
     markers = rewards.Markers(p["reasoning_start"], p["reasoning_end"], p["answer_start"], p["answer_end"])
-    tokenizer, dataset = load_prompts(spec, p, markers, state)
+    tokenizer, dataset, eval_dataset = load_prompts(spec, p, markers, state)
+    evaluated = eval_dataset is not None
     reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
     dtype, cache = weights_and_cache(p, spec.launch.mixed_precision, on_cpu)
     per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
@@ -266,10 +289,12 @@ def main() -> None:
     trainer = GRPOTrainer(
         model=spec.model.path,
         reward_funcs=reward_funcs,
-        args=grpo_config(job_dir, spec, p, on_cpu, weights, dtype, cache),
+        args=grpo_config(job_dir, spec, p, on_cpu, weights, dtype, cache, evaluated, state),
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes, completions_per_step=per_step)],
+        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes, completions_per_step=per_step),
+                   *common.eval_callbacks(p, evaluated)],
     )
     if cache == "static" and hasattr(trainer, "generation_config"):
         # TRL builds its generation config with disable_compile=True; the static cache pays off

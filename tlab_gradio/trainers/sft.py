@@ -160,7 +160,8 @@ def fuse(model_path: str, adapter_dir: Path, fused_dir: Path, precision: str) ->
 
 def load_rows(spec, p: dict, state):
     """The dataset formatted by the job's templates (rank 0 builds, downloads and maps; the others reuse its
-    cache), capped at `max_samples`."""
+    cache), capped at `max_samples`; and the held-out rows (`val_size` of them, or the `eval_split` formatted
+    the same way; None without evaluation). Returns (train rows, eval rows)."""
     from tlab_gradio import data, tiny_model
 
     with state.main_process_first():
@@ -168,7 +169,11 @@ def load_rows(spec, p: dict, state):
             tiny_model.ensure(Path(spec.model.path))
         dataset = data.load(data.parse_spec(spec.data.dataset))
         templates = data.Templates(spec.data.template, spec.data.completion_template)
-        return data.formatted(common.limit_rows(dataset, p.get("max_samples"), state.is_main_process), templates)
+        rows = data.formatted(common.limit_rows(dataset, p.get("max_samples"), state.is_main_process), templates)
+        split = common.eval_split_name(p)
+        evaluate = data.formatted(data.load(data.parse_spec({**spec.data.dataset, "split": split})), templates) \
+            if split else None
+        return common.held_out(rows, evaluate, p, state.is_main_process)
 
 
 def model_kwargs(p: dict, precision: str, on_cpu: bool, state) -> dict:
@@ -189,9 +194,11 @@ def model_kwargs(p: dict, precision: str, on_cpu: bool, state) -> dict:
     return kwargs
 
 
-def sft_config(job_dir: Path, spec, p: dict, on_cpu: bool, loading: dict, plan, use_liger: bool):
+def sft_config(job_dir: Path, spec, p: dict, on_cpu: bool, loading: dict, plan, use_liger: bool,
+               evaluated: bool, state):
     """TRL's SFTConfig: the form's parameters by their own names (SFT_KEYS), the memory plan's micro-batch and
-    checkpointing, and what the app decides (precision, logging, where checkpoints go)."""
+    checkpointing, what the app decides (precision, logging, where checkpoints go) and, with held-out rows
+    (`evaluated`), the evaluation (common.eval_settings: eval loss every eval_steps, at the memory plan's batch)."""
     from trl import SFTConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(job_dir / "tensorboard")
@@ -215,7 +222,8 @@ def sft_config(job_dir: Path, spec, p: dict, on_cpu: bool, loading: dict, plan, 
         logging_steps=common.logging_steps(p),
         disable_tqdm=True,  # the log is read by people and by the app, not by a terminal
         **common.precision_flags(spec.launch.mixed_precision),
-        **{k: p[k] for k in SFT_KEYS if p.get(k) is not None},
+        **{**{k: p[k] for k in SFT_KEYS if p.get(k) is not None},  # the evaluation may align save_steps
+           **common.eval_settings(p, evaluated, "eval_loss", plan.micro_batch, state.is_main_process)},
     )
 
 
@@ -247,7 +255,8 @@ def main() -> None:
 
     from tlab_gradio.trainers import callbacks
 
-    train_dataset = load_rows(spec, p, state)
+    train_dataset, eval_dataset = load_rows(spec, p, state)
+    evaluated = eval_dataset is not None
     tokenizer = AutoTokenizer.from_pretrained(spec.model.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -263,11 +272,12 @@ def main() -> None:
 
     trainer = SFTTrainer(
         model=spec.model.path,
-        args=sft_config(job_dir, spec, p, on_cpu, loading, plan, use_liger),
+        args=sft_config(job_dir, spec, p, on_cpu, loading, plan, use_liger, evaluated, state),
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=build_peft_config(p) if p["use_lora"] else None,
-        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes)],
+        callbacks=[callbacks.MetricsCallback(job_dir, state.num_processes), *common.eval_callbacks(p, evaluated)],
     )
     common.check_kept(len(train_dataset), len(trainer.train_dataset), p.get("max_length"), state.is_main_process)
     if p.get("padding_free") and not p.get("packing"):

@@ -78,6 +78,14 @@ def main() -> None:
     rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"), True)
     dataset = grpo.prompts(rows, templates, p, markers, tokenizer)
     dataset = grpo.drop_long_prompts(dataset, tokenizer, p["max_prompt_length"], True)
+    split = common.eval_split_name(p)  # held-out prompts, as the GRPO Trainer (Multi GPU) makes them
+    eval_dataset = None
+    if split:
+        held = data.load(data.parse_spec({**spec.data.dataset, "split": split}))
+        eval_dataset = grpo.drop_long_prompts(grpo.prompts(held, templates, p, markers, tokenizer), tokenizer,
+                                              p["max_prompt_length"], True)
+    dataset, eval_dataset = common.held_out(dataset, eval_dataset, p, True)
+    evaluated = eval_dataset is not None
     reward_funcs, names, weights, method = grpo.reward_setup(job_dir, p, markers)
     print(f"[tlab] Unsloth LoRA r={p['lora_r']} alpha={p['lora_alpha']} dropout={p.get('lora_dropout') or 0} "
           f"4-bit={p['load_in_4bit']}; "
@@ -97,12 +105,15 @@ def main() -> None:
         logging_steps=common.logging_steps(p),
         disable_tqdm=True,
         **common.precision_flags(spec.launch.mixed_precision),
-        **{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},
+        **{**{k: p[k] for k in grpo.GRPO_KEYS if p.get(k) is not None},  # the evaluation may align save_steps
+           **common.eval_settings(p, evaluated, "eval_reward", grpo.eval_batch(p, 1), True)},
     )
     trainer = GRPOTrainer(
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args,
-        train_dataset=dataset, callbacks=[callbacks.MetricsCallback(job_dir, 1, completions_per_step=(
-            p["per_device_train_batch_size"] * p["gradient_accumulation_steps"]))],
+        train_dataset=dataset, eval_dataset=eval_dataset,
+        callbacks=[callbacks.MetricsCallback(job_dir, 1, completions_per_step=(
+            p["per_device_train_batch_size"] * p["gradient_accumulation_steps"])),
+            *common.eval_callbacks(p, evaluated)],
     )
     result = common.train(trainer, spec)
     out_dir = job_dir / "output" / p["adaptor_name"]
