@@ -24,6 +24,7 @@ MAX_SMOOTHING = 0.99
 class Line:
     name: str
     points: list[tuple[float, float]]  # (step, value), in step order
+    dashed: bool = False  # a held-out (eval) series: a dashed line with ringed points, told apart from training's
 
 
 def ema(values: list[float], weight: float) -> list[float]:
@@ -133,25 +134,30 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
         color = COLORS[i % len(COLORS)]
         coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in ln.points)
         raw_opacity = 0.35 if smoothing else 0.9
-        parts.append(f'<g class="tl-series" data-series="{html.escape(ln.name)}" '
+        dash = ' stroke-dasharray="5 3"' if ln.dashed else ""
+        parts.append(f'<g class="tl-series{" tl-eval" if ln.dashed else ""}" data-series="{html.escape(ln.name)}" '
                      f'data-steps="{",".join(_num(s) for s, _ in ln.points)}">')
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5" '
-                     f'stroke-opacity="{raw_opacity}"/>')
+                     f'stroke-opacity="{raw_opacity}"{dash}/>')
         if dots and len(ln.points) <= DOTS_UP_TO:
+            # an eval point is a ring (white centre): few and far between, each one is an evaluation
+            ring = f' r="3.4" stroke="{color}" stroke-width="1.6"' if ln.dashed else ' r="2.6"'
+            fill = "var(--background-fill-primary,#fff)" if ln.dashed else color
             for s, v in ln.points:
-                parts.append(f'<circle class="tl-point" cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.6" fill="{color}" '
+                parts.append(f'<circle class="tl-point" cx="{x(s):.1f}" cy="{y(v):.1f}"{ring} fill="{fill}" '
                              f'fill-opacity="{0.5 if smoothing else 1}"><title>{html.escape(ln.name)} · step '
                              f'{_num(s)}: {value_text(v)}</title></circle>')
         if smoothing and len(ln.points) > 1:
             smooth = ema([v for _, v in ln.points], smoothing)
             coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for (s, _), v in zip(ln.points, smooth))
             parts.append(f'<polyline class="tl-smoothed" points="{coords}" fill="none" stroke="{color}" '
-                         f'stroke-width="2.2"/>')
+                         f'stroke-width="2.2"{dash}/>')
         parts.append("</g>")
     parts.append("</svg>")
     legend = "".join(
         f'<span class="tl-legend-item" style="display:inline-flex;align-items:center;gap:4px;margin:0 8px">'
-        f'<span style="width:14px;height:3px;background:{COLORS[i % len(COLORS)]};display:inline-block"></span>'
+        f'<span style="width:14px;height:0;border-top:3px {"dashed" if ln.dashed else "solid"} '
+        f'{COLORS[i % len(COLORS)]};display:inline-block"></span>'
         f'{html.escape(ln.name)}</span>' for i, ln in enumerate(lines) if ln.points)
     return (f'<div class="tl-chart {css_class}">{head}{"".join(parts)}'
             f'<div class="tl-chart-legend" style="text-align:center;font-size:12px;margin-top:2px">{legend}</div>'

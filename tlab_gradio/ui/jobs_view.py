@@ -24,7 +24,9 @@ from .common import PRIVATE, checked, duration, progress_bar, state_badge, visit
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
 LOG_LINES = 300
-CHART_SERIES = ("loss", "reward")  # drawn together by default (GRPO adds reward)
+# Drawn together by default: the training loss, and with a held-out split its eval loss beside it (dashed, a point
+# at each evaluation); GRPO adds the reward, and the held-out prompts' reward.
+CHART_SERIES = ("loss", "eval_loss", "reward", "eval_reward")
 DEFAULT_CHART = "loss & reward"
 NOT_CHARTED = {"step", "epoch", "time", "world_size", "total_flos"}  # and the end-of-run train_* summary
 MAX_POINTS = 5000  # per metric
@@ -118,7 +120,8 @@ def chart_lines(series: dict[str, list], choice: str | None, others: dict | None
         for name in names:
             tag = name if not others else run_label if len(names) == 1 else f"{run_label}: {name}"
             if run.get(name):
-                lines.append(chart.Line(tag, [(step, value) for step, value in run[name]]))
+                lines.append(chart.Line(tag, [(step, value) for step, value in run[name]],
+                                        dashed=name.startswith("eval_")))
     return lines
 
 
