@@ -441,6 +441,52 @@ class Service:
         freed = self.jobs.delete(job_id)
         return {"job_id": int(job_id), "deleted": True, "freed_mb": round(freed / 2**20, 1)}
 
+    # --- take the model away: export (a folder and its zip) and push to the Hub (export.py) ---------------
+    def export_choices(self, job_id: int, owner: str | None = None) -> list[str]:
+        """What a job's Export can be made from: "final" (when it saved a final model), then its checkpoints."""
+        from . import export
+
+        return [s.label for s in export.sources(self._get(job_id, owner).job_dir)]
+
+    def export_job(self, job_id: int, checkpoint: str | None = None, owner: str | None = None) -> dict[str, Any]:
+        """A finished job's model as a folder for transformers/vLLM (LoRA merged into the base in its dtype,
+        tokenizer, generation config, README.md model card) and a zip of it: {job_id, checkpoint, kind, dtype,
+        archive, folder, files, card}. Merged in a subprocess (export_model.py); made again only when the
+        source changed. RequestError: not finished, no model, unknown checkpoint, the merge failing."""
+        from . import export
+
+        job = self._get(job_id, owner)
+        try:
+            out = export.export(job.job_dir, job.id, job.name, job.state, checkpoint, hide=self.hide_paths)
+        except export.ExportError as exc:
+            raise RequestError([self.hide_paths(str(exc))]) from None
+        return {"job_id": job.id, **out}
+
+    def push_job(self, job_id: int, repo_id: str, token: str, checkpoint: str | None = None, private: bool = True,
+                 owner: str | None = None) -> dict[str, Any]:
+        """Export the job's model (as export_job) and upload the folder to the Hub repo `repo_id` (created when
+        missing, private unless asked) with the user's `token`, which is used for this call only: never stored,
+        logged or shown back, and blanked out of any error. Refused in hosted mode. {job_id, repo_id, url,
+        commit, checkpoint}."""
+        from . import export
+
+        if settings.hosted():
+            raise RequestError([export.HOSTED_PUSH_REFUSAL])
+        job = self._get(job_id, owner)
+        secret = token if isinstance(token, str) else ""
+        try:
+            repo_id = export.check_repo_id(repo_id)
+            token = export.check_token(token)
+            export.check_online()  # before the export: an offline machine says so at once
+            if not isinstance(private, bool):
+                raise export.ExportError(f"private must be true or false, got {private!r}")
+            out = export.export(job.job_dir, job.id, job.name, job.state, checkpoint, hide=self.hide_paths)
+            pushed = export.push(Path(out["folder"]), repo_id, token, private,
+                                 f"Upload {job.name} (job {job.id}, {out['checkpoint']}) from tlab-gradio")
+        except export.ExportError as exc:
+            raise RequestError([export.redact(self.hide_paths(str(exc)), secret.strip())]) from None
+        return {"job_id": job.id, "checkpoint": out["checkpoint"], **pushed}
+
 
 _SERVICES: dict[Path, Service] = {}
 _SERVICES_LOCK = threading.Lock()

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,7 @@ import gradio as gr
 from .. import settings
 from ..service import Service
 from .common import checked, visitor
+from .jobs_view import offered
 
 HIDDEN_PATH_KEYS = ("job_dir", "output_dir", "command", "config", "pid")
 
@@ -121,6 +123,27 @@ def register(svc: Service) -> None:
         list[float]`, in the workspace's rewards folder. Returns {file, functions}; off in hosted mode."""
         return svc.save_reward_file(file_name, source)
 
+    @checked
+    def export_job(job_id: int, checkpoint: str = "final", visit: gr.Request = None) -> dict:
+        """Export a finished job's model as a folder for transformers/vLLM (a LoRA adapter merged into its base in
+        the base's dtype, or the full model; tokenizer; generation config; README.md model card from the job) and
+        download it: {job_id, checkpoint, kind, dtype, files, card, file} (`file`: the folder as a zip).
+        checkpoint: "final" (default) or a checkpoint's name, like "checkpoint-100"."""
+        out = svc.export_job(job_id, checkpoint or "final", visitor(visit))
+        archive = offered([out["archive"]], settings.hosted())[0]  # hosted: a private copy, the jobs are not served
+        keep = ("job_id", "checkpoint", "kind", "step", "dtype", "files", "card") + (
+            () if settings.hosted() else ("folder",))
+        return {**{k: out[k] for k in keep},
+                "file": {"path": archive, "orig_name": Path(out["archive"]).name, "meta": {"_type": "gradio.FileData"}}}
+
+    @checked
+    def push_job(job_id: int, repo_id: str, token: str, checkpoint: str = "final", private: bool = True,
+                 visit: gr.Request = None) -> dict:
+        """Export the job's model (as /export_job) and push it to the Hugging Face Hub repo `repo_id` (created if
+        missing; private unless private is false) with your write token, which is used for this call only: never
+        stored or shown back. Returns {job_id, repo_id, url, commit, checkpoint}; off in hosted mode."""
+        return svc.push_job(job_id, repo_id, token, checkpoint or "final", private, visitor(visit))
+
     for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs, gpu_info,
-               install_plugin, list_rewards, upload_reward_file):
+               install_plugin, list_rewards, upload_reward_file, export_job, push_job):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)
