@@ -23,21 +23,22 @@ class Panel:
 
 def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
     with gr.Accordion("Export the model", open=False, visible=False, elem_id="job-export") as box:
-        with gr.Row(equal_height=True):
+        with gr.Row():
             source = gr.Dropdown(choices=[], label="Export from", interactive=True, elem_id="export-source",
                                  info="the model saved at the end, or one of the checkpoints")
-            export_btn = gr.Button("Export", variant="primary", size="sm", elem_id="export-job")
+            export_btn = gr.Button("Export", variant="primary", size="sm", scale=0, min_width=140,
+                                   elem_id="export-job")
         download = gr.File(label="Model folder as a zip: weights (LoRA merged in the base's dtype), tokenizer, "
                                  "generation config, README.md model card", visible=False, interactive=False,
                            elem_id="export-file")
         if not hosted:
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 repo = gr.Textbox(label="Hugging Face Hub repo id", placeholder="your-name/my-model",
                                   elem_id="push-repo")
                 token = gr.Textbox(label="Hugging Face token (write)", type="password", placeholder="hf_…",
                                    info="used for this push only: never stored or shown", elem_id="push-token")
-                private = gr.Checkbox(True, label="Private repo", elem_id="push-private")
-            push_btn = gr.Button("Push to the Hub", size="sm", elem_id="push-job")
+                private = gr.Checkbox(True, label="Private repo", scale=0, min_width=140, elem_id="push-private")
+                push_btn = gr.Button("Push to the Hub", size="sm", scale=0, min_width=140, elem_id="push-job")
         note = gr.Markdown(elem_id="export-note")
 
     def checkpoint(choice: str | None) -> str:
@@ -52,7 +53,8 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         return (gr.update(value=offered([out["archive"]], hosted)[0], visible=True),
                 f"Exported {out['checkpoint']} ({what}, {out['dtype']}): {', '.join(out['files'])}")
 
-    export_btn.click(do_export, [selected, source], [download, note], **PRIVATE)
+    export_btn.click(do_export, [selected, source], [download, note], show_progress="minimal",
+                     show_progress_on=export_btn, **PRIVATE)
 
     if not hosted:
         @checked
@@ -60,7 +62,8 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
             out = svc.push_job(job_id, repo_id, secret, checkpoint(choice), bool(private_repo), visitor(request))
             return "", f"Pushed {out['checkpoint']} to [{out['repo_id']}]({out['url']})"
 
-        push_btn.click(do_push, [selected, source, repo, token, private], [token, note], **PRIVATE)
+        push_btn.click(do_push, [selected, source, repo, token, private], [token, note], show_progress="minimal",
+                       show_progress_on=push_btn, **PRIVATE)
 
     def on_job(job_id: int, finished: bool, owner: str | None) -> list:
         labels = [FINAL_LABEL if c == "final" else c for c in svc.export_choices(job_id, owner)] if finished else []
