@@ -47,7 +47,7 @@ def drawn_steps(drawn: str) -> dict[str, list[int]]:
     import re
 
     return {html.unescape(name): [int(s) for s in steps.split(",")]
-            for name, steps in re.findall(r'<g class="tl-series" data-series="([^"]*)" data-steps="([^"]*)"', drawn)}
+            for name, steps in re.findall(r'<g class="tl-series[^"]*" data-series="([^"]*)" data-steps="([^"]*)"', drawn)}
 
 
 def test_the_chart_draws_every_point_it_is_given_with_round_ticks():
@@ -78,6 +78,34 @@ def test_the_chart_draws_every_point_it_is_given_with_round_ticks():
     assert chart.ema([3.0, 1.0], 0) == [3.0, 1.0]
 
 
+
+def test_the_held_out_curves_are_drawn_beside_the_training_ones():
+    """A job with a held-out split logs eval_loss (GRPO: eval_reward) at each evaluation, in records of their own:
+    the default chart draws them with loss and reward, each in its own colour, dashed, with a ring per evaluation
+    and a dashed legend swatch; compared with another job, each curve is named by job and metric."""
+    import re
+
+    records = [{"step": s, "loss": 3 - s / 10, "reward": s / 10} for s in range(1, 7)]
+    records += [{"step": s, "eval_loss": 3.1 - s / 20, "eval_reward": s / 20, "eval_runtime": 0.1} for s in (3, 6)]
+    series = jobs_view.add_points({}, records)
+    assert jobs_view.chart_choices(series) == ["loss & reward", "eval_runtime"]
+    drawn = jobs_view.chart_update(series, None)
+    assert drawn_steps(drawn) == {"loss": [1, 2, 3, 4, 5, 6], "eval_loss": [3, 6], "reward": [1, 2, 3, 4, 5, 6],
+                                  "eval_reward": [3, 6]}
+    assert legend(drawn) == ["loss", "eval_loss", "reward", "eval_reward"]
+    groups = re.findall(r'<g class="([^"]*)" data-series="([^"]*)"[^>]*>(.*?)</g>', drawn, re.S)
+    colours = {name: re.search(r'stroke="(#[0-9a-f]{6})"', body).group(1) for _, name, body in groups}
+    assert len(set(colours.values())) == 4
+    for cls, name, body in groups:
+        evaluated = name.startswith("eval_")
+        assert ("tl-eval" in cls.split()) is evaluated and ("stroke-dasharray" in body) is evaluated, name
+        assert body.count('class="tl-point"') == (2 if evaluated else 6)
+    assert drawn.count("border-top:3px dashed") == 2 and drawn.count("border-top:3px solid") == 2
+    other = {"7": {"label": "7 · base", "series": {"loss": [[1, 3.0]], "eval_loss": [[3, 2.9]]}}}
+    assert legend(jobs_view.chart_update(series, None, other, "8 · new")) == [
+        "8 · new: loss", "8 · new: eval_loss", "8 · new: reward", "8 · new: eval_reward", "7 · base: loss",
+        "7 · base: eval_loss"]
+    assert drawn_steps(jobs_view.chart_update(series, None, smoothing=0.5))["eval_loss"] == [3, 6]
 
 def test_a_compared_job_that_still_runs_keeps_growing(home, monkeypatch):
     """The page follows a compared job through the service (job_metrics from an offset), not its files; a job

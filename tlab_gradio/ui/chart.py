@@ -91,7 +91,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
     `x_range`/`y_range` fix an axis's span (a time window, 0-100 %) instead of fitting it to the points; `dots`
     False draws the lines alone; `size` is the drawing's (width, height) before it scales to its box."""
     WIDTH, HEIGHT = size  # noqa: N806 (the module's defaults, overridden for a small chart)
-    lines = [Line(ln.name, [(s, v) for s, v in ln.points if _finite(s) and _finite(v)]) for ln in lines]
+    lines = [Line(ln.name, [(s, v) for s, v in ln.points if _finite(s) and _finite(v)], ln.dashed) for ln in lines]
     drawn = [ln for ln in lines if ln.points]
     head = f'<div class="tl-chart-title" style="font-weight:600;text-align:center;margin:2px 0 4px">' \
            f'{html.escape(title)}</div>'
