@@ -4,7 +4,7 @@ job; offered as a zip through the API; pushed to the Hub with a token that is ne
 the network boundary (offline here: a clear error, no traceback); refused in hosted mode.
 
 Real jobs (`accelerate launch` of the SFT trainer on the embedded tiny model, CPU), trained once for the module:
-a LoRA job and a full fine-tune, 2 steps each with a checkpoint at every step."""
+a LoRA job (with 8 held-out rows) and a full fine-tune, 2 steps each with a checkpoint at every step."""
 import json
 import os
 import socket
@@ -38,7 +38,8 @@ def trained(tmp_path_factory):
             mp.setenv(key, value)
         mp.delenv("TLAB_HOSTED", raising=False)
         svc = Service(home)
-        lora = svc.start_job({"plugin": SFT, "name": "lora run", "params": {**BASE, "use_lora": True}}, OWNER)
+        lora = svc.start_job({"plugin": SFT, "name": "lora run", "params": {**BASE, "use_lora": True, "val_size": 8}},
+                             OWNER)  # 8 held-out rows: its card has eval metrics
         full = svc.start_job({"plugin": SFT, "name": "full run", "params": {**BASE, "use_lora": False}}, OWNER)
         waiting = svc.start_job({"plugin": SFT, "name": "waits", "params": BASE}, OWNER)
         assert svc.job(waiting["id"])["state"] == "QUEUED"
@@ -106,7 +107,7 @@ def test_a_lora_job_exports_a_merged_model_that_loads_and_generates(trained):
     assert card.startswith("---\nlibrary_name: transformers\n")
     for text in ("tlab-tiny-llama", "LoRA adapter merged", "| lora_r | 16 |", "| learning_rate | 0.01 |",
                  "| max_steps | 2 |", "sft_instructions", "train_loss", "accelerate launch", "sft.py",
-                 "No held-out evaluation was logged", "exported |"):
+                 "## Evaluation metrics\n\n- eval_loss: ", "exported |"):
         assert text in card, text
     with zipfile.ZipFile(out["archive"]) as zf:
         names = set(zf.namelist())
@@ -129,6 +130,7 @@ def test_a_full_fine_tune_exports_its_weights_and_a_checkpoint_can_be_picked(tra
     out = svc.export_job(trained["full"])
     assert out["kind"] == "full" and "fully fine-tuned" in out["card"]
     assert "| use_lora | false |" in out["card"] and "tlab-tiny-llama" in out["card"]
+    assert "No held-out evaluation was logged." in out["card"]
     model, tokenizer = load(out["folder"])
     assert generates(model, tokenizer)
     trained_weights = load_file(Path(job["output_dir"]) / "tlab-sft" / "model.safetensors")

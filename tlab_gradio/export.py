@@ -342,7 +342,8 @@ def model_card(job_dir: Path, spec: JobSpec, source: Source, dtype: str, files: 
         lines.append(f"- steps: {result['global_step']}")
     if result.get("train_loss") is not None:
         lines.append(f"- train_loss (mean over the run): {_number(result['train_loss'])}")
-    lines += [f"- {k}: {_number(v)}" for k, v in final.items() if k != "step"]
+    lines += [f"- {k}: {_number(v)}" for k, v in final.items()
+              if k != "step" and not (k == "train_loss" and result.get("train_loss") is not None)]
     if final.get("step") is not None:
         lines.append(f"- (last logged at step {final['step']})")
     if not final and not result:
