@@ -38,9 +38,18 @@ def trained(tmp_path_factory):
             mp.setenv(key, value)
         mp.delenv("TLAB_HOSTED", raising=False)
         svc = Service(home)
+        bf16_base = root / "tiny-bf16"  # the embedded model stored in bfloat16: the full fine-tune's base
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tlab_gradio import tiny_model
+
+        built = tiny_model.ensure(root / "tiny")
+        AutoModelForCausalLM.from_pretrained(built, dtype="bfloat16").save_pretrained(bf16_base)
+        AutoTokenizer.from_pretrained(built).save_pretrained(bf16_base)
         lora = svc.start_job({"plugin": SFT, "name": "lora run", "params": {**BASE, "use_lora": True, "val_size": 8}},
                              OWNER)  # 8 held-out rows: its card has eval metrics
-        full = svc.start_job({"plugin": SFT, "name": "full run", "params": {**BASE, "use_lora": False}}, OWNER)
+        full = svc.start_job({"plugin": SFT, "name": "full run", "model": str(bf16_base),
+                              "params": {**BASE, "use_lora": False}}, OWNER)
         waiting = svc.start_job({"plugin": SFT, "name": "waits", "params": BASE}, OWNER)
         assert svc.job(waiting["id"])["state"] == "QUEUED"
         try:
@@ -51,7 +60,7 @@ def trained(tmp_path_factory):
         for job in (lora, full):
             done = svc.jobs.wait(job["id"], 420)
             assert done.state == "COMPLETE", "\n".join(svc.job_log(job["id"], 60))
-        yield {"svc": svc, "home": home, "lora": lora["id"], "full": full["id"], "waiting": waiting["id"],
+        yield {"svc": svc, "home": home, "bf16_base": bf16_base, "lora": lora["id"], "full": full["id"], "waiting": waiting["id"],
                "unfinished": unfinished, "mp": mp}
         svc.jobs.close()
 
@@ -129,14 +138,18 @@ def test_a_full_fine_tune_exports_its_weights_and_a_checkpoint_can_be_picked(tra
     assert svc.export_choices(trained["full"]) == ["final", "checkpoint-1", "checkpoint-2"]
     out = svc.export_job(trained["full"])
     assert out["kind"] == "full" and "fully fine-tuned" in out["card"]
-    assert "| use_lora | false |" in out["card"] and "tlab-tiny-llama" in out["card"]
+    assert "| use_lora | false |" in out["card"] and f"| base model | {trained['bf16_base']} |" in out["card"]
+    # trained with fp32 master weights, saved back in its base's dtype
+    assert out["dtype"] == "bfloat16" and "saved in the base model's dtype (bfloat16)" in out["card"]
     assert "No held-out evaluation was logged." in out["card"]
     model, tokenizer = load(out["folder"])
+    assert model.dtype == torch.bfloat16
     assert generates(model, tokenizer)
     trained_weights = load_file(Path(job["output_dir"]) / "tlab-sft" / "model.safetensors")
     exported = load_file(Path(out["folder"]) / "model.safetensors")
     assert trained_weights.keys() == exported.keys()
-    assert all(torch.equal(trained_weights[k], exported[k]) for k in exported)
+    assert {t.dtype for t in trained_weights.values()} == {torch.float32}
+    assert all(torch.equal(trained_weights[k].to(torch.bfloat16), exported[k]) for k in exported)
 
     first = svc.export_job(trained["full"], "checkpoint-1")
     assert first["checkpoint"] == "checkpoint-1" and first["step"] == 1 and "checkpoint-1 (step 1)" in first["card"]
