@@ -5,9 +5,7 @@ the network boundary (offline here: a clear error, no traceback); refused in hos
 
 Real jobs (`accelerate launch` of the SFT trainer on the embedded tiny model, CPU), trained once for the module:
 a LoRA job (with 8 held-out rows) and a full fine-tune, 2 steps each with a checkpoint at every step."""
-import json
-import os
-import socket
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -247,3 +245,40 @@ def test_hosted_mode_exports_for_the_owner_only_and_refuses_push(trained):
             svc.push_job(trained["lora"], "me/model", TOKEN, owner=OWNER)
     finally:
         mp.delenv("TLAB_HOSTED")
+
+
+def test_the_job_view_exports_a_finished_job_and_its_push_says_the_hub_is_offline(trained, tmp_path, chromium):
+    """The page: a finished job's Export panel (from a checkpoint picked in its list) gives the zip; its push,
+    offline, is one message, and the token typed is nowhere on the page or in the job's folder."""
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect
+
+    from test_browser import opened_page
+
+    with opened_page({"TLAB_HOME": str(trained["home"])}, tmp_path, chromium) as page:
+        page.get_by_role("tab", name="Train").click()
+        jobs = page.locator("#jobs-table")
+        jobs.locator("span").filter(has_text="waits").first.click()
+        expect(page.locator("#job-header")).to_contain_text("STOPPED")
+        expect(page.locator("#job-export")).to_be_hidden()  # no model to export
+        jobs.locator("span").filter(has_text="lora run").first.click()
+        expect(page.locator("#job-header")).to_contain_text("COMPLETE")
+        panel = page.locator("#job-export")
+        expect(panel).to_be_visible()
+        panel.get_by_text("Export the model").click()
+        page.locator("#export-source input").first.click()
+        page.get_by_role("option", name="checkpoint-1").click()
+        page.locator("#export-job").click()
+        expect(page.locator("#export-note")).to_contain_text("Exported checkpoint-1 (LoRA adapter merged", timeout=60_000)
+        link = page.locator("#export-file a").first
+        expect(link).to_have_attribute("href", re.compile(rf"/job-{trained['lora']}-lora-run-checkpoint-1\.zip$"))
+
+        page.locator("#push-repo textarea, #push-repo input").first.fill("me/model")
+        page.locator("#push-token input, #push-token textarea").first.fill(TOKEN)
+        page.locator("#push-job").click()
+        expect(page.locator(".toast-body").first).to_contain_text("could not reach the Hugging Face Hub: offline mode")
+        assert TOKEN not in page.content()
+        jobs.locator("span").filter(has_text="full run").first.click()  # another job: the last one's export goes
+        expect(page.locator("#job-header")).to_contain_text("full run")
+        expect(page.locator("#export-file")).to_be_hidden()
+    no_token_in(trained["home"])
