@@ -95,6 +95,11 @@ def test_held_out_settings_that_cannot_work_are_refused_naming_the_parameter(hom
         "`val_size` 2 and `eval_split` 'test' both name rows to evaluate on: give one (set the other to 0 / empty)"]
     assert problems(svc, request(GRPO, eval_split="test"))[0].startswith("`eval_split` 'test': dataset sample "
                                                                           "grpo_arithmetic has no such split")
+    # The disk estimate counts the best checkpoint kept beside the latest (one is kept without the option)
+    kept = {best: svc.memory_estimate(request(max_steps=20, save_total_limit=1, val_size=4,
+                                              load_best_model_at_end=best))["disk"]["checkpoints"]
+            for best in (False, True)}
+    assert kept == {False: 1, True: 2}
 
 
 def chat_model(folder: Path, template: str) -> Path:

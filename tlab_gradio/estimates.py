@@ -54,6 +54,10 @@ def disk(home: Path, shape: memory.Shape, p: dict[str, Any], kwargs: dict[str, A
     dtype = p.get("model_dtype", "auto")
     sixteen = dtype == "bfloat16" or (dtype == "auto" and "model_dtype" in p and device == "cuda")
     limit, every, steps = p.get("save_total_limit"), p.get("save_steps"), p.get("max_steps") or -1
+    if p.get("load_best_model_at_end") and (p.get("val_size") or (p.get("eval_split") or "").strip()):
+        # a checkpoint at every evaluation (trainers/common.eval_settings), the best kept beside the latest
+        every = p.get("eval_steps") or (-(-steps // 10) if steps > 0 else None)
+        limit = max(limit, 2) if limit else limit
     count = limit or None
     if steps > 0 and every:
         saves = -(-steps // every)  # one every save_steps, and one at the end
