@@ -238,3 +238,22 @@ def test_grpo_evaluates_the_datasets_test_split_and_charts_the_held_out_reward(h
     assert all(f"eval_rewards/{name}/mean" in r for r in evals for name in ("correctness", "tag_count"))
     lines = drawn(chart_of(svc, done))
     assert lines["reward"] == ([1, 2], False) and lines["eval_reward"] == ([1, 2], True)
+
+
+def test_early_stopping_ends_the_run_when_the_eval_loss_stops_improving(home):
+    """Patience 1, an evaluation every step, a learning rate high enough that the eval loss soon stops falling:
+    the run ends before its last step, at the first evaluation that is no better than the best, and says so."""
+    svc = Service()
+    job = svc.start_job(request(val_size=8, max_samples=40, eval_steps=1, max_steps=30, learning_rate=1.0,
+                                early_stopping_patience=1, logging_steps=1, per_device_train_batch_size=4,
+                                max_length=128, gradient_checkpointing="off", report_to="none"))
+    done = svc.jobs.wait(job["id"], TIMEOUT)
+    log = "\n".join(svc.job_log(done.id, 200))
+    assert done.state == "COMPLETE", log
+    evals = [(r["step"], r["eval_loss"]) for r in metrics(done) if "eval_loss" in r]
+    last, losses = evals[-1][0], [loss for _, loss in evals]
+    assert last < 30 and [s for s, _ in evals] == list(range(1, last + 1))
+    assert losses[-1] >= min(losses[:-1]) and all(b < a for a, b in zip(losses, losses[1:-1]))  # fell until then
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert f"[tlab] stopped early at step {last} of 30: eval_loss did not improve for 1 evaluation; best " \
+           f"eval_loss {losses[best]:.4g} at step {evals[best][0]}" in log

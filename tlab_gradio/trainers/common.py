@@ -93,7 +93,21 @@ def train(trainer, spec: JobSpec):
     resume = spec.resume_from_checkpoint
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)
-    return trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    say_early_stop(trainer, spec.params)
+    return result
+
+
+def say_early_stop(trainer, p: dict) -> None:
+    """The log says when early stopping ended the run before its last step, and the best evaluation."""
+    state, args = trainer.state, trainer.args
+    patience = p.get("early_stopping_patience") or 0
+    if patience and state.global_step < state.max_steps and trainer.accelerator.is_main_process:
+        best = f"; best {args.metric_for_best_model} {state.best_metric:.4g} at step {state.best_global_step}" \
+            if state.best_metric is not None else ""
+        print(f"[tlab] stopped early at step {state.global_step} of {state.max_steps}: "
+              f"{args.metric_for_best_model} did not improve for {patience} evaluation"
+              f"{'s' if patience > 1 else ''}{best}", flush=True)
 
 
 def announce(state) -> None:
