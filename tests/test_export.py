@@ -136,7 +136,7 @@ def test_a_full_fine_tune_exports_its_weights_and_a_checkpoint_can_be_picked(tra
     assert svc.export_choices(trained["full"]) == ["final", "checkpoint-1", "checkpoint-2"]
     out = svc.export_job(trained["full"])
     assert out["kind"] == "full" and "fully fine-tuned" in out["card"]
-    assert "| use_lora | false |" in out["card"] and f"| base model | {trained['bf16_base']} |" in out["card"]
+    assert "| use_lora | false |" in out["card"] and f"| base model | {trained['bf16_base'].name} (a local model folder) |" in out["card"]
     # trained with fp32 master weights, saved back in its base's dtype
     assert out["dtype"] == "bfloat16" and "saved in the base model's dtype (bfloat16)" in out["card"]
     assert "No held-out evaluation was logged." in out["card"]
@@ -177,6 +177,8 @@ def test_what_cannot_be_exported_is_refused_saying_why(trained):
         svc.push_job(trained["lora"], "not a repo", TOKEN)
     with pytest.raises(RequestError, match="a Hugging Face token is needed to push"):
         svc.push_job(trained["lora"], "me/model", "  ")
+    with pytest.raises(RequestError, match="the Hugging Face token is too short to be one"):
+        svc.push_job(trained["lora"], "me/model", "hf_x")
 
 
 def no_token_in(folder: Path) -> None:

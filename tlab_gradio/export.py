@@ -273,9 +273,13 @@ def base_model_name(spec: JobSpec) -> str:
     asked = (spec.request or {}).get("model")
     if spec.model.embedded:
         return f"{tiny_model.NAME} (the app's embedded tiny Llama, built in code)"
-    if isinstance(asked, str) and asked.strip():
-        return asked.strip()
-    return spec.model.path
+    if spec.model.source == "hub":
+        return spec.model.path
+    # a local folder or file by its name: the card may go to the Hub, the machine's folders need not
+    given = Path(asked.strip() if isinstance(asked, str) and asked.strip() else spec.model.path)
+    if given.suffix.lower() == ".gguf":
+        return f"{given.name} (a GGUF file, dequantised)"
+    return f"{given.name} (a local model folder)"
 
 
 def _yaml_list(key: str, values: list[str]) -> list[str]:
@@ -392,6 +396,8 @@ def check_token(token: Any) -> str:
     token = token.strip()
     if any(c.isspace() for c in token) or not token.isprintable():
         raise ExportError("the Hugging Face token has spaces or control characters in it: paste it again")
+    if len(token) < 8:  # Hub tokens are hf_ and 34 more; a short one would also be blanked out of words in errors
+        raise ExportError("the Hugging Face token is too short to be one: paste the whole token (hf_…)")
     return token
 
 
