@@ -107,11 +107,10 @@ def choose(job_dir: Path, job_id: int | None, state: str | None, checkpoint: str
     name = f"job {job_id}" if job_id is not None else f"job folder {job_dir}"
     if state is not None and state not in ("COMPLETE", "FAILED", "STOPPED"):
         raise ExportError(f"{name} is {state}: export it once it has finished")
-    label = (checkpoint or FINAL).strip() if isinstance(checkpoint, str) or checkpoint is None else checkpoint
-    if not isinstance(label, str):
+    if checkpoint is not None and not isinstance(checkpoint, str):
         raise ExportError(f"checkpoint must be \"final\" or a checkpoint's name like \"checkpoint-100\", "
                           f"got {checkpoint!r}")
-    label = label or FINAL
+    label = (checkpoint or "").strip() or FINAL
     found = sources(job_dir)
     if not found:
         why = ("it saved no model" if state == "COMPLETE" or state is None else
