@@ -55,7 +55,14 @@ def test_train_a_job_from_the_page(page):
     page.get_by_role("tab", name="Train").click()
     page.locator("#new-task").click()
     expect(page.locator("#task-form")).to_be_visible()
+    # The first screen (1400 x 1000) holds what people change at every run, and Start.
+    for first_screen in ("#start", "#plugin", "#model", "#ds-source", "#ds-sample", "#param-device",
+                         "#param-gpu_ids", "#param-num_train_epochs", "#param-max_steps", "#param-learning_rate",
+                         "#param-per_device_train_batch_size", "#form-checks"):
+        expect(page.locator(first_screen)).to_be_in_viewport(ratio=1)
     expect(page.locator("#ds-info")).to_contain_text("320 rows")  # the sample's preview
+    expect(page.locator("#ds-info")).to_contain_text("looks like Alpaca")
+    page.locator("#data-template").get_by_text("Data template and first rows").click()
     expect(page.locator("#rendered")).to_contain_text("### Instruction:")
     page.locator("#task-name textarea, #task-name input").first.fill("browser-run")
 
@@ -87,6 +94,8 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#param-torch_compile")).to_be_hidden()
     page.locator("#group-speed-and-memory").get_by_text("Speed and memory").click()
     expect(page.locator("#param-torch_compile")).to_be_visible()
+    page.locator("#param-torch_compile").evaluate("e => e.scrollIntoView({block: 'center'})")  # its options below
+    expect(page.locator("#start")).to_be_in_viewport(ratio=1)  # Start stays in view while the settings scroll
     page.locator("#param-torch_compile input").first.click()
     page.get_by_role("option", name="off", exact=True).click()
     lr = page.locator("#param-learning_rate input").first
@@ -217,6 +226,7 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
     page.evaluate(WATCH_VERDICT)
 
     # A template edit renders the examples again (they used to stay as they were until Preview was pressed).
+    page.locator("#data-template").get_by_text("Data template and first rows").click()
     template = page.locator("#template textarea")
     retype(page, template, "Do: {{instruction}}")
     expect(checks).not_to_contain_text("Settings look good")  # typed, not yet checked: no old verdict
@@ -274,6 +284,21 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
     expect(page.locator("#rendered")).to_contain_text("Q: what is 0+1<completion>1</completion>")
     expect(checks).to_contain_text("Settings look good")
 
+    # With the data section closed, data its template does not fit opens it, the message at the template.
+    page.locator("#data-template").get_by_text("Data template and first rows").click()
+    expect(template).to_be_hidden()
+    other = tmp_path / "other.csv"
+    other.write_text("foo,bar\n" + "".join(f"{i},{i}\n" for i in range(5)))
+    page.evaluate("window.tlWrong = 'template'")
+    page.locator("#ds-upload button[aria-label='Clear'], #ds-upload .label-clear-button").first.click()
+    page.locator("#ds-upload input[type=file]").set_input_files(str(other))
+    expect(page.locator("#template-error")).to_contain_text("`question`, which the dataset does not have")
+    expect(template).to_be_visible()
+    page.locator("#ds-upload button[aria-label='Clear'], #ds-upload .label-clear-button").first.click()
+    page.locator("#ds-upload input[type=file]").set_input_files(str(data))
+    page.evaluate("window.tlWrong = null")
+    expect(checks).to_contain_text("Settings look good")
+
     # Device cuda on a machine without one: flagged at the device, and the old --cpu command is not shown.
     page.locator("#param-device input").first.click()
     page.get_by_role("option", name="cuda").click()
@@ -296,6 +321,7 @@ def test_switching_plugin_rebuilds_the_form(page):
     page.get_by_role("option", name="GRPO Trainer (Multi GPU)").click()
     expect(page.locator("#param-num_generations")).to_be_visible()
     expect(page.locator("#param-lora_r")).to_have_count(0)
+    page.locator("#data-template").get_by_text("Data template and first rows").click()
     expect(page.locator("#template")).to_contain_text("Input template (the question)")
     expect(page.locator("#template textarea")).to_have_value("{{question}}")
     expect(page.locator("#ds-info")).to_contain_text("360 rows")  # its own sample, previewed
@@ -306,6 +332,19 @@ def test_switching_plugin_rebuilds_the_form(page):
     expect(page.locator("#param-max_completion_length input").first).to_have_value("64")
     expect(page.locator("#form-checks")).to_contain_text(
         re.compile(r"Time per step: (under 1 s|about \d+ (s|min)) a step \(8 completions of up to 64 tokens"))
+    # The Training Device brings its own defaults to the fields left at the other device's (a GPU's 8 completions
+    # per prompt, a CPU's 4); a value the user typed stays.
+    completions = page.locator("#param-max_completion_length input").first
+    retype(page, completions, "100")
+    completions.press("Tab")
+    page.locator("#param-device input").first.click()
+    page.get_by_role("option", name="cuda").click()
+    expect(page.locator("#param-num_generations input").first).to_have_value("8")
+    expect(completions).to_have_value("100")
+    page.locator("#param-device input").first.click()
+    page.get_by_role("option", name="cpu").click()
+    expect(page.locator("#param-num_generations input").first).to_have_value("4")
+    expect(page.locator("#form-checks")).to_contain_text("Settings look good")
     gens = page.locator("#param-num_generations input").first
     gens.fill("3")
     gens.press("Tab")

@@ -267,3 +267,26 @@ def test_dataset_format_checks_its_arguments(home, tmp_path):
     shown = svc.dataset_format("sft_instructions")  # the sample's own templates: not the format's
     assert shown["format"]["id"] == "alpaca" and shown["from_format"] is False
     assert shown["templates"]["completion_template"] == "{{output}}"
+
+
+def test_the_preview_shows_the_format_and_the_templates_a_job_would_use(home, tmp_path):
+    """What the form's dataset line and template boxes show (issue 19 item 1): the format found, and its templates
+    where the boxes hold none of the user's own. A format's templates left in the boxes from the data shown before
+    are still the format's: the next file is read by its own format, not refused."""
+    svc = Service()
+    sample = data.SAMPLES["sft_instructions"]
+    shown = svc.preview_data(str(write(tmp_path, "sharegpt")), sample["template"], sample["completion_template"])
+    assert shown["format"]["id"] == "sharegpt" and shown["from_format"]
+    assert shown["templates"] == {"template": "", "completion_template": ""}  # through the chat template
+    assert [m["role"] for m in shown["rendered"][0]["messages"]][-2:] == ["user", "assistant"]
+    gsm = svc.preview_data(str(write(tmp_path, "gsm8k")), "", "", train_type="grpo")
+    filled = gsm["templates"]
+    assert gsm["format"]["name"] == "GSM8K" and filled["completion_template"] == data_formats.GSM8K_ANSWER
+    alpaca = svc.preview_data(str(write(tmp_path, "alpaca")), filled["template"], filled["completion_template"],
+                              train_type="grpo")
+    assert alpaca["format"]["id"] == "alpaca" and alpaca["from_format"] and "template_error" not in alpaca
+    assert alpaca["templates"]["template"] == "{{instruction}}\n\n{{input}}"
+    own = svc.preview_data(str(write(tmp_path, "alpaca")), "Do: {{instruction}}", "{{output}}")
+    assert not own["from_format"] and own["rendered"][0]["prompt"].startswith("Do: ")
+    chosen = svc.preview_data(str(write(tmp_path, "alpaca")), "", "", data_format="text")
+    assert "needs the columns text" in chosen["template_error"]

@@ -522,7 +522,11 @@ class Resolved:
     own: bool  # the templates are the user's (or the bundled sample's own), not the format's
 
 
-def _own_templates(spec: DatasetSpec, template: str | None, completion: str | None) -> Templates | None:
+_FILLED = {t: data_formats.filled_templates(t) for t in ("sft", "grpo")}
+
+
+def _own_templates(spec: DatasetSpec, template: str | None, completion: str | None,
+                   train_type: str = "sft") -> Templates | None:
     """The templates the user gave, or None where they gave none: both empty, or a bundled sample's defaults sent
     with another dataset (the form keeps them in its boxes). A sample named with no templates brings its own."""
     if template is None and spec.source == "sample":
@@ -530,6 +534,11 @@ def _own_templates(spec: DatasetSpec, template: str | None, completion: str | No
     if not (template or "").strip() and not (completion or "").strip():
         return None
     pair = (template or "", completion or "")
+    if spec.source == "sample" and pair == (SAMPLES.get(spec.name, {}).get("template"),
+                                            SAMPLES.get(spec.name, {}).get("completion_template")):
+        return Templates(*pair)  # the sample's own
+    if pair in _FILLED["grpo" if train_type == "grpo" else "sft"]:  # a format's, filled into the form's boxes for the data shown before (previews)
+        return None
     for name, sample in SAMPLES.items():
         if pair == (sample["template"], sample["completion_template"]) and \
                 not (spec.source == "sample" and spec.name == name):
@@ -546,7 +555,7 @@ def resolve(spec: DatasetSpec, template: Any = None, completion_template: Any = 
     if data_format is not None and not isinstance(data_format, str):
         raise DataError(f"`data_format` must be text ({', '.join(data_formats.IDS)}), got "
                         f"{type(data_format).__name__} {inputs.short(data_format)}")
-    own = _own_templates(spec, template, completion_template)
+    own = _own_templates(spec, template, completion_template, train_type)
     head = read_head(spec, cheap_only=not read)
     if head is None:
         return Resolved(spec, own or Templates(), None, None, own is not None)

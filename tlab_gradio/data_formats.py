@@ -139,6 +139,21 @@ def _flat(fmt_id: str, columns: list[str], rows: list[dict[str, Any]]) -> Format
     return None
 
 
+def filled_templates(train_type: str) -> set[tuple[str, str]]:
+    """Every (template, completion template) pair a format fills in for a train_type (sft, grpo). The form shows
+    them in its boxes; sent back with other data, they are still the format's, not the user's (data.resolve)."""
+    out = set()
+    for columns in (["instruction", "input", "output"], ["instruction", "output"], ["prompt", "completion"],
+                    ["question", "answer"], ["text"]):
+        for answer in ("1 #### 1", "1"):
+            rows = [{c: answer for c in columns}]
+            for fmt_id in ("alpaca", "prompt_completion", "question_answer", "text"):
+                fmt = _flat(fmt_id, columns, rows)
+                if fmt is not None and (train_type != "grpo" or fmt.grpo):
+                    out.add(fmt.templates(train_type))
+    return out
+
+
 def _chosen(override: str, columns: list[str], rows: list[dict[str, Any]]) -> Format:
     fmt_id, _, column = override.strip().partition(":")
     fmt_id, column = fmt_id.strip().lower(), column.strip()

@@ -73,6 +73,8 @@ def parameter_specs(manifest: manifests.Manifest) -> dict[str, dict[str, Any]]:
             spec["default"] = machine[name]
         elif p.default_on_cpu is not None and device_default(manifest) == "cpu":
             spec["default"] = p.default_on_cpu  # the form opens with what runs well here
+        if p.default_on_cpu is not None:
+            spec["default_on_cuda"] = p.default  # the form swaps them when the device is switched
         help_text = manifest.help(name)
         if help_text:
             spec["help"] = help_text

@@ -155,25 +155,36 @@ class Service:
         return estimates.for_job(self.prepare(request, check_data=False, owner=owner), self.home)
 
     def preview_data(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
-                     rows: int = 3, owner: str | None = None) -> dict[str, Any]:
-        """First rows and columns of a dataset and, if the templates fit, the rendered examples.
-        A template that does not fit comes back as `template_error` next to the rows."""
+                     rows: int = 3, owner: str | None = None, train_type: str = "sft",
+                     data_format: str | None = None) -> dict[str, Any]:
+        """First rows and columns of a dataset and, if the templates fit, the rendered examples, with the templates
+        a job would use: the user's, or those of the format found from the columns (`format`: id, name,
+        description; `from_format`: the templates are the format's). A template or format that does not fit comes
+        back as `template_error` next to the rows; `rows_checked`: how many rows the format was found from."""
         rows = inputs.whole_number("rows", rows, 1, PREVIEW_ROWS)
         try:
             spec = data.parse_spec(dataset)
             # The same rule as Start: a preview reads no server folder and no other visitor's upload.
             job_request.hosted_dataset_check(spec, self.uploads_for(owner))
             out = data.preview(spec, None, rows)
-            templates = data.templates_for(spec, template, completion_template)
-            try:
-                templates.check(out["columns"])
-                out["rendered"] = templates.rendered(out["rows"])  # in a render worker: never stalls this process
-            except data.DataError as exc:
-                out["template_error"] = str(exc)
-            out["templates"] = {"template": templates.template, "completion_template": templates.completion_template}
-            return out
         except data.DataError as exc:
-            raise RequestError([str(exc)]) from None
+            raise RequestError([self.hide_paths(str(exc))]) from None
+        out["format"] = None
+        try:
+            found = data.resolve(spec, template, completion_template, "grpo" if train_type == "grpo" else "sft",
+                                 data_format)
+            fmt, templates = found.format, found.templates
+            if fmt is not None:
+                out["format"] = {"id": fmt.id, "name": fmt.name, "description": fmt.description, "column": fmt.column}
+            out["templates"] = {"template": templates.template, "completion_template": templates.completion_template}
+            out["from_format"] = fmt is not None and not found.own
+            head = found.head.rows[:rows] if found.head is not None else out["rows"]
+            out["rows_checked"] = len(found.head.rows) if found.head is not None else len(out["rows"])
+            templates.check(found.head.columns if found.head is not None else out["columns"])
+            out["rendered"] = templates.rendered(head)  # in a render worker: never stalls this process
+        except data.DataError as exc:
+            out["template_error"] = self.hide_paths(str(exc))
+        return out
 
     def dataset_format(self, dataset: Any, template: str | None = None, completion_template: str | None = None,
                        train_type: str = "sft", data_format: str | None = None,

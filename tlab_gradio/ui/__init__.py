@@ -54,6 +54,21 @@ CSS = """
 .form:has([data-tl-invalid]), [data-tl-invalid] {overflow: visible !important}
 .tl-field-error {color: #b91c1c; font-size: 0.88em; margin-top: 4px; overflow-wrap: anywhere}
 .tl-field-error.tl-stale {opacity: 0.45}
+/* The task form: settings on the left; Start, the check and the command on the right, in view while the left
+   scrolls (issue 18 item 5) */
+#form-side {position: sticky; top: 8px; align-self: flex-start; max-height: max(420px, calc(100vh - 200px))}
+#form-side, #form-verdict {flex-wrap: nowrap !important}  /* gradio's columns wrap into a second column */
+#form-side > #form-verdict {flex-shrink: 1 !important; min-height: 160px; overflow-y: auto}
+#form-verdict > * {flex-grow: 0 !important; flex-shrink: 0 !important}
+#task-form, #form-layout, #form-main {overflow: visible !important}
+.gradio-container {overflow-x: clip !important; overflow-y: visible !important}  /* hidden would stop sticky */
+#form-side > * {flex-shrink: 0; flex-grow: 0 !important}
+#form-checks {font-size: 0.92em}
+/* Help under a field: one line, the whole of it while the field has the focus (not on hover: the page would move
+   under the pointer) */
+#task-form .info-text {white-space: nowrap; overflow: hidden; text-overflow: ellipsis}
+#task-form .block:not(:has(.block)):focus-within .info-text {white-space: normal}
+#tl-header h1 {font-size: 1.6em; margin: 0 0 4px} #tl-header h1 .tl-muted {font-size: 0.55em; font-weight: 400}
 .tl-ds-table {max-height: 260px; overflow: auto; font-size: 0.9em}
 .tl-ds-table table {border-collapse: collapse; width: 100%}
 .tl-ds-table th, .tl-ds-table td {border: 0 !important; border-bottom: 1px solid var(--border-color-primary) !important;
@@ -73,7 +88,8 @@ def build_app():
     hosted = settings.hosted()
     with gr.Blocks(title="tlab-gradio") as demo:
         with gr.Row(elem_id="tl-header"):
-            gr.Markdown("# tlab-gradio\nFine-tune language models on every GPU of this machine.")
+            gr.Markdown("# tlab-gradio <span class=\"tl-muted\">fine-tune language models on every GPU of this "
+                        "machine</span>")
         with gr.Tabs():
             with gr.Tab("Plugins", id="plugins"):
                 plugins_tab.build(svc, demo, hosted)

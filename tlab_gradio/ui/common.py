@@ -13,6 +13,20 @@ from ..service import JobError, RequestError, get_service
 PRIVATE = {"api_visibility": "private"}  # page handlers stay out of the API the client sees
 
 
+def progress_on(render_fn: Callable, target: gr.components.Component) -> None:
+    """Show a gr.render's progress on `target` instead of its own column. The page's browser code copies every
+    component of an event's progress targets at each later render and status change: with the render's column as
+    its target, the whole Plugin Config was copied several times per plugin switch (about a second of the
+    browser's time on 2 cores). gr.render takes no show_progress_on; its event is found by its function."""
+    from gradio.context import get_blocks_context
+
+    fns = [f for f in get_blocks_context().fns.values()
+           if f.renderable is not None and f.renderable.fn is render_fn]
+    if len(fns) != 1:
+        raise RuntimeError(f"progress_on: {len(fns)} render events for {render_fn!r}")
+    fns[0].show_progress_on = [target]
+
+
 def visitor(request: gr.Request | None) -> str | None:
     """Who is asking, for job ownership: the login name when TLAB_AUTH is on, else the browser's (or
     gradio_client's) session. gradio fills in a handler's gr.Request parameter; it is no API input."""

@@ -11,9 +11,15 @@ from .. import data, settings
 from ..service import RequestError, Service
 from .common import PRIVATE
 
-SOURCES = ["Bundled sample", "Upload", "Local path", "Hugging Face Hub"]
+SOURCES = ["Bundled sample", "Upload", "Local path", "Hugging Face Hub"]  # the values; shown shorter (LABELS)
+LABELS = {"Bundled sample": "Sample", "Upload": "Upload", "Local path": "Local path", "Hugging Face Hub": "Hub"}
 DATASET_FIELDS = ("source", "sample", "upload", "path", "hub", "subset", "split")  # names as in form_request
 TEMPLATE_FIELDS = ("template", "completion_template")
+FORMAT_AUTO = "auto"
+# The request's data_format (data_formats.IDS); a conversation format may name its column, typed: messages:chat
+FORMATS = [("auto: found from the columns", FORMAT_AUTO), ("Alpaca", "alpaca"), ("ShareGPT", "sharegpt"),
+           ("OpenAI messages", "messages"), ("prompt / completion", "prompt_completion"),
+           ("question / answer (GSM8K)", "question_answer"), ("plain text", "text")]
 SFT_LABELS = ({"label": "Data template (the prompt, or the whole text)",
                "info": "{{column}} placeholders; empty for chat data with a `messages` column"},
               {"label": "Completion template (optional)", "info": "With it, the loss covers only the completion"})
@@ -26,28 +32,35 @@ def build(hosted: bool) -> dict[str, Any]:
     """Both sections, inside the form; the components by name (DATASET_FIELDS, TEMPLATE_FIELDS, and the
     preview's: info, table, preview_btn, rendered)."""
     sample0 = data.SAMPLES[data.DEFAULT_SFT_SAMPLE]
-    with gr.Group():
-        gr.Markdown("### Dataset", elem_classes="tl-section")
+    with gr.Group(elem_id="dataset-section"):
         sources = [s for s in SOURCES if not (hosted and s == "Local path")]
-        parts: dict[str, Any] = {"source": gr.Radio(sources, value="Bundled sample", label="Source",
-                                                    elem_id="ds-source")}
-        with gr.Row():
+        with gr.Row(equal_height=True):
+            parts: dict[str, Any] = {"source": gr.Radio([(LABELS[x], x) for x in sources], value="Bundled sample",
+                                                        label="Dataset", elem_id="ds-source", scale=3)}
+            parts["data_format"] = gr.Dropdown(
+                choices=FORMATS, value=FORMAT_AUTO, label="Format", allow_custom_value=True, elem_id="ds-format",
+                scale=1, min_width=190)  # typed: messages:<column> for a conversation column of another name
+        with gr.Row(equal_height=True):
             parts["sample"] = gr.Dropdown(choices=[(f"{k}: {v['description']}", k) for k, v in data.SAMPLES.items()],
-                                          value=data.DEFAULT_SFT_SAMPLE, label="Bundled sample", elem_id="ds-sample")
+                                          value=data.DEFAULT_SFT_SAMPLE, label="Bundled sample", elem_id="ds-sample",
+                                          scale=3)
             parts["upload"] = gr.File(label="Upload JSON / JSONL / CSV / Parquet", type="filepath", visible=False,
-                                      file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="ds-upload")
-            parts["path"] = gr.Textbox(label="Local file or folder", visible=False, elem_id="ds-path")
-            parts["hub"] = gr.Textbox(label="Hub dataset id", placeholder="org/name", visible=False, elem_id="ds-hub")
-            parts["subset"] = gr.Textbox(label="Subset (config)", visible=False, elem_id="ds-subset")
+                                      file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="ds-upload",
+                                      height=110, scale=3)
+            parts["path"] = gr.Textbox(label="Local file or folder", visible=False, elem_id="ds-path", scale=3)
+            parts["hub"] = gr.Textbox(label="Hub dataset id", placeholder="org/name", visible=False, elem_id="ds-hub",
+                                      scale=2)
+            parts["subset"] = gr.Textbox(label="Subset (config)", visible=False, elem_id="ds-subset", scale=1)
             parts["split"] = gr.Textbox(label="Split", placeholder="train, or the only split", visible=False,
-                                        elem_id="ds-split")
-        parts["info"] = gr.Markdown(elem_id="ds-info")
+                                        elem_id="ds-split", scale=1)
+        parts["info"] = gr.Markdown(elem_id="ds-info")  # rows, columns, the format found (previews.data_preview)
+    # The templates and the first rows, one click away: a detected format fills the templates, and a problem with
+    # them opens this section (live.MARK_JS) with the message at the box.
+    with gr.Accordion("Data template and first rows", open=False, elem_id="data-template"):
         parts["table"] = gr.HTML(elem_id="ds-table")  # the first rows (previews.data_preview)
-    with gr.Group():
-        gr.Markdown("### Data Template", elem_classes="tl-section")
         with gr.Row():
-            parts["template"] = gr.Textbox(lines=6, value=sample0["template"], elem_id="template", **SFT_LABELS[0])
-            parts["completion_template"] = gr.Textbox(lines=6, value=sample0["completion_template"],
+            parts["template"] = gr.Textbox(lines=4, value=sample0["template"], elem_id="template", **SFT_LABELS[0])
+            parts["completion_template"] = gr.Textbox(lines=4, value=sample0["completion_template"],
                                                       elem_id="completion-template", **SFT_LABELS[1])
         parts["preview_btn"] = gr.Button("Preview data and template", size="sm", elem_id="preview-data")
         parts["rendered"] = gr.Code(label="First rendered examples", language="markdown", interactive=False,
@@ -119,6 +132,12 @@ def dataset_value(svc: Service, fields: dict[str, Any], owner: str | None = None
         return {"source": "hub", "name": fields["hub"].strip(), "subset": (fields["subset"] or "").strip() or None,
                 "split": (fields["split"] or "").strip() or None}
     return {"source": "sample", "name": fields["sample"] or data.DEFAULT_SFT_SAMPLE}
+
+
+def format_value(value: Any) -> str | None:
+    """The request's data_format from the Format field: None for auto (the format found from the columns)."""
+    text = (value or "").strip()
+    return None if text in ("", FORMAT_AUTO) else text
 
 
 def dataset_fields(dataset: Any) -> dict[str, Any]:

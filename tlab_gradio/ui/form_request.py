@@ -8,9 +8,9 @@ from typing import Any
 
 from .. import data
 from ..service import Service
-from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS, dataset_fields, dataset_value
+from .dataset_picker import DATASET_FIELDS, FORMAT_AUTO, TEMPLATE_FIELDS, dataset_fields, dataset_value, format_value
 
-STATIC_FIELDS = ("plugin", "name", "model") + DATASET_FIELDS + TEMPLATE_FIELDS + ("custom_rewards",)
+STATIC_FIELDS = ("plugin", "name", "model") + DATASET_FIELDS + ("data_format",) + TEMPLATE_FIELDS + ("custom_rewards",)
 # What a preset or a cloned job fills in, then the seed: not the upload (a request keeps the stored path)
 # nor the reward table (the Plugin Config builds it from the seed).
 FILLED = tuple(f for f in STATIC_FIELDS if f not in ("upload", "custom_rewards"))
@@ -29,6 +29,8 @@ def build_request(svc: Service, static: dict[str, Any], params: dict[str, Any],
         "completion_template": static["completion_template"] or "",
         "params": dict(params),
     }
+    if format_value(static.get("data_format")):
+        request["data_format"] = format_value(static["data_format"])
     if static.get("custom_rewards"):  # GRPO's own reward functions, from their table
         request["params"]["custom_rewards"] = static["custom_rewards"]
     return request
@@ -48,6 +50,7 @@ def form_from_request(request: dict[str, Any], version: int) -> list[Any]:
         sample = data.SAMPLES[fields["sample"]]
         template, completion = sample.get("template", ""), sample.get("completion_template", "")
     fields.update(plugin=request.get("plugin"), name=request.get("name") or "", model=request.get("model") or "",
-                  template=template or "", completion_template=completion or "")
+                  template=template or "", completion_template=completion or "",
+                  data_format=request.get("data_format") or FORMAT_AUTO)
     seed = {"plugin": request.get("plugin"), "values": params, "version": version}
     return [fields[f] for f in FILLED] + [seed]

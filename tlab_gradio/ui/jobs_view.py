@@ -278,8 +278,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)
-    timer.tick(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", **PRIVATE)
-    selected.change(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", **PRIVATE)
+    timer.tick(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", show_progress_on=header,
+               **PRIVATE)
+    selected.change(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", show_progress_on=header,
+                    **PRIVATE)
 
     def redraw(state, choice, smooth):
         return chart_update(state["series"], choice, state.get("others"), state.get("label", "this job"), smooth)
@@ -350,5 +352,5 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     delete_btn.click(delete, [selected, confirmed],
                      [selected, header, progress, view, table, error, stop_btn, resume_btn, clone_btn, delete_btn,
                       live_row, files, command, accel],
-                     js=DELETE_CONFIRM_JS, **PRIVATE)
+                     js=DELETE_CONFIRM_JS, show_progress_on=header, **PRIVATE)
     return Parts(selected=selected, clone_btn=clone_btn)

@@ -81,26 +81,46 @@ def pending_js(key: str, texts: list[str], ids: list[str]) -> str:
             f"{_hold(ids, True)}return [{values}]; }}")
 
 
+# Fields in a section that starts closed, whose contents the page builds only once it is opened: a problem at one
+# opens it (and the mark follows once the field is there).
+CLOSED_SECTIONS = {"template": "data-template", "completion-template": "data-template"}
+
 MARK_JS = """
-function tlMark(fields) {
+function tlMark(fields, seq, tries) {
+  tries = tries || 0;
+  if (tries && String((window.tlLive || {})['check:answered']) !== String(seq)) return;  // a newer verdict is shown
   document.querySelectorAll('.tl-field-error').forEach(e => e.remove());
   document.querySelectorAll('[data-tl-invalid]').forEach(e => e.removeAttribute('data-tl-invalid'));
+  const sections = %s;
+  let missing = false;
   for (const [id, messages] of Object.entries(fields || {})) {
     const el = document.getElementById(id);
-    if (!el) continue;
+    if (!el) {
+      const section = sections[id] && document.getElementById(sections[id]);
+      const button = section && section.querySelector('button.label-wrap');
+      if (button && !button.classList.contains('open')) button.click();
+      missing = true;
+      continue;
+    }
     el.setAttribute('data-tl-invalid', '1');
     const note = document.createElement('div');
     note.className = 'tl-field-error'; note.id = id + '-error'; note.setAttribute('role', 'alert');
     note.textContent = messages.join(' · ');
     (el.querySelector(':scope > .container') || el).appendChild(note);  // a dropdown's block is clipped below it
+    // A field in a closed section (the data template, a plugin's group): the section opens, so it is seen.
+    for (let acc = el.closest('.gr-accordion'); acc; acc = acc.parentElement && acc.parentElement.closest('.gr-accordion')) {
+      const button = acc.querySelector(':scope button.label-wrap');
+      if (button && !button.classList.contains('open')) button.click();
+    }
   }
-}"""
+  if (missing && tries < 20) setTimeout(() => tlMark(fields, seq, tries + 1), 100);
+}""" % json.dumps(CLOSED_SECTIONS)
 
 
 def show_js(key: str, ids: list[str], marks: bool = False) -> str:
     """raw -> the shown outputs, when raw answers the latest change (else they stay as they are). The inputs are
     raw then the shown outputs (elem_ids `ids`), in the order raw['shown'] holds their new values."""
-    mark = "tlMark(raw.fields); " if marks else ""
+    mark = "tlMark(raw.fields, raw.seq); " if marks else ""
     return (f"(raw, ...shown) => {{ {MARK_JS if marks else ''}\n"
             f"const w = window.tlLive = window.tlLive || {{}}; "
             f"if (!raw || !raw.shown || String(raw.seq) !== String(w[{_js(key)}] || 0)) return shown; "

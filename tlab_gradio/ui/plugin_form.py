@@ -10,10 +10,14 @@ from typing import Any
 import gradio as gr
 
 from ..service import RequestError, Service
-from .common import problems_md
+from .common import PRIVATE, problems_md
 from .reward_table import custom_rewards_block, seeded_rewards
 
 DEFAULT_PLUGIN = "llama_sft_multi_gpu"
+# What people change at every run, first in the form (issue 18: LlamaBoard shows these at once; ours were 1,700 px
+# down): the rest of the plugin's settings stay in its sections below, closed unless changed.
+ESSENTIALS = ("device", "gpu_ids", "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size")
+PER_ROW = 3
 
 
 def trainer_choices(svc: Service) -> tuple[list[tuple[str, str]], str | None]:
@@ -111,6 +115,23 @@ def field_triggers(comp: Any) -> tuple[list[Any], list[Any]]:
     return [], [comp.input]
 
 
+def device_defaults(specs: dict[str, dict[str, Any]], device: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The values after the Training Device is switched to `device`: a field still at the other device's default
+    takes this one's (GRPO on a CPU: 8 completions of 64 tokens, not a GPU's hundreds); a value the user set
+    stays. Values are compared as numbers where the field is one (its text `2e-4` is 0.0002)."""
+    out = dict(values)
+    for name, spec in specs.items():
+        if "default_on_cpu" not in spec or name not in values:
+            continue
+        here, there = ((spec["default_on_cpu"], spec.get("default_on_cuda")) if device == "cpu" else
+                       (spec.get("default_on_cuda"), spec["default_on_cpu"]))
+        if here is None or there is None:
+            continue
+        if number_value(spec, values[name]) == there:
+            out[name] = _number_text(here) if isinstance(values[name], str) else here
+    return out
+
+
 def opens(group: dict[str, Any], specs: dict[str, dict[str, Any]], values: dict[str, Any]) -> bool:
     """A section starts open if the plugin says so, or if it holds a value other than its default (a
     preset's or a cloned job's): nothing that will change the run is hidden."""
@@ -138,7 +159,25 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
     specs = form["parameters"]
     start_values = initial_values(svc, plugin_id, seed_value)
     version = seed_value.get("version", 0)
+
+    def add_fields(names: list[str]) -> None:
+        nonlocal typing, commits
+        for first in range(0, len(names), PER_ROW):
+            with gr.Row(equal_height=True):
+                for name in names[first:first + PER_ROW]:
+                    comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}-{version}")
+                    fields[name] = comp
+                    typed, committed = field_triggers(comp)
+                    typing += typed
+                    commits += committed
+
+    essentials = [n for n in ESSENTIALS if n in specs]
+    with gr.Group(elem_id="group-essentials"):
+        add_fields(essentials)
     for group in form["parameter_groups"]:
+        group = {**group, "parameters": [n for n in group["parameters"] if n not in essentials]}
+        if not group["parameters"]:
+            continue
         title = group["title"]
         # A new key per seed version: a loaded preset replaces what the fields held (and the
         # sections open where it changed something).
@@ -148,16 +187,17 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
             if group.get("help"):
                 gr.Markdown(group["help"], elem_classes="tl-muted")
             names = group["parameters"]
-            for first in range(0, len(names), 4):
-                with gr.Row(equal_height=True):
-                    for name in names[first:first + 4]:
-                        comp = param_component(name, specs[name], start_values[name],
-                                               key=f"{plugin_id}-{name}-{version}")
-                        fields[name] = comp
-                        typed, committed = field_triggers(comp)
-                        typing += typed
-                        commits += committed
+            add_fields(names)
             if form["train_type"] == "grpo" and "reward_correctness" in names:
                 chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value),
                                                     f"{plugin_id}-{version}"))
+    swapped = [n for n in fields if "default_on_cpu" in specs[n]]
+    if "device" in fields and swapped:
+        def switch_device(device, vals, *shown):
+            new = device_defaults(specs, device, dict(zip(swapped, shown)))
+            return [{**vals, **new}] + [new[n] for n in swapped]
+
+        chained.append(fields["device"].input(switch_device, [fields["device"], refs["values"]]
+                                              + [fields[n] for n in swapped], [refs["values"]]
+                                              + [fields[n] for n in swapped], **PRIVATE))
     refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None])

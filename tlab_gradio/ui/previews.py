@@ -7,23 +7,41 @@ from typing import Any
 
 from ..service import RequestError, Service
 from .common import problems_md
-from .dataset_picker import dataset_value
+from .dataset_picker import dataset_value, format_value
 
 
-def data_preview(svc: Service, fields: dict[str, Any], owner: str | None = None) -> tuple[str, str, str]:
-    """The dataset fields' first rows (a heading and a table, as HTML) and up to three rendered examples, or the
-    problems."""
+def data_preview(svc: Service, fields: dict[str, Any], owner: str | None = None) -> tuple[str, str, str, str, str]:
+    """The dataset fields' summary line (rows, columns, the format found), first rows (an HTML table), up to three
+    rendered examples, and the templates a job would use (the format's where the boxes held none of the user's;
+    else the boxes' own), or the problems."""
+    kept = fields["template"], fields["completion_template"]
+    try:
+        form = svc.plugin_form(fields["plugin"]) if fields.get("plugin") else None
+    except RequestError:
+        form = None
     try:
         out = svc.preview_data(dataset_value(svc, fields, owner), fields["template"], fields["completion_template"], 5,
-                               owner)
+                               owner, train_type=form["train_type"] if form else "sft",
+                               data_format=format_value(fields.get("data_format")))
     except RequestError as exc:
-        return problems_md(exc), "", ""
-    head = f"**{out['num_rows']} rows** · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
+        return (problems_md(exc), "", "") + kept
+    count = (f"**{out['num_rows']} rows**" if out["num_rows"] is not None else
+             f"**first {out.get('rows_checked') or len(out['rows'])} rows read** (too large to count before Start)")
+    head = count + " · columns: " + ", ".join(f"`{c}`" for c in out["columns"])
+    fmt = out.get("format")
+    if fmt:
+        head += f" · {html.escape(fmt['description'])}"
+        if out.get("from_format") and (out["templates"]["template"] or out["templates"]["completion_template"]):
+            head += " (its templates filled in)"
+        elif out.get("from_format"):
+            head += " (through the model's chat template)"
     if "template_error" in out:
         text = f"✗ {svc.hide_paths(out['template_error'])}"
     else:
         text = "\n\n".join(_render_example(i, ex) for i, ex in enumerate(out["rendered"][:3], 1))
-    return head, _table(out["columns"], out["rows"]), text
+    templates = (out["templates"]["template"], out["templates"]["completion_template"]) \
+        if out.get("from_format") else kept
+    return (head, _table(out["columns"], out["rows"]), text) + templates
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]]) -> str:

@@ -16,13 +16,18 @@ import gradio as gr
 
 from ..service import RequestError, Service
 from . import dataset_picker, jobs_view, live
-from .common import PRIVATE, checked, problems_md, visitor
+from .common import PRIVATE, checked, problems_md, progress_on, visitor
 from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS
 from .form_request import FILLED, STATIC_FIELDS, build_request, form_from_request
 from .plugin_form import config_section, form_of, initial_values, number_value, trainer_choices
 from .previews import data_preview, launch_check
 from .reward_table import seeded_rewards
 
+# The form, once opened (+ New, a preset, a clone), at the top of the screen: its first screen holds what people
+# change at every run and Start (a clone is asked for from the job view, far below).
+SHOW_FORM_JS = """() => { requestAnimationFrame(() => { const f = document.getElementById('task-form');
+  if (f) window.scrollTo({top: Math.max(0, f.getBoundingClientRect().top + window.scrollY - 8), behavior: 'instant'});
+}); }"""
 CHECK_IDS = ["form-checks", "command-preview"]  # the live check's outputs, and the preview's, by elem_id
 PREVIEW_IDS = ["ds-info", "ds-table", "rendered"]
 
@@ -36,46 +41,54 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     fields: dict[str, Any] = {"custom_rewards": gr.State([])}  # GRPO: your own reward functions, [{function, weight}]
     with gr.Row(elem_classes="tl-toolbar"):
         new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
-        preset_pick = gr.Dropdown(choices=svc.list_presets(), label="Presets", scale=2, elem_id="preset-pick",
-                                  value=None, interactive=True)
+        preset_pick = gr.Dropdown(choices=svc.list_presets(), show_label=False, scale=2, elem_id="preset-pick",
+                                  value=None, interactive=True, info=None, container=False,
+                                  label="Presets")
         load_btn = gr.Button("Load preset", size="md", scale=0, min_width=130, elem_id="load-preset")
 
     start_msg = gr.Markdown(elem_id="start-msg")  # outside the form: still seen once Start closes it
+    # Two columns: the settings on the left, what Start will do (the check, the command) and Start itself on the
+    # right, which stays in view while the left one scrolls (issue 18: Start was 3,000 px down).
     with gr.Column(visible=False, elem_id="task-form", elem_classes="tl-card") as form:
-        gr.Markdown("## New training task")
-        with gr.Group():
-            gr.Markdown("### Name", elem_classes="tl-section")
-            with gr.Row():
-                # No value until the page load reads the plugins again (refresh_plugins): a value kept from
-                # app start could name a plugin no longer offered, and be refused in every handler.
-                fields["plugin"] = gr.Dropdown(choices=trainers, value=None, label="Plugin", elem_id="plugin",
-                                               info="Only trainer plugins are listed", scale=2)
-                fields["name"] = gr.Textbox(label="Task name", placeholder="e.g. alpaca-lora-run-1",
-                                            elem_id="task-name", scale=2)
-                fields["model"] = gr.Textbox(label="Model", elem_id="model", scale=3,
-                                             placeholder=("Hub id (empty: the embedded tiny Llama)" if hosted else
-                                                          "Hub id, local folder or .gguf file (empty: the tiny "
-                                                          "Llama, offline)"))
-        data_parts = dataset_picker.build(hosted)
-        fields.update({n: data_parts[n] for n in DATASET_FIELDS + TEMPLATE_FIELDS})
-        plugin_dd = fields["plugin"]
-        with gr.Group():
-            gr.Markdown("### Plugin Config", elem_classes="tl-section")
-            with gr.Column(elem_id="plugin-config"):
-                @gr.render(inputs=[plugin_dd, seed], triggers=[plugin_dd.change, seed.change, demo.load])
-                def plugin_config(plugin_id, seed_value):
-                    config_section(svc, refs, plugin_id, seed_value)
+        with gr.Row(equal_height=False, elem_id="form-layout"):
+            with gr.Column(scale=5, min_width=560, elem_id="form-main"):
+                with gr.Group():
+                    with gr.Row():
+                        # No value until the page load reads the plugins again (refresh_plugins): a value kept from
+                        # app start could name a plugin no longer offered, and be refused in every handler.
+                        fields["plugin"] = gr.Dropdown(choices=trainers, value=None, label="Plugin", elem_id="plugin",
+                                                       scale=3)
+                        fields["model"] = gr.Textbox(
+                            label="Model", elem_id="model", lines=1, max_lines=1, scale=2, min_width=260,
+                            placeholder=("Hub id (empty: the embedded tiny Llama)" if hosted else
+                                         "Hub id, folder or .gguf (empty: the tiny Llama, offline)"))
+                data_parts = dataset_picker.build(hosted)
+                fields.update({n: data_parts[n] for n in DATASET_FIELDS + ("data_format",) + TEMPLATE_FIELDS})
+                plugin_dd = fields["plugin"]
+                with gr.Column(elem_id="plugin-config"):
+                    @gr.render(inputs=[plugin_dd, seed], triggers=[plugin_dd.change, seed.change, demo.load],
+                               show_progress="hidden")
+                    def plugin_config(plugin_id, seed_value):
+                        config_section(svc, refs, plugin_id, seed_value)
 
-            checks = gr.Markdown(elem_id="form-checks")
-            command = gr.Code(label="Command Start will run (copy it to run the job by hand)", language="shell",
-                              interactive=False, elem_id="command-preview", visible=not hosted, max_lines=6)
-
-        with gr.Row():
-            preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="preset name",
-                                     scale=3, elem_id="preset-name")
-            save_btn = gr.Button("Save preset", size="md", scale=1, elem_id="save-preset")
-            cancel_btn = gr.Button("Cancel", size="md", scale=1)
-            start_btn = gr.Button("Start", variant="primary", size="lg", scale=2, elem_id="start")
+            # Start at the bottom of the side column, which is never taller than the screen below the form's top:
+            # in view at the first screen and, the column being sticky, wherever the settings are scrolled to.
+            with gr.Column(scale=2, min_width=340, elem_id="form-side"):
+                fields["name"] = gr.Textbox(label="Task name", placeholder="e.g. alpaca-lora-run-1", elem_id="task-name",
+                                            lines=1, max_lines=1)
+                with gr.Column(elem_id="form-verdict"):  # scrolls on its own when long
+                    checks = gr.Markdown(elem_id="form-checks")
+                    progress_on(plugin_config, checks)
+                    command = gr.Code(label="Command Start will run (copy it to run the job by hand)",
+                                      language="shell", interactive=False, elem_id="command-preview",
+                                      visible=not hosted, max_lines=8)
+                with gr.Row():
+                    start_btn = gr.Button("Start", variant="primary", size="lg", scale=2, elem_id="start")
+                    cancel_btn = gr.Button("Cancel", size="lg", scale=1, elem_id="cancel-task")
+                with gr.Row():
+                    preset_name = gr.Textbox(show_label=False, placeholder="preset name", lines=1, max_lines=1,
+                                             scale=3, elem_id="preset-name")
+                    save_btn = gr.Button("Save preset", size="md", scale=1, elem_id="save-preset")
 
     jobs_view_parts = jobs_view.build(svc, demo, hosted)
 
@@ -178,7 +191,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     # Typed, not yet checked: what is shown says so (and answers still on their way are dropped).
     static_text = [fields[n] for n in ("name", "model", "path", "hub", "subset", "split") + TEMPLATE_FIELDS]
     static_commits = ([c.blur for c in static_text] + [c.submit for c in static_text if c.lines == 1]
-                      + [fields["source"].change, fields["sample"].change, fields["upload"].change])
+                      + [fields["source"].change, fields["sample"].change, fields["upload"].change,
+                         fields["data_format"].change])
 
     def typed(comp) -> None:
         """A key typed in a text field: the verdict and command say it is not checked yet (live.typing_js)."""
@@ -208,14 +222,15 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, values], values,
                        show_progress="hidden", trigger_mode="always_last", **PRIVATE)
 
-    refs.update(custom=fields["custom_rewards"], wire=wire)
+    refs.update(custom=fields["custom_rewards"], wire=wire, values=values)
     send_check(gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed],
                      [values, fields["custom_rewards"]], **PRIVATE), check_values, static + [values])
     send_check(static_commits, check_values, static + [values])
     # Start and Save preset take the request of the latest check (not made in the render: a click while it is
     # rebuilt, after a preset or a clone, would be lost).
     start_seq = gr.Textbox(visible="hidden", elem_id="start-seq")
-    start_btn.click(start, start_seq, [start_msg, form, jobs_view_parts.selected], js=live.START_JS, **PRIVATE)
+    start_btn.click(start, start_seq, [start_msg, form, jobs_view_parts.selected], js=live.START_JS,
+                    show_progress_on=start_msg, **PRIVATE)
     save_btn.click(save, [preset_name, start_seq], preset_pick, js=live.START_JS, **PRIVATE)
     gr.on(check_raw.change, None, [check_raw] + check_shown, check_shown,
           js=live.show_js("check", CHECK_IDS, marks=True), show_progress="hidden", **PRIVATE)
@@ -224,12 +239,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     # --- dataset source, a plugin's own sample data, previews ------------------------------
     dataset_picker.wire(svc, data_parts, plugin_dd)
-    preview_inputs = [fields[n] for n in DATASET_FIELDS + TEMPLATE_FIELDS]
+    preview_names = ("plugin", "data_format") + DATASET_FIELDS + TEMPLATE_FIELDS
+    preview_inputs = [fields[n] for n in preview_names]
     defaults_outputs = [fields[n] for n in ("source", "sample") + TEMPLATE_FIELDS]
 
     def preview(visit: gr.Request, *args):
         *values_, seq = args
-        shown = data_preview(svc, dict(zip(DATASET_FIELDS + TEMPLATE_FIELDS, values_)), visitor(visit))
+        shown = data_preview(svc, dict(zip(preview_names, values_)), visitor(visit))
         return live.answer(seq, list(shown))
 
     def send_preview(event_or_triggers) -> Any:
@@ -251,7 +267,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     data_text = [fields[n] for n in ("path", "hub", "subset", "split")]
     template_boxes = [fields[n] for n in TEMPLATE_FIELDS]
     send_preview([data_parts["preview_btn"].click, fields["source"].change, fields["sample"].change,
-                  fields["upload"].change] + [c.blur for c in data_text + template_boxes]
+                  fields["upload"].change, fields["data_format"].change] + [c.blur for c in data_text + template_boxes]
                  + [c.submit for c in data_text])
     # A sample picked: its templates are filled in, then checked and previewed with them.
     picked = fields["sample"].input(dataset_picker.sample_templates, fields["sample"],
@@ -263,8 +279,12 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
           **PRIVATE)
     gr.on([c.input for c in template_boxes], None, None, [data_parts["rendered"]],
           js=live.pending_js("preview", [live.RENDER_TYPING], ["rendered"]), show_progress="hidden", **PRIVATE)
-    gr.on(preview_raw.change, None, [preview_raw] + preview_shown, preview_shown,
-          js=live.show_js("preview", PREVIEW_IDS), show_progress="hidden", **PRIVATE)
+    # The answer fills the template boxes too, with the templates of the format found where the boxes held none of
+    # the user's own (the sample's, another format's): what is shown is what a job would use.
+    filled = preview_shown + template_boxes
+    gr.on(preview_raw.change, None, [preview_raw] + filled, filled,
+          js=live.show_js("preview", PREVIEW_IDS + ["template", "completion-template"]), show_progress="hidden",
+          **PRIVATE)
     send_preview(plugin_dd.input(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
 
     # --- open / close the form, presets, clone --------------------------------------
@@ -273,9 +293,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True), {"plugin": current.get("plugin") or first, "values": {},
                                           "version": version}, ""]
 
-    send_preview(new_btn.click(open_new, seed, [form, seed, start_msg], **PRIVATE).then(
-        plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
-    cancel_btn.click(lambda: gr.update(visible=False), None, form, **PRIVATE)
+    opened = new_btn.click(open_new, seed, [form, seed, start_msg], show_progress_on=start_msg, **PRIVATE)
+    opened.then(None, js=SHOW_FORM_JS, **PRIVATE)
+    send_preview(opened.then(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
+    cancel_btn.click(lambda: gr.update(visible=False), None, form, show_progress_on=start_msg, **PRIVATE)
 
     def load_preset(name, current, visit: gr.Request):
         if not name:
@@ -287,7 +308,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Loaded preset **{html.escape(name)}**."]
 
-    send_preview(load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg], **PRIVATE))
+    loaded = load_btn.click(load_preset, [preset_pick, seed], [form] + form_outputs + [start_msg],
+                            show_progress_on=start_msg, **PRIVATE)
+    loaded.then(None, js=SHOW_FORM_JS, **PRIVATE)
+    send_preview(loaded)
     # The list as it is now, not as it was when the app started (presets saved since, in any tab).
     def list_presets(visit: gr.Request):
         return gr.update(choices=svc.list_presets(visitor(visit)))  # hosted: the visitor's own
@@ -308,5 +332,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         return [gr.update(visible=True)] + form_from_request(request, current.get("version", 0) + 1) + [
             f"Cloned the settings of job {int(job_id)}. Change what you like and press Start."]
 
-    send_preview(jobs_view_parts.clone_btn.click(clone, [jobs_view_parts.selected, seed],
-                                                 [form] + form_outputs + [start_msg], **PRIVATE))
+    cloned = jobs_view_parts.clone_btn.click(clone, [jobs_view_parts.selected, seed],
+                                             [form] + form_outputs + [start_msg], show_progress_on=start_msg, **PRIVATE)
+    cloned.then(None, js=SHOW_FORM_JS, **PRIVATE)
+    send_preview(cloned)
