@@ -240,17 +240,29 @@ def test_the_check_reads_the_head_of_a_large_file(home, tmp_path):
         data.COUNT_BYTES = counted
 
 
+OWN_CHAT = ("{% for message in messages %}<|{{ message['role'] }}|>{% if message['role'] == 'assistant' %}"
+            "{% generation %}{{ message['content'] }}</s>{% endgeneration %}{% else %}{{ message['content'] }}"
+            "{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
 def test_a_sharegpt_job_with_empty_templates_completes(home, tmp_path):
     """The whole way: the API's request with empty templates, the trainer loading the ShareGPT file as chat
-    messages through the tiny model's chat template, and the job COMPLETE."""
+    messages through a chat template given in the form (in place of the tiny model's), the job COMPLETE and its
+    model saved with that template."""
     svc = Service()
     path = write(tmp_path, "sharegpt")
     job = svc.start_job({**request(SFT, path), "name": "sharegpt", "cpu_processes": 1,
                          "params": {"logging_steps": 1, "per_device_train_batch_size": 4, "max_length": 128,
-                                    "gradient_checkpointing": "off", "max_steps": 2}})
+                                    "gradient_checkpointing": "off", "max_steps": 2, "chat_template": OWN_CHAT,
+                                    "assistant_only_loss": True}})
     done = svc.jobs.wait(job["id"], 420)
     log = "\n".join(svc.job_log(job["id"], 200))
     assert done.state == "COMPLETE", log
+    assert "chat template: the one given" in log
+    saved = [p for p in Path(done.job_dir).rglob("*") if p.name in ("chat_template.jinja", "tokenizer_config.json")
+             and OWN_CHAT in (p.read_text() if p.name.endswith("jinja") else json.loads(p.read_text()).get(
+                 "chat_template", ""))]
+    assert saved, "the trained model keeps the chat template it was trained with"
     assert done.spec.data.dataset["messages_from"] == "conversations" and done.spec.data.template == ""
     metrics = [json.loads(line) for line in (Path(done.job_dir) / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics), metrics
@@ -290,3 +302,25 @@ def test_the_preview_shows_the_format_and_the_templates_a_job_would_use(home, tm
     assert not own["from_format"] and own["rendered"][0]["prompt"].startswith("Do: ")
     chosen = svc.preview_data(str(write(tmp_path, "alpaca")), "", "", data_format="text")
     assert "needs the columns text" in chosen["template_error"]
+
+
+
+def test_a_chat_template_of_your_own_is_checked_before_start(home, tmp_path, monkeypatch):
+    """The chat template field: Jinja transformers can read ({% generation %} included), naming `messages`; a
+    syntax error says its line; hosted servers refuse it. With generation markers it lets assistant-only loss
+    through on a model whose own template has none."""
+    svc = Service()
+    path = write(tmp_path, "sharegpt")
+
+    def problems(params):
+        try:
+            svc.prepare({**request(SFT, path), "params": params})
+        except RequestError as exc:
+            return [p for p in exc.problems if "chat_template" in p]
+        return []
+
+    assert problems({"chat_template": OWN_CHAT}) == []
+    assert "syntax error at line 2" in problems({"chat_template": "{% for m in messages %}\n{{ m }"})[0]
+    assert "never uses `messages`" in problems({"chat_template": "{{ bos_token }}"})[0]
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    assert "turned off on this server" in problems({"chat_template": OWN_CHAT})[0]

@@ -229,11 +229,19 @@ HELD_OUT, HELD_OUT_GROUP = {"val_size", "eval_split", "eval_steps", "early_stopp
                             "load_best_model_at_end"}, "Held-out evaluation"
 
 
-def without_held_out(now: dict) -> dict:
+# and SFT and GRPO a chat template field in place of the model's (issue 19 item 1)
+CHAT_TEMPLATE = {"llama_sft_multi_gpu": "Data layout and loss", "grpo_multi_gpu": "Prompt and answer format"}
+
+
+def without_held_out(now: dict, plugin: str) -> dict:
     assert HELD_OUT <= set(now["parameters"]) and [g["title"] for g in now["groups"]].count(HELD_OUT_GROUP) == 1
-    return {"parameters": {n: s for n, s in now["parameters"].items() if n not in HELD_OUT},
-            "parameters_ui": {n: h for n, h in now["parameters_ui"].items() if n not in HELD_OUT},
-            "groups": [g for g in now["groups"] if g["title"] != HELD_OUT_GROUP]}
+    added = HELD_OUT | ({"chat_template"} if plugin in CHAT_TEMPLATE else set())
+    if plugin in CHAT_TEMPLATE:
+        assert [g["title"] for g in now["groups"] if "chat_template" in g["parameters"]] == [CHAT_TEMPLATE[plugin]]
+    return {"parameters": {n: s for n, s in now["parameters"].items() if n not in added},
+            "parameters_ui": {n: h for n, h in now["parameters_ui"].items() if n not in added},
+            "groups": [{**g, "parameters": [n for n in g["parameters"] if n not in added]}
+                       for g in now["groups"] if g["title"] != HELD_OUT_GROUP]}
 
 
 def snapshot(m: manifests.Manifest) -> dict:
@@ -250,7 +258,7 @@ def test_the_loaded_manifests_are_as_before_apart_from_the_listed_changes():
     found = manifests.load_all()[0]
     sft_schedules = found["llama_sft_multi_gpu"].parameters["lr_scheduler_type"].enum
     for plugin, old in before.items():
-        now = without_held_out(snapshot(found[plugin]))
+        now = without_held_out(snapshot(found[plugin]), plugin)
         assert set(now["parameters"]) == set(old["parameters"]), plugin
         for name, spec in old["parameters"].items():
             if (plugin, name) in WIDENED_ENUM:

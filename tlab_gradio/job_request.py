@@ -253,6 +253,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
     if clean:  # what would fail once started: the held-out split against the data, loss masks against the model
         problems += preflight.held_out(clean, spec, found.head if found is not None else None, check_data)
         problems += preflight.chat_loss(clean, templates, model_ref)
+        problems += preflight.chat_template(clean, settings.hosted())
 
     if choices and clean:
         problems += _custom_reward_problems(home, choices, clean, spec, templates, model_ref, manifest)

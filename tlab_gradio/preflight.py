@@ -2,8 +2,8 @@
 needs something else of the request (the dataset's rows or splits, the model's chat template). Run by the
 request check (job_request.prepare) with the rest; each problem names the parameter and the way out.
 
-Themed, as a checklist: the held-out evaluation (`held_out`), and the loss masks that need the model's chat
-template (`chat_loss`). No torch, transformers or TRL here: the web process reads files only.
+Themed, as a checklist: the held-out evaluation (`held_out`), the loss masks that need the model's chat
+template (`chat_loss`), and a chat template given in place of the model's (`chat_template`). No torch, transformers or TRL here: the web process reads files only.
 """
 from __future__ import annotations
 
@@ -120,3 +120,43 @@ def chat_loss(p: dict[str, Any], templates: data.Templates | None, model_ref: mo
     return [f"`assistant_only_loss` needs a chat template with {{% generation %}} markers (TRL finds the "
             f"assistant's tokens by them), and the chat template of {name} has none, nor is it one TRL can replace "
             f"with a marked version: the job would fail at its start. {way[0].upper() + way[1:]}"]
+
+
+MAX_CHAT_TEMPLATE_CHARS = 64 * 1024
+
+
+def chat_template(p: dict[str, Any], hosted: bool) -> list[str]:
+    """A `chat_template` given in place of the model's: Jinja that transformers can read (its `{% generation %}`
+    tag and loop controls included), at most 64 KiB; refused on a hosted server, where a visitor's template
+    would run in the trainer (sandboxed by transformers, but unbounded)."""
+    text = p.get("chat_template")
+    if not isinstance(text, str) or not text.strip():
+        return []
+    if hosted:
+        return ["`chat_template`: a chat template of your own is turned off on this server (hosted mode); leave it "
+                "empty to use the model's"]
+    if len(text) > MAX_CHAT_TEMPLATE_CHARS:
+        return [f"`chat_template` is {len(text):,} characters long; the limit is {MAX_CHAT_TEMPLATE_CHARS:,}"]
+    from jinja2 import TemplateSyntaxError, nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):  # transformers' {% generation %} ... {% endgeneration %}, parsed only
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    try:
+        ImmutableSandboxedEnvironment(extensions=[loopcontrols, Generation]).parse(text)
+    except TemplateSyntaxError as exc:
+        return [f"`chat_template`: syntax error at line {exc.lineno}: {exc.message}"]
+    except (RecursionError, ValueError) as exc:
+        return [f"`chat_template` cannot be read: {type(exc).__name__}"]
+    if "messages" not in text:
+        return ["`chat_template` never uses `messages`, the conversation it is given: a chat template loops over "
+                "them, e.g. {% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
+                "{% endfor %}"]
+    return []

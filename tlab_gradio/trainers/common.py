@@ -354,3 +354,13 @@ def eval_callbacks(p: dict, evaluated: bool) -> list:
     if patience > 0:
         found.append(EarlyStoppingCallback(early_stopping_patience=patience))
     return found
+
+
+def use_chat_template(tokenizer, p: dict, main: bool) -> None:
+    """The `chat_template` given in place of the model's (checked before launch: preflight.chat_template); it is
+    saved with the tokenizer, so the trained model keeps it."""
+    text = p.get("chat_template")
+    if isinstance(text, str) and text.strip():
+        tokenizer.chat_template = text
+        if main:
+            print(f"[tlab] chat template: the one given ({len(text):,} characters), not the model's", flush=True)

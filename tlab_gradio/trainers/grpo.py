@@ -204,6 +204,7 @@ def load_prompts(spec, p: dict, markers, state):
         tokenizer = AutoTokenizer.from_pretrained(spec.model.path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        common.use_chat_template(tokenizer, p, state.is_main_process)
         templates = data.Templates(spec.data.template, spec.data.completion_template)
         rows = common.limit_rows(data.load(data.parse_spec(spec.data.dataset)), p.get("max_samples"),
                                  state.is_main_process)

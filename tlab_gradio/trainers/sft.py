@@ -260,6 +260,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec.model.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    common.use_chat_template(tokenizer, p, state.is_main_process)
     loading = model_kwargs(p, spec.launch.mixed_precision, on_cpu, state)
     plan = memory_plan(spec.model.path, spec, p, state)
     compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy)

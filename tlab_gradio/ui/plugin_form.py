@@ -80,6 +80,8 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
         # left "e" shown and the old value checked and started); this one hands on what is shown, which
         # number_value reads and the check names at the field. No limits here either: ours name the parameter.
         return gr.Textbox(value="" if value is None else _number_text(value), lines=1, max_lines=1, **common)
+    if spec.get("widget") == "textarea":  # a chat template: several lines, checked when left
+        common.update(lines=4, max_lines=20)
     return gr.Textbox(value="" if value is None else str(value), **common)
 
 
