@@ -21,6 +21,7 @@ from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, 
 from .job_spec import JobSpec
 from .jobfiles import CHECKPOINTS, last_checkpoint, read_json
 from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
+from .params import suggest
 from .presets import Presets
 from .request_error import RequestError
 
@@ -498,7 +499,157 @@ class Service:
             raise RequestError([export.redact(self.hide_paths(str(exc)), secret.strip())]) from None
         return {"job_id": job.id, "checkpoint": out["checkpoint"], **pushed}
 
+    # --- sweeps: one job per combination of one or two parameters' values (sweeps.py) ---------------------
+    @property
+    def sweeps(self):
+        """The workspace's sweep store (tables beside the jobs in jobs.sqlite), opened at first use."""
+        from . import sweeps
 
+        with _SWEEP_STORE_LOCK:
+            if getattr(self, "_sweeps", None) is None:
+                self._sweeps = sweeps.SweepStore(self.jobs.db_path)
+            return self._sweeps
+
+    def start_sweep(self, request: dict[str, Any], axes: Any, owner: str | None = None) -> dict[str, Any]:
+        """Check every combination of `axes` (text "learning_rate=1e-4,2e-4; lora_r=8,16", or an object
+        {parameter: [values]}) set in the base `request`, with Start's checks, and queue one job per combination
+        under one sweep; the scheduler runs them as GPUs (or CPU slots) free. RequestError, and nothing queued,
+        when any combination fails its check (each problem names the combinations it is found in), or the sweep is
+        over the cap (sweeps.MAX_COMBINATIONS; hosted mode: the visitor's free job slots). Returns sweep_status."""
+        from . import sweeps
+
+        owner = self._visitor(owner)
+        if not isinstance(request, dict):
+            job_request.check_shape(request)  # says what a request is
+        manifest = plugin_catalog.plugin(request.get("plugin"))
+        axes = sweeps.parse_axes(axes)
+        known = [*manifest.parameters, *manifests.TLAB_ALIASES]
+        unknown = [f"sweep: unknown parameter `{a.name}` for {manifest.name}"
+                   f"{suggest(a.name, list(manifest.parameters))}" for a in axes if a.name not in known]
+        if unknown:
+            raise RequestError(unknown)
+
+        def same(a: str, b: str) -> bool:  # one parameter under two names (Transformer Lab's and ours)
+            return (manifests.tlab_target(manifest, a) or a) == (manifests.tlab_target(manifest, b) or b)
+
+        combos = sweeps.combinations(request, axes, same)
+        self._sweep_cap(owner, len(combos))
+        specs, failed = [], []
+        for combo in combos:  # Start's own checks, each combination as it would be started
+            try:
+                specs.append(self.prepare(combo.request, owner=owner))
+            except RequestError as exc:
+                failed.append((combo, [self.hide_paths(p) for p in exc.problems]))
+        if failed:
+            raise RequestError([f"the sweep was not started ({len(failed)} of {len(combos)} combinations failed "
+                                "their check; nothing was queued)"] + sweeps.refusal(failed, len(combos)))
+        metric = sweeps.ranking_metric(manifest.train_type, [s.params for s in specs])
+        store = self.sweeps
+        with self._start_lock:  # the visitor's count and their new jobs, together
+            self._sweep_cap(owner, len(combos))
+            sweep_id = store.create(sweeps.base_name(request), manifest.id, owner, axes, metric)
+            made: list[int] = []
+            try:
+                for combo, spec in zip(combos, specs):
+                    choices, _ = reward_files.parse_choices(spec.params.get("custom_rewards"))
+                    job = self.jobs.create(spec, files=reward_files.job_files(self.home, choices), owner=owner)
+                    made.append(job.id)
+                    store.add_job(sweep_id, job.id, combo)
+            except Exception:  # a full disk part-way: no half sweep runs on
+                for job_id in made:
+                    try:
+                        self.jobs.stop(job_id, grace=0)
+                    except JobError:
+                        pass
+                store.forget(sweep_id)
+                raise
+        return self.sweep_status(sweep_id, owner)
+
+    def _sweep_cap(self, owner: str | None, count: int) -> None:
+        from . import sweeps
+
+        if count > sweeps.MAX_COMBINATIONS:
+            raise RequestError([f"sweep: {count} combinations; a sweep queues at most {sweeps.MAX_COMBINATIONS} "
+                                "jobs: give fewer values"])
+        if not settings.hosted():
+            return
+        cap = settings.hosted_max_jobs_per_visitor()
+        unfinished = self.jobs.count(owner, ("QUEUED", *ACTIVE))
+        if unfinished + count > cap:
+            raise RequestError([f"sweep: {count} combinations, and this server lets a visitor have {cap} unfinished "
+                                f"jobs (TLAB_HOSTED_MAX_JOBS_PER_VISITOR; you have {unfinished}): give at most "
+                                f"{max(cap - unfinished, 0)} combinations, or wait for your jobs to end"])
+
+    def _get_sweep(self, sweep_id: Any, owner: str | None):
+        """The sweep, if this visitor may see it (another visitor's is answered as if it did not exist)."""
+        sweep_id = inputs.whole_number("sweep_id", sweep_id, 1, inputs.MAX_JOB_ID)
+        sweep = self.sweeps.get(sweep_id)
+        if sweep is None or (settings.hosted() and (not owner or sweep.owner != owner)):
+            raise JobError(f"no sweep with id {sweep_id}")
+        return sweep
+
+    def sweep_status(self, sweep_id: int, owner: str | None = None) -> dict[str, Any]:
+        """A sweep's state, the metric it is ranked by (and what that means: `note`), and its jobs, ranked: each
+        with its combination's values, state, step, the metric's value (`metric`), `rank` (COMPLETE jobs with a
+        value; None for the others) and `best`; `best`: the best job so far."""
+        from . import sweeps
+
+        sweep = self._get_sweep(sweep_id, owner)
+        rows = []
+        for link in sweep.jobs:
+            try:
+                job = self.jobs.get(link["job_id"])
+            except JobError:  # deleted since: no longer part of the sweep's record
+                continue
+            progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
+            found = sweeps.job_metric(job.metrics_path, sweep.metric)
+            rows.append({"job_id": job.id, "name": job.name, "label": link["label"], "values": link["values"],
+                         "position": link["position"], "state": job.state,
+                         "step": progress.get("step"), "total_steps": progress.get("max_steps"),
+                         "metric": found["value"], "metric_step": found["step"],
+                         "reason": self.hide_paths(job.reason)})
+        rows = sweeps.rank(rows, sweep.metric)
+        states = [r["state"] for r in rows]
+        best = next((r for r in rows if r["best"]), None)
+        return {"sweep_id": sweep.id, "name": sweep.name, "plugin": sweep.plugin, "created": sweep.created,
+                "state": sweeps.sweep_state(states, sweep.stopped is not None),
+                "axes": [{"parameter": a.name, "values": a.values} for a in sweep.axes],
+                "metric": sweep.metric.key, "higher_is_better": sweep.metric.higher,
+                "held_out": sweep.metric.held_out, "note": sweep.metric.note,
+                "counts": {s: states.count(s) for s in dict.fromkeys(states)},
+                "jobs": rows,
+                "best": None if best is None else {k: best[k] for k in ("job_id", "name", "label", "values", "metric")}}
+
+    def stop_sweep(self, sweep_id: int, owner: str | None = None) -> dict[str, Any]:
+        """Stop a sweep as a whole: its queued jobs leave the queue (STOPPED, "stopped before it started") first, so
+        none starts as a running one ends, then its running jobs are stopped. Returns sweep_status, with
+        `stopped`: the ids of the jobs this call stopped."""
+        sweep = self._get_sweep(sweep_id, owner)
+        self.sweeps.mark_stopped(sweep.id)
+        stopped = []
+        for wanted in (("QUEUED",), ("QUEUED", "RUNNING")):  # queued first; then anything the scheduler started
+            for link in sweep.jobs:
+                try:
+                    job = self.jobs.get(link["job_id"])
+                    if job.state in wanted:
+                        self.jobs.stop(job.id)
+                        stopped.append(job.id)
+                except JobError:  # deleted, or ended meanwhile
+                    continue
+        return {**self.sweep_status(sweep.id, owner), "stopped": sorted(set(stopped))}
+
+    def list_sweeps(self, owner: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The sweeps, newest first (hosted: the visitor's): id, name, plugin, state, metric, jobs, best."""
+        owner_filter = self._list_owner(owner)
+        out = []
+        for sweep_id in self.sweeps.ids(owner_filter, limit):
+            status = self.sweep_status(sweep_id, owner)
+            out.append({k: status[k] for k in ("sweep_id", "name", "plugin", "created", "state", "metric", "held_out",
+                                               "counts", "best")} | {"jobs": len(status["jobs"])})
+        return out
+
+
+_SWEEP_STORE_LOCK = threading.Lock()
 _SERVICES: dict[Path, Service] = {}
 _SERVICES_LOCK = threading.Lock()
 

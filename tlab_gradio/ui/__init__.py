@@ -98,6 +98,7 @@ def build_app():
             with gr.Tab("Computer", id="computer"):
                 computer_tab.build(svc, demo, hosted)
         api.register(svc)
+        api.register_sweeps(svc)
     return demo
 
 

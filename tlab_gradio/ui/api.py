@@ -147,3 +147,42 @@ def register(svc: Service) -> None:
     for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs, gpu_info,
                install_plugin, list_rewards, upload_reward_file, export_job, push_job):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)
+
+
+def register_sweeps(svc: Service) -> None:
+    """The sweep endpoints (one job per combination of one or two parameters' values), inside the current gr.Blocks."""
+
+    @checked
+    def start_sweep(request: dict, axes: str | dict, visit: gr.Request) -> dict:
+        """Start a sweep: the base `request` (as /start_job takes it) with one or two parameters given several
+        values, as text "learning_rate=1e-4,2e-4; lora_r=8,16" or an object {"learning_rate": [1e-4, 2e-4],
+        "lora_r": [8, 16]}. Every combination is checked as /start_job checks a request; one failing refuses the
+        whole sweep (each problem names its combinations) and nothing is queued. At most 16 combinations. Returns
+        /sweep_status's answer."""
+        return _public_sweep(svc.start_sweep(request, axes, visitor(visit)))
+
+    @checked
+    def sweep_status(sweep_id: int, visit: gr.Request) -> dict:
+        """{sweep_id, name, state, axes, metric (eval_loss, eval_reward; loss or reward without a held-out split),
+        higher_is_better, held_out, note, counts, jobs: [{job_id, name, label, values, state, step, total_steps,
+        metric, rank, best}] ranked (the COMPLETE ones; best first), best: {job_id, name, label, values, metric}}."""
+        return _public_sweep(svc.sweep_status(sweep_id, visitor(visit)))
+
+    @checked
+    def stop_sweep(sweep_id: int, visit: gr.Request) -> dict:
+        """Stop a sweep as a whole: its queued jobs are taken off the queue, its running ones stopped. Returns
+        /sweep_status's answer with `stopped`: the job ids stopped."""
+        return _public_sweep(svc.stop_sweep(sweep_id, visitor(visit)))
+
+    @checked
+    def list_sweeps(visit: gr.Request) -> list[dict]:
+        """Every sweep, newest first: sweep_id, name, plugin, created, state, metric, held_out, counts, jobs, best."""
+        return svc.list_sweeps(visitor(visit))
+
+    for fn in (start_sweep, sweep_status, stop_sweep, list_sweeps):
+        gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)
+
+
+def _public_sweep(status: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's status without the page's bookkeeping (each job's position in the combination order)."""
+    return {**status, "jobs": [{k: v for k, v in job.items() if k != "position"} for job in status["jobs"]]}

@@ -16,6 +16,7 @@ import gradio as gr
 
 from ..service import RequestError, Service
 from . import dataset_picker, jobs_view, live
+from . import sweep_panel
 from .common import PRIVATE, checked, problems_md, progress_on, visitor
 from .dataset_picker import DATASET_FIELDS, TEMPLATE_FIELDS
 from .form_request import FILLED, STATIC_FIELDS, build_request, form_from_request
@@ -90,6 +91,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                                              scale=3, elem_id="preset-name")
                     save_btn = gr.Button("Save preset", size="md", scale=1, elem_id="save-preset")
 
+    sweep_parts = sweep_panel.build(svc, hosted)  # Sweeps: between the form and the jobs
     jobs_view_parts = jobs_view.build(svc, demo, hosted)
 
     static = [fields[n] for n in STATIC_FIELDS]
@@ -336,3 +338,4 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                                              [form] + form_outputs + [start_msg], show_progress_on=start_msg, **PRIVATE)
     cloned.then(None, js=SHOW_FORM_JS, **PRIVATE)
     send_preview(cloned)
+    sweep_panel.wire(svc, sweep_parts, demo, last_checked, jobs_view_parts.selected)  # on the form's last check
