@@ -324,3 +324,41 @@ def test_a_chat_template_of_your_own_is_checked_before_start(home, tmp_path, mon
     assert "never uses `messages`" in problems({"chat_template": "{{ bos_token }}"})[0]
     monkeypatch.setenv("TLAB_HOSTED", "1")
     assert "turned off on this server" in problems({"chat_template": OWN_CHAT})[0]
+
+
+def test_each_format_through_the_api_of_the_running_app(home, tmp_path):
+    """What a script sees (gradio_client on the real app): /dataset_format names each format and the templates it
+    fills, /check_job passes each file with empty templates (GSM8K for GRPO too), the errors name the line of a
+    malformed JSONL and a missing file; and a job on an OpenAI-messages file in a column of another name runs
+    to COMPLETE through /start_job."""
+    from gradio_client import Client
+    from test_app import start_app, wait_state
+
+    proc, url = start_app({}, tmp_path)
+    try:
+        client = Client(url, verbose=False)
+        for kind, (fmt_id, description, sft) in EXPECTED.items():
+            path = str(write(tmp_path, kind))
+            found = client.predict(path, "", "", "sft", None, api_name="/dataset_format")
+            assert found["format"]["id"] == fmt_id and found["format"]["description"].startswith(description)
+            assert (found["templates"]["template"], found["templates"]["completion_template"]) == sft
+            assert "accelerate" in client.predict(request(SFT, path), api_name="/check_job")["command"]
+        gsm8k = str(write(tmp_path, "gsm8k"))
+        assert client.predict(gsm8k, "", "", "grpo", None, api_name="/dataset_format")["templates"][
+            "completion_template"] == data_formats.GSM8K_ANSWER
+        client.predict({**request(GRPO, gsm8k), "params": {"max_steps": 1}}, api_name="/check_job")
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
+        for dataset, said in [(str(broken), "line 3 of broken.jsonl is not valid JSON"),
+                              (str(tmp_path / "nowhere.jsonl"), "file not found")]:
+            with pytest.raises(Exception, match=said):
+                client.predict(request(SFT, dataset), api_name="/check_job")
+        chat = str(write(tmp_path, "chat"))
+        job = client.predict({**request(SFT, chat), "name": "chat-api", "cpu_processes": 1,
+                              "params": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128}},
+                             api_name="/start_job")
+        status = wait_state(client, job["job_id"], ("COMPLETE", "FAILED", "STOPPED"))
+        assert status["state"] == "COMPLETE", client.predict(job["job_id"], 60, api_name="/job_log")
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -80,7 +80,7 @@ def test_the_page_preview_reads_no_server_folder(hosted, tmp_path):
     """Before: the preview handler, called over raw HTTP, showed the rows of any folder given as a Hub id."""
     folder = _data_folder(tmp_path / "server-data")
     for name in (str(folder), os.path.relpath(folder, REPO)):
-        out = page_call(hosted, "preview-data", ["Hugging Face Hub", None, None, "", name, "", "",
+        out = page_call(hosted, "preview-data", [SFT, "auto", "Hugging Face Hub", None, None, "", name, "", "",
                                                  "{{instruction}}", "{{output}}", "1"])
         assert "secret" not in json.dumps(out), out
         assert "local dataset paths are turned off" in json.dumps(out)
@@ -226,7 +226,7 @@ def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
     file_data = {"path": uploaded, "orig_name": "rows.jsonl", "meta": {"_type": "gradio.FileData"}}
-    mine = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
+    mine = page_call(hosted, "preview-data", [SFT, "auto", "Upload", None, file_data, "", "", "", "", "{{instruction}}",
                                               "{{output}}", "1"], session="owner1")
     assert "secret" in json.dumps(mine)  # the uploader sees their rows
     stored = [p for p in (home / "uploads").rglob("rows.jsonl")]
@@ -248,7 +248,8 @@ def _save_preset(url, preset, run_name, session):
     request by its number."""
     seq = str(int(time.time() * 1000))
     page_call(url, "task-name", [SFT, run_name, "", "Bundled sample", "sft_instructions", None, "", "", "", "",
-                                 "{{instruction}}", "{{output}}", None, None, seq], session=session, event="blur")
+                                 "auto", "{{instruction}}", "{{output}}", None, None, seq], session=session,
+              event="blur")
     return page_call(url, "save-preset", [preset, seq], session=session)
 
 
@@ -449,7 +450,7 @@ def test_an_error_about_a_visitors_own_upload_names_no_server_folder(hosted, hom
                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     uploaded = json.load(urllib.request.urlopen(upload, timeout=30))[0]
     file_data = {"path": uploaded, "orig_name": "broken.jsonl", "meta": {"_type": "gradio.FileData"}}
-    shown = page_call(hosted, "preview-data", ["Upload", None, file_data, "", "", "", "", "{{instruction}}",
+    shown = page_call(hosted, "preview-data", [SFT, "auto", "Upload", None, file_data, "", "", "", "", "{{instruction}}",
                                                "{{output}}", "1"], session="owner1")
     stored = next((home / "uploads").rglob("broken.jsonl"))
     owner = Client(hosted, verbose=False)

@@ -59,6 +59,21 @@ def register(svc: Service) -> None:
         return {"job_id": job["id"], "state": job["state"], "name": job["name"]}
 
     @checked
+    def check_job(request: dict, visit: gr.Request) -> dict:
+        """Start's checks without starting (the form's live check): {command, memory} (the estimate: GiB per
+        device, the plan, time per step, disk), or an error listing every problem. Same request as /start_job."""
+        out = svc.launch_preview(request, visitor(visit))
+        return {"command": svc.hide_paths(out["command"]), "memory": out["memory"]}
+
+    @checked
+    def dataset_format(dataset: str | dict, template: str | None = None, completion_template: str | None = None,
+                       train_type: str = "sft", data_format: str | None = None, visit: gr.Request = None) -> dict:
+        """The dataset's format as found from its first rows (or `data_format`, e.g. sharegpt, messages:chat):
+        {format: {id, name, description, column}, templates: {template, completion_template} (what a job with
+        these templates would use), from_format, columns, rows (None: not counted), rows_checked}."""
+        return svc.dataset_format(dataset, template, completion_template, train_type, data_format, visitor(visit))
+
+    @checked
     def job_status(job_id: int, visit: gr.Request) -> dict:
         """{state, step, total_steps, progress (percent), eta_s, last_metrics, exit_code, error, ...}"""
         return svc.job_status(job_id, visitor(visit))
@@ -144,8 +159,8 @@ def register(svc: Service) -> None:
         stored or shown back. Returns {job_id, repo_id, url, commit, checkpoint}; off in hosted mode."""
         return svc.push_job(job_id, repo_id, token, checkpoint or "final", private, visitor(visit))
 
-    for fn in (list_plugins, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs, gpu_info,
-               install_plugin, list_rewards, upload_reward_file, export_job, push_job):
+    for fn in (list_plugins, check_job, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs,
+               gpu_info, install_plugin, list_rewards, upload_reward_file, export_job, push_job, dataset_format):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)
 
 
