@@ -284,6 +284,17 @@ def test_the_live_check_is_starts_check_shown_at_the_field_and_never_stale(page,
     expect(page.locator("#rendered")).to_contain_text("Q: what is 0+1<completion>1</completion>")
     expect(checks).to_contain_text("Settings look good")
 
+    # A format named in the Format field that the data does not have is flagged there.
+    page.locator("#ds-format input").first.click()
+    page.get_by_role("option", name="plain text").click()
+    page.evaluate("window.tlWrong = 'format'")
+    expect(page.locator("#ds-format-error")).to_contain_text("needs the columns text; columns: question, answer")
+    page.locator("#ds-format input").first.click()
+    page.get_by_role("option", name="auto: found from the columns").click()
+    page.evaluate("window.tlWrong = null")
+    expect(checks).to_contain_text("Settings look good")
+    expect(page.locator("#ds-format-error")).to_have_count(0)
+
     # With the data section closed, data its template does not fit opens it, the message at the template.
     page.locator("#data-template").get_by_text("Data template and first rows").click()
     expect(template).to_be_hidden()

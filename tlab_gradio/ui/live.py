@@ -20,7 +20,7 @@ from typing import Any
 
 # The static fields' elem_ids (train_tab, dataset_picker); the Plugin Config's are param-<name>.
 STATIC_IDS = {"plugin": "plugin", "name": "task-name", "model": "model", "template": "template",
-              "completion_template": "completion-template"}
+              "completion_template": "completion-template", "data_format": "ds-format"}
 DATASET_IDS = {"Bundled sample": "ds-sample", "Upload": "ds-upload", "Local path": "ds-path",
                "Hugging Face Hub": "ds-hub"}
 
@@ -187,6 +187,8 @@ def field_problems(problems: list[str], names: list[str], source: str | None) ->
             add(STATIC_IDS["model"], _plain(problem))
         if low.startswith("`name`"):
             add(STATIC_IDS["name"], _plain(problem))
+        if low.startswith("`data_format`"):
+            add(STATIC_IDS["data_format"], _plain(problem))
     return out
 
 
