@@ -217,6 +217,7 @@ class JobManager:
         self._ending: dict[int, tuple[str, str, float]] = {}  # job id -> (end state, reason, grace) asked for here
         self._retry: threading.Timer | None = None
         self._closed = False
+        self._held: dict[str, set[str]] = {}  # GPUs held outside jobs (the chat worker's): taken for the queue
         self._recover()
         self._schedule()
 
@@ -313,6 +314,7 @@ class JobManager:
             ).fetchall()
             jobs = [Job.from_row(r) for r in rows]
             taken = {g for j in jobs if j.state in ACTIVE for g in j.gpus}
+            taken |= {g for held in self._held.values() for g in held}  # the chat worker's GPU
             running = sum(j.state in ACTIVE for j in jobs)
             cap = settings.max_concurrent_jobs()
             # Hosted: a visitor's jobs beyond their running cap wait, reserving nothing, so other visitors' start.
@@ -337,6 +339,39 @@ class JobManager:
                     running += 1
                     if job.owner:
                         theirs[job.owner] = theirs.get(job.owner, 0) + 1
+
+    # --- GPUs held outside jobs (chat.py's worker) ------------------------------------
+    def claim_gpu(self, holder: str, candidates: list[str]) -> str | None:
+        """Hold the first of `candidates` (physical GPU ids) that no running job uses, no queued job waits for and
+        nothing else holds; the scheduler then counts it as taken until release_gpus(holder). None: none free."""
+        with self._lock:
+            busy = set(self.gpu_users())
+            for gpu in candidates:
+                if gpu not in busy:
+                    self._held.setdefault(holder, set()).add(gpu)
+                    return gpu
+        return None
+
+    def release_gpus(self, holder: str) -> None:
+        """Give back what `holder` held; queued jobs waiting for those GPUs start."""
+        with self._lock:
+            freed = self._held.pop(holder, None)
+        if freed:
+            self._schedule()
+
+    def gpu_users(self) -> dict[str, list[str]]:
+        """Physical GPU id -> who uses it or waits for it: "job 3 (RUNNING)", "job 5 (QUEUED)", "chat:cuda"."""
+        users: dict[str, list[str]] = {}
+        with self._lock:
+            rows = self._db.execute("SELECT id, state, gpus FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
+                                    (QUEUED, *ACTIVE)).fetchall()
+            for row in rows:
+                for gpu in json.loads(row["gpus"]):
+                    users.setdefault(gpu, []).append(f"job {row['id']} ({row['state']})")
+            for holder, held in self._held.items():
+                for gpu in held:
+                    users.setdefault(gpu, []).append(holder)
+        return users
 
     def _launch(self, job: Job) -> bool:
         """Start the job and its watcher. A full disk or store raises (the job stays QUEUED, _schedule tries again);

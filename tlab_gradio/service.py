@@ -499,6 +499,113 @@ class Service:
             raise RequestError([export.redact(self.hide_paths(str(exc)), secret.strip())]) from None
         return {"job_id": job.id, "checkpoint": out["checkpoint"], **pushed}
 
+    # --- chat: a model in a worker process (chat.py, chat_model.py), on a GPU the scheduler counts, or the CPU --
+    @property
+    def chats(self):
+        """The chat workers of this workspace's app (chat.ChatManager), made at first use."""
+        from . import chat
+
+        with chat.LOCK:
+            if getattr(self, "_chats", None) is None:
+                self._chats = chat.ChatManager(self.home, self.jobs)
+            return self._chats
+
+    def chat_sources(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The finished jobs that have a model to chat with, newest first (hosted: the visitor's): {job_id, name,
+        state, checkpoints} (checkpoints: "final" when it saved one, then "checkpoint-N", as Export offers)."""
+        from . import export
+
+        out = []
+        for job in self.jobs.list(200, self._list_owner(owner)):
+            if job.state in FINISHED:
+                labels = [s.label for s in export.sources(job.job_dir)]
+                if labels:
+                    out.append({"job_id": job.id, "name": job.name, "state": job.state, "checkpoints": labels})
+        return out
+
+    def chat(self, request: dict[str, Any], owner: str | None = None):
+        """Stream one answer: a generator of {text (the answer so far), done, model, loading}, the last one with
+        done true and tokens, first_token_s, tokens_per_s, device. The model: `job_id` (a finished job of the
+        visitor's) with `checkpoint` ("final" or "checkpoint-N") or, with `base` true, the model it started from;
+        else `model`: empty for the embedded model, a Hub id, a local folder or .gguf file (hosted: Hub ids
+        only). The conversation and settings: chat.parse. The request is checked before this returns
+        (RequestError naming every problem); a worker that fails says why, as a RequestError too."""
+        from . import chat, export, models
+
+        hosted = settings.hosted()
+        messages, options, problems = chat.parse(request, hosted)
+        source = key = label = None
+        if isinstance(request, dict):
+            model, job_id = request.get("model"), request.get("job_id")
+            if model is not None and not isinstance(model, str):
+                problems.append(f"`model` must be text (a Hub id, a folder or a .gguf file), got {inputs.short(model)}")
+            elif job_id is not None and (model or "").strip():
+                problems.append("give `job_id` (a job's model) or `model`, not both")
+            elif job_id is not None:
+                try:
+                    job = self._get(job_id, owner)
+                    checkpoint = request.get("checkpoint")
+                    found = export.choose(job.job_dir, job.id, job.state, checkpoint)  # finished, with a model
+                    if request.get("base"):
+                        source = {"job_dir": str(job.job_dir), "base": True}
+                        label = f"job {job.id}'s base model ({export.base_model_name(job.spec).split(' (')[0]})"
+                    else:
+                        source = {"job_dir": str(job.job_dir), "checkpoint": found.label}
+                        label = f"job {job.id} {job.name!r} ({found.label})"
+                    files = sorted(found.folder.iterdir()) if found.folder.is_dir() else []
+                    key = {**source, "stamp": [(f.name, f.stat().st_mtime_ns) for f in files if f.is_file()]}
+                except (RequestError, JobError, export.ExportError) as exc:
+                    problems.append(self.hide_paths(str(exc)))
+            else:
+                text = (model or "").strip()
+                try:
+                    if hosted and text and not job_request.hub_id_only(text):
+                        raise models.ModelError("local model folders are turned off on this server; give a Hub id "
+                                                "(or nothing, for the embedded model)")
+                    ref = models.resolve(text)  # a GGUF file is converted once, in a process of its own
+                    source = {"model": ref.path, "embedded": ref.source == "embedded"}
+                    key = source
+                    label = "the embedded model" if ref.source == "embedded" else (
+                        text if hosted or ref.source == "hub" else Path(text).name)
+                except (models.ModelError, ValueError) as exc:
+                    problems.append(self.hide_paths(str(exc)))
+        try:
+            device = self.chats.device_for(request.get("device") if isinstance(request, dict) else None)
+        except chat.ChatError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise RequestError(problems)
+        return self._chat_answers(source, key, label, messages, options, device)
+
+    def _chat_answers(self, source, key, label, messages, options, device):
+        from . import chat
+
+        text = ""
+        try:
+            for event in self.chats.stream(source, key, messages, options, device):
+                kind = event.get("event")
+                if kind == "token":
+                    text += event.get("text", "")
+                    yield {"text": text, "done": False, "model": label}
+                elif kind == "loading":
+                    yield {"text": text, "done": False, "model": label, "loading": True}
+                elif kind == "done":
+                    yield {"text": text, "done": True, "model": label, "device": device,
+                           **{k: event.get(k) for k in ("tokens", "first_token_s", "tokens_per_s", "seconds")}}
+        except chat.ChatError as exc:
+            raise RequestError([self.hide_paths(f"{label}: {exc}")]) from None
+
+    def chat_status(self) -> list[dict[str, Any]]:
+        """The chat workers running: device, GPU, models loaded, when each unloads by itself."""
+        return [{**w, "models": [self.hide_paths(m) for m in w["models"]]} for w in self.chats.status()]
+
+    def chat_unload(self) -> dict[str, Any]:
+        """End the chat workers now (their GPUs go back to the job queue). Refused in hosted mode: others chat too."""
+        if settings.hosted():
+            raise RequestError(["unloading the chat model is turned off on this server; it unloads by itself when "
+                                "nobody has chatted for a while"])
+        return {"unloaded": self.chats.unload()}
+
     # --- sweeps: one job per combination of one or two parameters' values (sweeps.py) ---------------------
     @property
     def sweeps(self):

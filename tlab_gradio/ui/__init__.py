@@ -82,7 +82,7 @@ def build_app():
 
     from .. import settings
     from ..service import get_service
-    from . import api, computer_tab, plugins_tab, train_tab
+    from . import api, chat_tab, computer_tab, plugins_tab, train_tab
 
     svc = get_service()
     hosted = settings.hosted()
@@ -95,6 +95,8 @@ def build_app():
                 plugins_tab.build(svc, demo, hosted)
             with gr.Tab("Train", id="train"):
                 train_tab.build(svc, demo, hosted)
+            with gr.Tab("Chat", id="chat"):
+                chat_tab.build(svc, demo, hosted)
             with gr.Tab("Computer", id="computer"):
                 computer_tab.build(svc, demo, hosted)
         api.register(svc)

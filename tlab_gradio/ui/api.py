@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 
 from .. import settings
 from ..service import Service
+from .chat_tab import checked_stream
 from .common import checked, visitor
 from .jobs_view import offered
 
@@ -158,6 +159,18 @@ def register(svc: Service) -> None:
         missing; private unless private is false) with your write token, which is used for this call only: never
         stored or shown back. Returns {job_id, repo_id, url, commit, checkpoint}; off in hosted mode."""
         return svc.push_job(job_id, repo_id, token, checkpoint or "final", private, visitor(visit))
+
+    @checked_stream
+    def chat(request: dict, visit: gr.Request) -> Iterator[dict]:
+        """Stream a model's answer: yields {text (the answer so far), done, model} as tokens come, the last with
+        done true and tokens, first_token_s, tokens_per_s, device. request: {prompt} or {messages: [{role, content}]}
+        ending on the user's turn; system_prompt, temperature (0-2, 0: greedy; default 0.7), top_p (0.9),
+        max_new_tokens (256); the model: job_id (a finished job) with checkpoint ("final" or "checkpoint-N") or
+        base true (the model it started from), else model (empty: the embedded model; a Hub id, a local folder or
+        a .gguf file); device (auto, cpu, cuda)."""
+        yield from svc.chat(request, visitor(visit))
+
+    gr.api(chat, api_name="chat", api_description=chat.__doc__)
 
     for fn in (list_plugins, check_job, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs,
                gpu_info, install_plugin, list_rewards, upload_reward_file, export_job, push_job, dataset_format):
