@@ -11,8 +11,10 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import standins
 
 from tlab_gradio import settings, sweeps
 from tlab_gradio.jobs import JobManager
@@ -40,9 +42,27 @@ def last_eval_loss(job_dir) -> float:
     return [r["eval_loss"] for r in records if "eval_loss" in r][-1]
 
 
-def test_a_2x2_sweep_queues_four_jobs_that_complete_ranked_by_eval_loss_with_the_best_marked(home):
-    svc = Service()
-    started = svc.start_sweep(base(), "learning_rate=1e-4,1e-2; lora_r=8,16")
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One 2x2 sweep (learning rate 1e-4, 1e-2 x LoRA r 8, 16) run to the end in a workspace of its own, read by the
+    service's test and the page's: four real jobs are the slow part of this file, so they run once."""
+    root = tmp_path_factory.mktemp("swept")
+    with pytest.MonkeyPatch.context() as mp:  # as conftest's `home`, for the module
+        for key, value in (("TLAB_HOME", root / "ws"), ("HF_HOME", root / "hf"), ("HF_HUB_OFFLINE", 1),
+                           ("HF_DATASETS_OFFLINE", 1), ("TLAB_STOP_GRACE", 5)):
+            mp.setenv(key, str(value))
+        svc = Service(root / "ws")
+        started = svc.start_sweep(base(), "learning_rate=1e-4,1e-2; lora_r=8,16")
+        ended = [svc.jobs.wait(job["job_id"], TIMEOUT) for job in started["jobs"]]
+        yield SimpleNamespace(home=root / "ws", svc=svc, started=started, ended=ended)
+        svc.jobs.close()
+        for job_dir in (root / "ws" / "jobs").glob("*"):
+            for proc in standins.left_of(job_dir):
+                proc.kill()
+
+
+def test_a_2x2_sweep_queues_four_jobs_that_complete_ranked_by_eval_loss_with_the_best_marked(swept):
+    svc, started, home = swept.svc, swept.started, swept.home
     jobs = sorted(started["jobs"], key=lambda j: j["position"])
     assert [j["name"] for j in jobs] == ["tiny lr=1e-4 r=8", "tiny lr=1e-4 r=16", "tiny lr=0.01 r=8",
                                          "tiny lr=0.01 r=16"]
@@ -56,8 +76,7 @@ def test_a_2x2_sweep_queues_four_jobs_that_complete_ranked_by_eval_loss_with_the
                                                                           job["values"]["lora_r"])
         assert spec.params["val_size"] == 4 and spec.params["max_steps"] == 2
         assert svc.clone_request(job["job_id"])["params"]["lora_r"] == job["values"]["lora_r"]
-    for job in jobs:
-        done = svc.jobs.wait(job["job_id"], TIMEOUT)
+    for done in swept.ended:
         assert done.state == "COMPLETE", "\n".join(svc.job_log(done.id, 60))
 
     status = svc.sweep_status(started["sweep_id"])
@@ -85,8 +104,7 @@ def test_a_2x2_sweep_queues_four_jobs_that_complete_ranked_by_eval_loss_with_the
     assert all(steps.split(",")[-1] == "2" for steps in drawn.values())
 
     # History survives a restart: the same ranking from a new service on the workspace
-    svc.jobs.close()
-    again = Service(home)
+    again = Service(home)  # (the module's service goes on: the page's test reads the same workspace)
     assert again.sweep_status(started["sweep_id"])["jobs"] == ranked
     assert [s["sweep_id"] for s in again.list_sweeps()] == [started["sweep_id"]]
 
@@ -179,3 +197,68 @@ def test_stop_sweep_takes_its_queued_jobs_off_the_queue_and_stops_the_running_on
     assert all(svc.jobs.get(j["job_id"]).started is None for j in rest)
     assert svc.stop_sweep(started["sweep_id"])["stopped"] == []  # again: nothing left to stop
     assert settings.max_concurrent_jobs() == 1
+
+
+def test_a_sweep_from_the_page_its_ranked_table_and_chart_and_the_api(swept, tmp_path, chromium):
+    """A person's path, on the workspace of the 2x2 sweep: the form's settings loaded from a preset, a sweep of two
+    learning rates started from the Sweeps section and stopped whole with Stop sweep; the 2x2 sweep picked: its
+    ranked table marks the best, its chart draws the four jobs' eval_loss curves (the best's name starred), a row
+    opens that job below. Then a script on the same app: /sweep_status ranks as the page does, /start_sweep with a
+    bad combination is refused naming it, a sweep started over the API is stopped with /stop_sweep, /list_sweeps."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from gradio_client import Client
+
+    from conftest import ARTIFACTS
+    from test_browser import opened_page
+    from tlab_gradio.presets import Presets
+
+    Presets(swept.home / "presets").save("sweep-base", base("page-sweep", max_steps=500))
+    first = swept.started["sweep_id"]
+    ranked = swept.svc.sweep_status(first)["jobs"]
+    expect = playwright.expect
+    with opened_page({"TLAB_HOME": str(swept.home)}, tmp_path, chromium) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#preset-pick input").first.click()
+        page.get_by_role("option", name="sweep-base").click()
+        page.locator("#load-preset").click()
+        expect(page.locator("#param-max_steps input").first).to_have_value("500")
+        expect(page.locator("#form-checks")).to_contain_text("Settings look good")
+        page.locator("#sweep-panel").get_by_text("Sweeps: several values").click()
+        page.locator("#sweep-axes input, #sweep-axes textarea").first.fill("learning_rate=1e-4,1e-2")
+        page.locator("#start-sweep").click()
+        msg, summary, table = page.locator("#sweep-msg"), page.locator("#sweep-summary"), page.locator("#sweep-table")
+        expect(msg).to_contain_text(f"Started sweep {first + 1}: 2 jobs (lr=1e-4, lr=0.01)")
+        expect(summary).to_contain_text("ranked by eval_loss (held-out loss")
+        expect(table).to_contain_text("page-sweep lr=0.01")
+        page.locator("#stop-sweep").click()
+        expect(msg).to_contain_text(f"Stopped sweep {first + 1}: 2 jobs stopped or taken off the queue")
+        expect(summary).to_contain_text("STOPPED", timeout=60_000)
+        expect(page.locator("#stop-sweep")).to_be_hidden()
+
+        page.locator("#sweep-pick input").first.click()
+        page.get_by_role("option", name=re.compile(rf"^{first} · tiny \(4 jobs, complete\)")).click()
+        expect(table).to_contain_text("★ 1 best")
+        expect(summary).to_contain_text(f"best: ★ {ranked[0]['label']}")
+        series = page.locator("#sweep-chart g.tl-series.tl-eval")
+        expect(series).to_have_count(4)
+        names = [series.nth(i).get_attribute("data-series") for i in range(4)]
+        assert sorted(names) == sorted(["★ " + ranked[0]["label"]] + [j["label"] for j in ranked[1:]])
+        page.screenshot(path=str(ARTIFACTS / "sweep.png"), full_page=True)
+        best_row = table.get_by_role("row").filter(has_text="★ 1 best")
+        best_row.locator("span").filter(has_text=ranked[0]["name"]).first.click()
+        expect(page.locator("#job-header")).to_contain_text(ranked[0]["name"])  # the best job opens below
+
+        client = Client(page.url, verbose=False)
+        status = client.predict(first, api_name="/sweep_status")
+        assert [(j["job_id"], j["rank"], j["best"]) for j in status["jobs"]] == [
+            (j["job_id"], j["rank"], j["best"]) for j in ranked]
+        with pytest.raises(Exception, match=r"lr=5: `learning_rate` \(Learning Rate\): 5 is greater than"):
+            client.predict(base("api"), "learning_rate=1e-4,5", api_name="/start_sweep")
+        started = client.predict(base("api", max_steps=500), {"lora_r": [8, 16]}, api_name="/start_sweep")
+        assert [j["name"] for j in started["jobs"]] == ["api r=8", "api r=16"]
+        stopped = client.predict(started["sweep_id"], api_name="/stop_sweep")
+        assert stopped["stopped"] == [j["job_id"] for j in started["jobs"]]
+        assert stopped["state"] in ("STOPPING", "STOPPED")
+        listed = client.predict(api_name="/list_sweeps")
+        assert [(s["sweep_id"], s["jobs"]) for s in listed] == [(first + 2, 2), (first + 1, 2), (first, 4)]
+        assert listed[1]["state"] == "STOPPED" and listed[2]["state"] == "COMPLETE"

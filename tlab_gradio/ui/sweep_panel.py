@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from ..service import RequestError, Service
+from ..sweeps import fmt
 from . import chart, live
 from .common import PRIVATE, checked, problems_md, state_badge, visitor
 from .jobs_view import follow_others
@@ -87,7 +88,7 @@ def table_rows(status: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
             value += " (so far)"
         step = f"{job['step']}/{job['total_steps']}" if job["step"] is not None and job["total_steps"] else (
             "" if job["step"] is None else str(job["step"]))
-        rows.append([rank, f"{job['job_id']} · {job['name']}", *[job["values"].get(p, "") for p in params],
+        rows.append([rank, f"{job['job_id']} · {job['name']}", *[fmt(job["values"].get(p, "")) for p in params],
                      job["state"], value, step])
     return headers, rows
 
@@ -95,7 +96,8 @@ def table_rows(status: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 def summary_html(status: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in status["counts"].items())
     best = status["best"]
-    best_text = (f' · best so far: <b>★ {html.escape(best["label"])}</b> ({html.escape(status["metric"])} '
+    so_far = " so far" if status["state"] in ("QUEUED", "RUNNING", "STOPPING") else ""
+    best_text = (f' · best{so_far}: <b>★ {html.escape(best["label"])}</b> ({html.escape(status["metric"])} '
                  f'{best["metric"]:.5g}, job {best["job_id"]})' if best else "")
     return (f'<div class="tl-job-title" data-sweep-id="{status["sweep_id"]}">Sweep {status["sweep_id"]} · '
             f'{html.escape(status["name"])} {state_badge(status["state"])}</div>'
@@ -199,7 +201,7 @@ def wire(svc: Service, parts: Parts, demo: gr.Blocks, last_checked: live.Checked
 
     parts.table.select(open_job, None, selected, **PRIVATE)
 
-    def list_sweeps(visit: gr.Request):
+    def sweeps_of(visit: gr.Request):
         return gr.update(choices=sweep_choices(svc, visitor(visit)))
 
-    demo.load(list_sweeps, None, parts.pick, **PRIVATE)
+    demo.load(sweeps_of, None, parts.pick, **PRIVATE)
