@@ -148,7 +148,8 @@ def wire(svc: Service, parts: Parts, demo: gr.Blocks, last_checked: live.Checked
     parts.start_btn.click(start, [parts.axes, start_seq], [parts.message, parts.pick, parts.timer], js=live.START_JS,
                           show_progress_on=parts.message, **PRIVATE)
 
-    outputs = [parts.summary, parts.table, parts.metric, parts.plot, parts.view, parts.stop_btn, parts.timer]
+    outputs = [parts.summary, parts.table, parts.metric, parts.plot, parts.view, parts.stop_btn, parts.timer,
+               parts.pick]
 
     def refresh(sweep_id, state, choice, visit: gr.Request):
         if sweep_id is None:
@@ -166,11 +167,13 @@ def wire(svc: Service, parts: Parts, demo: gr.Blocks, last_checked: live.Checked
         headers, rows = table_rows(status)
         running = status["state"] in ("QUEUED", "RUNNING", "STOPPING")
         redraw = fresh or grew or best != state.get("best")
+        ended = not fresh and state.get("state") != status["state"]  # the list names each sweep's state
         return [summary_html(status), gr.update(value=rows, headers=headers),
                 gr.update(choices=choices, value=choice),
                 chart_html(status, jobs, choice) if redraw else gr.skip(),
-                {"sweep": status["sweep_id"], "jobs": jobs, "best": best},
-                gr.update(visible=running), gr.Timer(active=running)]
+                {"sweep": status["sweep_id"], "jobs": jobs, "best": best, "state": status["state"]},
+                gr.update(visible=running), gr.Timer(active=running),
+                gr.update(choices=sweep_choices(svc, owner)) if ended else gr.skip()]
 
     parts.pick.change(refresh, [parts.pick, parts.view, parts.metric], outputs, show_progress="hidden", **PRIVATE)
     parts.timer.tick(refresh, [parts.pick, parts.view, parts.metric], outputs, show_progress="hidden", **PRIVATE)
