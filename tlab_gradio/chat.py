@@ -266,12 +266,14 @@ class ChatManager:
             self.scheduler.release_gpus(self._holder(worker.device))
 
     # --- chatting -----------------------------------------------------------------------------------------------
-    def stream(self, source: dict, key: Any, messages: list[dict], options: dict, device: str) -> Iterator[dict]:
+    def stream(self, source: dict, key: Any, messages: list[dict], options: dict, device: str,
+               label: str | None = None) -> Iterator[dict]:
         """One answer, as the worker's events: {"event": "loading" | "loaded" | "token" | "done", ...}. ChatError
-        when the worker fails or says why it cannot answer. Leaving the loop early cancels the generation."""
+        when the worker fails or says why it cannot answer. Leaving the loop early cancels the generation. `key`:
+        what makes the loaded model the same one (the source, with its files' dates); `label`: its name."""
         worker = self.worker(device)
         rid = str(next(self._ids))
-        answers = worker.request(rid, {"op": "generate", "id": rid, "source": source, "key": key,
+        answers = worker.request(rid, {"op": "generate", "id": rid, "source": source, "key": key, "label": label,
                                        "messages": messages, **options})
         finished = False
         try:

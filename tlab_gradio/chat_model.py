@@ -1,14 +1,14 @@
 """The chat worker: a process of its own that loads models and streams their answers, so the web process never
 imports torch. One prompt by hand:
 
-    python -m tlab_gradio.chat_model --model HUB_ID_OR_FOLDER --prompt "Hello"      (no --model: the embedded model)
+    python -m tlab_gradio.chat_model --model HUB_ID_FOLDER_OR_GGUF --prompt "Hello"  (no --model: the embedded model)
     python -m tlab_gradio.chat_model --job JOB_FOLDER [--checkpoint checkpoint-20] [--base] --prompt "Hello"
 
 The app runs it as `python -m tlab_gradio.chat_model --serve`: one JSON object a line on stdin, answers as JSON
 lines on stdout (nothing else is written there: libraries' prints go to stderr).
 
     in:  {"op": "generate", "id": "7", "source": SOURCE, "messages": [{"role": "user", "content": "hi"}],
-          "max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9}
+          "max_new_tokens": 256, "temperature": 0.7, "top_p": 0.9, "label": "how to name the model", "key": ...}
          {"op": "cancel", "id": "7"}          (the answer ends where it got to)
     out: {"event": "ready", "device": "cpu", "pid": 123}
          {"id": "7", "event": "loading", "model": "..."} then "loaded" (once per model), "token" {"text": "..."} as
@@ -222,18 +222,20 @@ class Server:
             self.out.write(json.dumps(event) + "\n")
             self.out.flush()
 
-    def model(self, key: str, source: dict, rid: str) -> Loaded:
+    def model(self, key: str, source: dict, rid: str, label: str | None = None) -> Loaded:
         with self.load_lock:
             if key in self.models:
                 self.models.move_to_end(key)
             else:
-                self.send({"id": rid, "event": "loading", "model": describe(source)})
+                label = label or describe(source)
+                self.send({"id": rid, "event": "loading", "model": label})
                 started = time.monotonic()
                 idle = [k for k, m in self.models.items() if m.users == 0]
                 while idle and len(self.models) >= self.max_models:
                     del self.models[idle.pop(0)]
                 self.models[key] = load(source, self.device)
-                self.send({"id": rid, "event": "loaded", "model": describe(source),
+                self.models[key].label = label
+                self.send({"id": rid, "event": "loaded", "model": label,
                            "seconds": round(time.monotonic() - started, 3)})
             loaded = self.models[key]
             loaded.users += 1
@@ -244,7 +246,8 @@ class Server:
         loaded = None
         try:
             source = request["source"]
-            loaded = self.model(json.dumps(request.get("key") or source, sort_keys=True), source, rid)
+            loaded = self.model(json.dumps(request.get("key") or source, sort_keys=True), source, rid,
+                                request.get("label"))
             summary = generate(loaded, request, lambda text: self.send({"id": rid, "event": "token", "text": text}),
                                lambda: rid in self.cancelled)
             self.send({"id": rid, "event": "done", "model": loaded.label, "device": self.device, **summary})
@@ -339,7 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.job:
         source = {"job_dir": str(args.job.resolve()), "checkpoint": args.checkpoint, "base": args.base}
     elif args.model:
-        source = {"model": args.model, "embedded": False}
+        from tlab_gradio import gguf_model
+
+        model = Path(args.model).expanduser()
+        if model.is_file() and gguf_model.is_gguf(model):  # converted once into a folder (gguf_model.py)
+            model = gguf_model.ensure(model)
+        source = {"model": str(model) if model.exists() else args.model, "embedded": False}
     else:
         from tlab_gradio import tiny_model
 

@@ -582,7 +582,7 @@ class Service:
 
         text = ""
         try:
-            for event in self.chats.stream(source, key, messages, options, device):
+            for event in self.chats.stream(source, key, messages, options, device, label):
                 kind = event.get("event")
                 if kind == "token":
                     text += event.get("text", "")
