@@ -127,6 +127,9 @@ def test_a_sweep_with_one_bad_combination_is_refused_whole_naming_it_and_queues_
                                                                     "`parameter=value,value,…`")
     assert refused(svc, base(), "lora_r=1,2,3,4,5; seed=1,2,3,4") == [
         "sweep: 20 combinations; a sweep queues at most 16 jobs: give fewer values"]
+    assert refused(svc, {**base(), "params": "max_steps=2"}, "lora_r=8,16") == [
+        "`params` must be an object of parameter names and values; got str 'max_steps=2'"]
+    assert refused(svc, [base()], "lora_r=8,16")[0].startswith("the request must be a JSON object")
     assert svc.jobs.list() == [] and svc.list_sweeps() == []
 
     # A value set outside params (cpu_processes at the top) or under Transformer Lab's name is the swept one

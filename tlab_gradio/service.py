@@ -626,8 +626,7 @@ class Service:
         from . import sweeps
 
         owner = self._visitor(owner)
-        if not isinstance(request, dict):
-            job_request.check_shape(request)  # says what a request is
+        job_request.check_shape(request)  # a request that is no object, or a field of the wrong type: said at once
         manifest = plugin_catalog.plugin(request.get("plugin"))
         axes = sweeps.parse_axes(axes)
         known = [*manifest.parameters, *manifests.TLAB_ALIASES]
