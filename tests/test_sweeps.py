@@ -94,8 +94,9 @@ def test_a_2x2_sweep_queues_four_jobs_that_complete_ranked_by_eval_loss_with_the
     from tlab_gradio.ui import jobs_view, sweep_panel
 
     headers, rows = sweep_panel.table_rows(status)
-    assert headers == ["Rank", "Job", "learning_rate", "lora_r", "State", "eval_loss", "Step"]
+    assert headers == ["Rank", "Job", "lr", "r", "State", "eval_loss", "Step"]
     assert [r[0] for r in rows] == ["★ 1 best", "2", "3", "4"] and rows[0][1].endswith(ranked[0]["name"])
+    assert [f"lr={r[2]} r={r[3]}" for r in rows] == [j["label"] for j in ranked]  # values as the names show them
     series = {str(j["job_id"]): {"label": j["label"], "offset": 0,
                                  "series": jobs_view.add_points({}, svc.job_metrics(j["job_id"])[0])} for j in ranked}
     chart = sweep_panel.chart_html(status, series, "eval_loss")

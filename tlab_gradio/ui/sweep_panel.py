@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from ..service import RequestError, Service
-from ..sweeps import fmt
+from ..sweeps import fmt, short_name
 from . import chart, live
 from .common import PRIVATE, checked, problems_md, state_badge, visitor
 from .jobs_view import follow_others
@@ -77,9 +77,10 @@ def sweep_choices(svc: Service, owner: str | None) -> list[tuple[str, int]]:
 
 
 def table_rows(status: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The ranked table: rank (★ the best), job, each swept parameter's value, state, the ranking metric, step."""
+    """The ranked table: rank (★ the best), job, each swept parameter's value (headed by its short name, as in the
+    jobs' names: lr, r), state, the ranking metric, step."""
     params = [a["parameter"] for a in status["axes"]]
-    headers = ["Rank", "Job", *params, "State", status["metric"], "Step"]
+    headers = ["Rank", "Job", *[short_name(p) for p in params], "State", status["metric"], "Step"]
     rows = []
     for job in status["jobs"]:
         rank = "" if job["rank"] is None else (f"★ {job['rank']} best" if job["best"] else str(job["rank"]))
