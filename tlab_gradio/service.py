@@ -9,6 +9,7 @@ reward files. Every input is checked before anything is launched; problems come 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -498,6 +499,67 @@ class Service:
         except export.ExportError as exc:
             raise RequestError([export.redact(self.hide_paths(str(exc)), secret.strip())]) from None
         return {"job_id": job.id, "checkpoint": out["checkpoint"], **pushed}
+
+    # --- evaluate: a job's model scored on its held-out rows or a dataset (evaluate.py, evaluate_model.py) -------
+    def evaluate_job(self, job_id: int, checkpoint: str | None = None, dataset: Any = None, limit: Any = None,
+                     device: str | None = "auto", owner: str | None = None) -> dict[str, Any]:
+        """Score a finished job's model (final or `checkpoint`) on its held-out rows, or every row of `dataset`
+        (the form's dataset spec) through the job's templates; `limit`: the first N rows only. Runs the scoring
+        program (evaluate_model.py) in a process of its own and returns when it is done: the saved evaluation
+        (evaluations()'s summary, with its examples). On a machine with GPUs (device auto or cuda) it holds one GPU
+        chosen like a job's, counted by the scheduler while it runs; auto falls back to the CPU when none is free.
+        RequestError: not finished, no model, unknown checkpoint, no held-out split and no dataset, bad input."""
+        from . import evaluate, gpus
+
+        job = self._get(job_id, owner)
+        label, picked, limit, device = evaluate.check(job.job_dir, job.id, job.state, job.spec, checkpoint, dataset,
+                                                      limit, device, self.uploads_for(owner))
+        holder, gpu = f"evaluate:{job.id}:{threading.get_ident()}", None
+        if device in ("auto", "cuda"):
+            found = sorted(gpus.list_gpus(refresh=True), key=lambda g: g.memory_used_mb - g.memory_total_mb)
+            if found:
+                gpu = self.jobs.claim_gpu(holder, [g.physical for g in found])
+                if gpu is None and device == "cuda":
+                    held = "; ".join(f"GPU {g}: {', '.join(who)}" for g, who in sorted(self.jobs.gpu_users().items()))
+                    raise RequestError([f"no GPU is free to evaluate on ({held}); use device cpu or wait"])
+            elif device == "cuda":
+                raise RequestError(["device cuda: this machine has no CUDA GPU"])
+            device = "cuda" if gpu is not None else "cpu"
+        try:
+            out = evaluate.run(evaluate.command(job.job_dir, label, picked, limit, device), gpu)
+        except RequestError as exc:
+            raise RequestError([self.hide_paths(p) for p in exc.problems]) from None
+        finally:
+            if gpu is not None:
+                self.jobs.release_gpus(holder)
+        found = evaluate.read(job.job_dir, out["name"])
+        return self._public_evaluation(evaluate.summary(found[0] if found else out, examples=True))
+
+    def evaluations(self, job_id: Any, examples: bool = False, owner: str | None = None) -> list[dict[str, Any]]:
+        """The saved evaluations of a job (or of several: a list of ids, or "3, 5"), newest first for each job:
+        {name, job_id, job_name, checkpoint, dataset_label, rows, metrics, settings, created, seconds} and, with
+        `examples`, the table of examples (prompt, reference, answer, score)."""
+        from . import evaluate
+
+        out = []
+        for one in evaluate.job_ids(job_id):
+            job = self._get(one, owner)
+            out += [self._public_evaluation(evaluate.summary(r, examples)) for r in evaluate.read(job.job_dir)]
+        return out
+
+    def compare_evaluations(self, job_ids: Any, owner: str | None = None) -> list[dict[str, Any]]:
+        """Evaluations of several jobs side by side: one row each (job, evaluation, checkpoint, dataset, rows and
+        the headline metrics: eval_loss, perplexity, exact_match, accuracy, eval_reward)."""
+        from . import evaluate
+
+        return evaluate.compare(self.evaluations(job_ids, owner=owner))
+
+    def _public_evaluation(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Hosted mode: no server path in a dataset's name."""
+        if settings.hosted():
+            result = {**result, "dataset": json.loads(self.hide_paths(json.dumps(result.get("dataset")))),
+                      "dataset_label": self.hide_paths(result.get("dataset_label"))}
+        return result
 
     # --- chat: a model in a worker process (chat.py, chat_model.py), on a GPU the scheduler counts, or the CPU --
     @property
