@@ -15,7 +15,7 @@ SFT = "llama_sft_multi_gpu"
 ENDPOINTS = {"/list_plugins", "/start_job", "/job_status", "/job_log", "/stop_job", "/resume_job", "/chat",
              "/delete_job", "/list_jobs", "/gpu_info", "/install_plugin", "/list_rewards", "/upload_reward_file",
              "/export_job", "/push_job", "/start_sweep", "/sweep_status", "/stop_sweep",
-             "/list_sweeps", "/check_job", "/dataset_format"}
+             "/list_sweeps", "/check_job", "/dataset_format", "/evaluate_job", "/job_evaluations"}
 
 
 def free_port():

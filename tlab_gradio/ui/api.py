@@ -160,6 +160,26 @@ def register(svc: Service) -> None:
         stored or shown back. Returns {job_id, repo_id, url, commit, checkpoint}; off in hosted mode."""
         return svc.push_job(job_id, repo_id, token, checkpoint or "final", private, visitor(visit))
 
+    @checked
+    def evaluate_job(job_id: int, checkpoint: str = "final", dataset: str | dict | None = None, limit: int = 0,
+                     device: str = "auto", visit: gr.Request = None) -> dict:
+        """Score a finished job's model (checkpoint: "final" or "checkpoint-N") on its held-out rows (val_size or
+        eval_split, the rows its trainer held out), or on every row of `dataset` (a sample name, a Hub id, a file
+        path, or {source, name, subset, split}) through the job's templates; limit: the first N rows (0: all);
+        device: auto, cpu, cuda. Greedy and seeded: the same model and rows give the same scores. Returns when done:
+        {name, job_id, checkpoint, dataset_label, rows, metrics (SFT: eval_loss, perplexity, exact_match; GRPO:
+        accuracy, eval_reward, rewards/<name>), settings, seconds, examples: [{prompt, reference, answer, score}]},
+        also saved in the job's folder (evaluations/<name>.json)."""
+        return svc.evaluate_job(job_id, checkpoint or "final", dataset, limit or None, device or "auto",
+                                visitor(visit))
+
+    @checked
+    def job_evaluations(job_id: int | str | list, examples: bool = False, visit: gr.Request = None) -> list[dict]:
+        """The saved evaluations of a job, or of several side by side (a list of ids, or "3, 5"), newest first for
+        each job: {name, job_id, job_name, checkpoint, dataset_label, rows, metrics, settings, created, seconds} and,
+        with examples true, each one's table of examples."""
+        return svc.evaluations(job_id, bool(examples), visitor(visit))
+
     @checked_stream
     def chat(request: dict, visit: gr.Request) -> Iterator[dict]:
         """Stream a model's answer: yields {text (the answer so far), done, model} as tokens come, the last with
@@ -173,7 +193,8 @@ def register(svc: Service) -> None:
     gr.api(chat, api_name="chat", api_description=chat.__doc__)
 
     for fn in (list_plugins, check_job, start_job, job_status, job_log, stop_job, resume_job, delete_job, list_jobs,
-               gpu_info, install_plugin, list_rewards, upload_reward_file, export_job, push_job, dataset_format):
+               gpu_info, install_plugin, list_rewards, upload_reward_file, export_job, push_job, dataset_format, evaluate_job,
+               job_evaluations):
         gr.api(fn, api_name=fn.__name__, api_description=fn.__doc__)
 
 

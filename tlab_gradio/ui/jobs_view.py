@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from ..service import ACTIVE, FINISHED, Service
-from . import chart, export_panel
+from . import chart, evaluate_panel, export_panel
 from .common import PRIVATE, checked, duration, progress_bar, state_badge, visitor, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
@@ -212,11 +212,12 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         files = gr.File(label="Log, metrics and output files", file_count="multiple", visible=False,
                         interactive=False, elem_id="job-files")
         export = export_panel.build(svc, hosted, selected)  # finished jobs: Export (zip), push to the Hub
+        evaluation = evaluate_panel.build(svc, hosted, selected)  # finished jobs: Evaluate, earlier evaluations
 
     def refresh(job_id, state, choice, smooth, request: gr.Request):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
-            return [gr.skip()] * (16 + len(export.outputs))
+            return [gr.skip()] * (16 + len(export.outputs) + len(evaluation.outputs))
         owner = visitor(request)
         fresh = state.get("job") != job_id
         # the service checks id and owner; the command, accelerate.yaml and files only when the state changes
@@ -268,13 +269,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                      gr.update(value=offered(file_list, hosted) or None, visible=bool(file_list)),
                      gr.update(visible=True),
                      gr.update(value=accel_text, visible=bool(accel_text) and not hosted)]
-            outs += export.on_job(job["id"], finished, owner)
+            outs += export.on_job(job["id"], finished, owner) + evaluation.on_job(job["id"], finished, owner)
         else:
-            outs += [gr.skip()] * (9 + len(export.outputs))
+            outs += [gr.skip()] * (9 + len(export.outputs) + len(evaluation.outputs))
         return outs
 
     outputs = [header, progress, log_box, plot, view, metric, compare, stop_btn, resume_btn, clone_btn,
-               delete_btn, error, command, files, live_row, accel, *export.outputs]
+               delete_btn, error, command, files, live_row, accel, *export.outputs, *evaluation.outputs]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
     timer = gr.Timer(1.0)
