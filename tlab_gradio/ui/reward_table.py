@@ -77,8 +77,8 @@ def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], 
         note = gr.Markdown(elem_id="reward-upload-msg")
 
     def uploaded(path, rows):
-        if not path:
-            return gr.skip(), ""
+        if not path:  # cleared
+            return gr.skip(), gr.skip()
         try:
             saved = svc.save_reward_upload(path)
         except RequestError as exc:
@@ -86,7 +86,9 @@ def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], 
         return (reward_rows(svc, chosen_rewards(rows), keep=rows if isinstance(rows, list) else None),
                 f"Added **{html.escape(saved['file'])}**: {', '.join(saved['functions'])}")
 
-    upload.upload(uploaded, [upload, table], [table, note], **PRIVATE)
+    # On the value's change, not .upload: under load the upload event was seen to carry no file yet (1 in ~10 runs
+    # on 2 busy cores), and the file was never added.
+    upload.change(uploaded, [upload, table], [table, note], **PRIVATE)
     # The chosen rows into refs["custom"]; the caller checks the form again after it (refs["wire"]).
     return table.change(chosen_rewards, table, refs["custom"], show_progress="hidden", trigger_mode="always_last",
                         **PRIVATE)
