@@ -110,6 +110,7 @@ def test_the_worker_unloads_after_the_quiet_period_and_gives_its_gpu_back(traine
     """In this process: the worker exits by itself after TLAB_CHAT_IDLE_SECONDS; on a GPU machine (faked: the
     scheduler's side is what is checked) its GPU is held for it in the job queue while it lives, and freed after."""
     from tlab_gradio import chat, gpus
+    from tlab_gradio.service import RequestError
 
     svc = trained["svc"]
     monkeypatch.setenv("TLAB_CHAT_IDLE_SECONDS", "2")
@@ -133,6 +134,12 @@ def test_the_worker_unloads_after_the_quiet_period_and_gives_its_gpu_back(traine
     assert svc.jobs.claim_gpu("other", ["0"]) is None
     svc.jobs.release_gpus("chat:cuda")
     assert svc.jobs.gpu_users() == {}
+    # every GPU taken (here by another holder; a job's GPUs count the same, see the next test): chat says so at once
+    assert svc.jobs.claim_gpu("other", ["0"]) == "0" and svc.jobs.claim_gpu("other", ["1"]) == "1"
+    with pytest.raises(RequestError, match=r"no GPU is free for chat: .*\(GPU 0: other; GPU 1: other\)\. Chat on "
+                                           r"the cpu"):
+        svc.chat({"prompt": "hi", "device": "cuda"})
+    svc.jobs.release_gpus("other")
 
 
 def test_a_queued_job_waits_for_the_chats_gpu(real_manager, monkeypatch):

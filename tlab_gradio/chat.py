@@ -127,6 +127,7 @@ class Worker:
         self._queues: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
+        self.finished = threading.Event()  # set once its end is handled (its GPU given back)
         self._on_exit = on_exit
         self.exit_reason: str | None = None
         threading.Thread(target=self._read, daemon=True, name=f"chat-worker-{self.proc.pid}").start()
@@ -163,12 +164,13 @@ class Worker:
         self.proc.wait()
         self.exit_reason = self.exit_reason or f"exited with code {self.proc.returncode}"
         self._ready.set()
+        self.log.close()
+        self._on_exit(self)  # its GPU is free before anyone waiting hears of the end (and starts another worker)
+        self.finished.set()
         with self._lock:
             waiting = list(self._queues.values())
         for target in waiting:  # requests in flight end with the reason, not a hang
-            target.put({"event": "error", "message": f"the chat worker ended: {self.exit_reason}"})
-        self.log.close()
-        self._on_exit(self)
+            target.put({"event": "error", "ended": True, "message": f"the chat worker ended: {self.exit_reason}"})
 
     def send(self, message: dict) -> None:
         try:
@@ -226,6 +228,9 @@ class ChatManager:
         return asked
 
     def worker(self, device: str) -> Worker:
+        ending = self._workers.get(device)
+        if ending is not None and not ending.alive:  # exiting (its quiet period over): let it give its GPU back
+            ending.finished.wait(10)
         with self._lock:
             found = self._workers.get(device)
             if found is not None and found.alive:
@@ -270,12 +275,28 @@ class ChatManager:
                label: str | None = None) -> Iterator[dict]:
         """One answer, as the worker's events: {"event": "loading" | "loaded" | "token" | "done", ...}. ChatError
         when the worker fails or says why it cannot answer. Leaving the loop early cancels the generation. `key`:
-        what makes the loaded model the same one (the source, with its files' dates); `label`: its name."""
+        what makes the loaded model the same one (the source, with its files' dates); `label`: its name. A worker
+        that was exiting (its quiet period over) as the request came is started again, once."""
+        for attempt in (1, 2):
+            events = self._stream(source, key, messages, options, device, label)
+            first = next(events, None)
+            if first is None:
+                return
+            if first.get("ended") and attempt == 1:
+                continue
+            if first.get("event") == "error":
+                raise ChatError(first.get("message") or "the chat worker failed")
+            yield first
+            yield from events
+            return
+
+    def _stream(self, source, key, messages, options, device, label) -> Iterator[dict]:
         worker = self.worker(device)
         rid = str(next(self._ids))
         answers = worker.request(rid, {"op": "generate", "id": rid, "source": source, "key": key, "label": label,
                                        "messages": messages, **options})
         finished = False
+        first = True
         try:
             timeout = LOAD_TIMEOUT_S
             while True:
@@ -286,7 +307,11 @@ class ChatManager:
                 kind = event.get("event")
                 if kind == "error":
                     finished = True
+                    if event.get("ended") and first:
+                        yield event  # stream() starts a worker again
+                        return
                     raise ChatError(event.get("message") or "the chat worker failed")
+                first = False
                 if kind == "loaded":
                     timeout = TOKEN_TIMEOUT_S
                 if kind == "token":

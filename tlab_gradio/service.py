@@ -606,8 +606,10 @@ class Service:
             elif job_id is not None:
                 try:
                     job = self._get(job_id, owner)
+                    if job.state not in FINISHED:
+                        raise RequestError([f"job {job.id} is {job.state}: chat with its model once it has finished"])
                     checkpoint = request.get("checkpoint")
-                    found = export.choose(job.job_dir, job.id, job.state, checkpoint)  # finished, with a model
+                    found = export.choose(job.job_dir, job.id, job.state, checkpoint)  # one with a model
                     if request.get("base"):
                         source = {"job_dir": str(job.job_dir), "base": True}
                         label = f"job {job.id}'s base model ({export.base_model_name(job.spec).split(' (')[0]})"
@@ -617,7 +619,7 @@ class Service:
                     files = sorted(found.folder.iterdir()) if found.folder.is_dir() else []
                     key = {**source, "stamp": [(f.name, f.stat().st_mtime_ns) for f in files if f.is_file()]}
                 except (RequestError, JobError, export.ExportError) as exc:
-                    problems.append(self.hide_paths(str(exc)))
+                    problems.append(self.hide_paths(str(exc).replace("no model to export", "no model to chat with")))
             else:
                 text = (model or "").strip()
                 try:
@@ -637,6 +639,10 @@ class Service:
             problems.append(str(exc))
         if problems:
             raise RequestError(problems)
+        try:
+            self.chats.worker(device)  # started (on a free GPU) now: no GPU free is said here, before any answer
+        except chat.ChatError as exc:
+            raise RequestError([self.hide_paths(str(exc))]) from None
         return self._chat_answers(source, key, label, messages, options, device)
 
     def _chat_answers(self, source, key, label, messages, options, device):
