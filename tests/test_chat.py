@@ -217,5 +217,12 @@ def test_the_chat_tab_answers_one_prompt_side_by_side(app, trained, chromium):
         for bot in (base, tuned):
             expect(bot.locator(".message.user")).to_contain_text("What is the capital of France?")
         assert "OTTER" not in base.locator(".message.bot").inner_text()
+        # a second turn: each side carries its own conversation
+        page.locator("#chat-prompt textarea").fill("hi")
+        page.locator("#chat-prompt textarea").press("Enter")
+        expect(tuned.locator(".message.bot")).to_have_count(2)
+        expect(base.locator(".message.bot")).to_have_count(2)
+        expect(tuned.locator(".message.bot").nth(1)).to_contain_text("OTTER")
+        expect(status).to_contain_text("24 tokens")
         page.screenshot(path=str(Path(__file__).parent / "artifacts" / "chat-side-by-side.png"), full_page=True)
         browser.close()

@@ -43,6 +43,15 @@ def text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def shown(text: str) -> str:
+    """An answer as its chatbot shows it: one of only line breaks or spaces (an untrained model's) would be an empty
+    bubble, so it says what it is."""
+    if text and not text.strip():
+        breaks = text.count("\n")
+        return f"*(whitespace only: {breaks} line break{'s' * (breaks != 1)})*" if breaks else "*(whitespace only)*"
+    return text
+
+
 def conversation(history: list | None) -> list[dict]:
     """The chatbot's turns as the model's messages (user and assistant text only)."""
     turns = []
@@ -109,7 +118,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                 "**Side by side** sends each prompt to the job's base model and to the tuned one. The model runs in a "
                 "process of its own (on a free GPU, which training jobs then wait for, or on the CPU) and is "
                 "unloaded after a quiet period.", elem_classes="tl-muted")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False):
         kind = gr.Radio([JOB, MODEL], value=MODEL, label="Chat with", scale=1, min_width=220, elem_id="chat-kind")
         job = gr.Dropdown(choices=[], value=None, label="Job", scale=2, visible=False, elem_id="chat-job",
                           info="finished jobs that saved a model")
@@ -143,6 +152,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         clear = gr.Button("Clear", scale=0, min_width=90, elem_id="chat-clear")
         unload = gr.Button("Unload model", scale=0, min_width=130, visible=not hosted, elem_id="chat-unload")
     status = gr.Markdown(elem_id="chat-status")
+    said = gr.State({"base": [], "tuned": []})  # each side's conversation as the models said it (the bots show it)
 
     def job_choices(owner: str | None) -> list[tuple[str, int]]:
         return [(f"#{s['job_id']} {s['name']} ({s['state'].lower()})", s["job_id"]) for s in svc.chat_sources(owner)]
@@ -183,7 +193,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     @checked_stream
     def answer(kind_value, job_id, checkpoint_label, model_text, side_value, system_text, temp, top_p_value,
-               max_new_value, device_value, text, base_history, tuned_history, request: gr.Request):
+               max_new_value, device_value, text, said_before, request: gr.Request):
         owner = visitor(request)
         text = (text or "").strip()
         if not text:
@@ -198,49 +208,56 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                       else checkpoint_label}
         else:
             target = {"model": model_text or ""}
-        sides = {"tuned": (tuned_history, target)}
+        sides = {"tuned": target}
         if kind_value == JOB and side_value:
-            sides["base"] = (base_history, {"job_id": job_id, "base": True})
-        histories, streams = {}, {}
-        for name, (history, where) in sides.items():  # both checked before either starts
-            turns = conversation(history) + [{"role": "user", "content": text}]
+            sides["base"] = {"job_id": job_id, "base": True}
+        said_before = said_before if isinstance(said_before, dict) else {}
+        said_now = {n: conversation(said_before.get(n)) for n in ("base", "tuned")}
+        streams = {}
+        for name, where in sides.items():  # both checked before either starts
+            turns = said_now[name] + [{"role": "user", "content": text}]
             streams[name] = svc.chat({**settings, **where, "messages": turns}, owner)
-            histories[name] = list(history or []) + [{"role": "user", "content": text},
-                                                     {"role": "assistant", "content": ""}]
+            said_now[name] = turns + [{"role": "assistant", "content": ""}]
         last: dict[str, Any] = {}
-        errors: list[str] = []
+        errors: dict[str, str] = {}
         stopped = threading.Event()
+
+        def bot(name: str) -> list[dict]:
+            shown_turns = [{**m, "content": shown(m["content"]) if m["role"] == "assistant" else m["content"]}
+                           for m in said_now[name]]
+            if name in errors:
+                shown_turns[-1] = {"role": "assistant", "content": f"⚠ {errors[name]}"}
+            return shown_turns
 
         def view():
             lines = [summary("Base" if n == "base" else "Tuned" if "base" in sides else "Model", last.get(n))
                      for n in ("base", "tuned") if n in sides]
-            return ("", histories.get("base", base_history) if "base" in sides else gr.skip(), histories["tuned"],
-                    "  \n".join([line for line in lines if line] + errors))
+            kept = {n: turns[:-2] if n in errors else turns for n, turns in said_now.items()}  # a failed turn goes
+            return ("", bot("base") if "base" in sides else gr.skip(), bot("tuned"),
+                    "  \n".join([line for line in lines if line] + [f"⚠ {e}" for e in errors.values()]), kept)
 
         yield view()
         try:
             for latest in merged(streams, stopped):
                 for name, out in latest.items():
                     if isinstance(out, Exception):
-                        message = out.problems[0] if isinstance(out, RequestError) else str(out)
-                        errors.append(f"⚠ {message}")
-                        histories[name][-1] = {"role": "assistant", "content": f"⚠ {message}"}
+                        errors[name] = out.problems[0] if isinstance(out, RequestError) else str(out)
                     else:
                         last[name] = out
-                        histories[name][-1] = {"role": "assistant", "content": out["text"]}
+                        said_now[name][-1] = {"role": "assistant", "content": out["text"]}
                 yield view()
         finally:
             stopped.set()  # Stop pressed, or the page left: the generations end in the worker too
         if errors:
-            raise gr.Error("\n".join(e[2:] for e in errors), print_exception=False)
+            raise gr.Error("\n".join(errors.values()), print_exception=False)
 
-    inputs = [kind, job, checkpoint, model, side, system, temperature, top_p, max_new, device, prompt, base_bot,
-              tuned_bot]
-    outputs = [prompt, base_bot, tuned_bot, status]
+    inputs = [kind, job, checkpoint, model, side, system, temperature, top_p, max_new, device, prompt, said]
+    outputs = [prompt, base_bot, tuned_bot, status, said]
     sent = gr.on([send.click, prompt.submit], answer, inputs, outputs, show_progress="minimal",
                  show_progress_on=[status], concurrency_limit=None, **PRIVATE)
     stop.click(None, None, None, cancels=[sent], **PRIVATE)
-    clear.click(lambda: ([], [], ""), None, [base_bot, tuned_bot, status], cancels=[sent], **PRIVATE)
+    clear.click(lambda: ([], [], "", {"base": [], "tuned": []}), None, [base_bot, tuned_bot, status, said],
+                cancels=[sent], **PRIVATE)
 
     def do_unload():
         try:
