@@ -124,6 +124,7 @@ def test_the_worker_unloads_after_the_quiet_period_and_gives_its_gpu_back(traine
     assert outs[-1]["done"]
     (worker,) = svc.chat_status()
     assert worker["device"] == "cpu" and worker["gpu"] is None and worker["unloads_in_s"] <= 2
+    assert [(w["device"], w["models"]) for w in svc.machine_usage()["chat"]] == [("cpu", ["the embedded model"])]
     deadline = time.monotonic() + 30
     while svc.chat_status() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -174,7 +175,8 @@ def test_hosted_chat_is_the_visitors_jobs_and_hub_models_only(trained, monkeypat
     for request, owner, message in [
             ({"prompt": "x", "job_id": trained["job"]}, "session:bob", f"no job with id {trained['job']}"),
             ({"prompt": "x", "model": str(trained["home"])}, "session:alice", "local model folders are turned off"),
-            ({"prompt": "x", "max_new_tokens": 2048}, "session:alice", "(this server caps it: hosted mode)")]:
+            ({"prompt": "x", "max_new_tokens": 2048}, "session:alice", "(this server caps it: hosted mode)"),
+            ({"prompt": "x"}, None, "no visitor session")]:
         with pytest.raises(RequestError) as info:
             svc.chat(request, owner)
         assert message in str(info.value) and str(trained["home"]) not in str(info.value)

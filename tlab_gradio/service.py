@@ -116,7 +116,8 @@ class Service:
         """The machine's load over the last minutes, for the Computer tab's curves: `samples` (oldest first, one
         every monitor.INTERVAL s over monitor.WINDOW s: time, CPU %, memory used/total GiB, each GPU's
         utilisation and memory), and `jobs`: each running job with the devices it holds (GPU ids, or CPU
-        processes); in hosted mode `owner`'s only. The sampler starts with the first call and runs in a thread of
+        processes); in hosted mode `owner`'s only; `chat`: the chat workers, each with its device and GPU (and, not
+        hosted, the models it holds). The sampler starts with the first call and runs in a thread of
         this process."""
         self.monitor.start()
         running = [r for r in self.job_rows(owner=owner) if r["state"] in ACTIVE]
@@ -124,7 +125,9 @@ class Service:
                 "window_s": self.monitor.window,
                 "jobs": [{"id": r["id"], "name": r["name"], "state": r["state"], "device": r["device"],
                           "gpus": r["gpus"], "processes": r["processes"], "started": r["started"]}
-                         for r in running]}
+                         for r in running],
+                "chat": [{"device": w["device"], "gpu": w["gpu"], "unloads_in_s": w["unloads_in_s"],
+                          "models": [] if settings.hosted() else w["models"]} for w in self.chat_status()]}
 
     # --- checking a request -------------------------------------------------------
     def prepare(self, request: dict[str, Any], check_data: bool = True, owner: str | None = None) -> JobSpec:
@@ -595,6 +598,8 @@ class Service:
         from . import chat, export, models
 
         hosted = settings.hosted()
+        if hosted:
+            self._visitor(owner)  # hosted: a visitor's session, as for jobs
         messages, options, problems = chat.parse(request, hosted)
         source = key = label = None
         if isinstance(request, dict):

@@ -54,7 +54,19 @@ def usage_html(usage: dict, now: float | None = None) -> str:
     every = usage.get("interval_s", 2)
     head = (f'<h3>Load, last {window / 60:g} minutes</h3><p class="tl-muted">Sampled every {every:g} s by the app '
             f'({len(samples)} sample{"s" * (len(samples) != 1)} so far).</p>')
-    return head + f'<div class="tl-usage">{"".join(charts)}</div>' + jobs_html(usage["jobs"], now)
+    return (head + f'<div class="tl-usage">{"".join(charts)}</div>' + jobs_html(usage["jobs"], now)
+            + chat_html(usage.get("chat") or []))
+
+
+def chat_html(workers: list[dict]) -> str:
+    """The Chat tab's model process, with the GPU it holds (jobs that need that GPU wait for it)."""
+    lines = []
+    for w in workers:
+        holds = f"GPU {w['gpu']} (jobs that need it wait until it is unloaded)" if w.get("gpu") is not None else "CPU"
+        models = f": {', '.join(w['models'])}" if w.get("models") else ""
+        lines.append(f'<li class="tl-chat-worker">Chat model on {html.escape(holds)}{html.escape(models)}; unloads '
+                     f'in {duration(w.get("unloads_in_s"))} without a message</li>')
+    return f'<ul class="tl-muted">{"".join(lines)}</ul>' if lines else ""
 
 
 def jobs_html(jobs: list[dict], now: float) -> str:
