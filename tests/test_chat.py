@@ -143,28 +143,40 @@ def test_the_worker_unloads_after_the_quiet_period_and_gives_its_gpu_back(traine
     svc.jobs.release_gpus("other")
 
 
-def test_a_queued_job_waits_for_the_chats_gpu(real_manager, monkeypatch):
-    """The scheduler counts the chat worker's GPU as taken: a job on it waits QUEUED until the worker is gone."""
+def test_a_queued_job_waits_for_the_chats_gpu(home, monkeypatch):
+    """The scheduler counts the chat worker's GPU as taken: a job on it waits QUEUED, saying why, until the worker
+    is gone."""
     import sys
 
+    import standins
     from tlab_gradio import jobs as jobs_mod
+    from tlab_gradio.service import Service
     from test_scheduler import config
 
     monkeypatch.setattr(jobs_mod.launcher, "write_launch_files", lambda job_dir, launch: [
         sys.executable, "-c", "import time; time.sleep(30)", str(job_dir)])
-    mgr = real_manager
-    assert mgr.claim_gpu("chat:cuda", ["1", "0"]) == "1"
-    waits = mgr.create(config("on the chat's GPU", ["1"]))
-    runs = mgr.create(config("on another GPU", ["0"]))
-    assert (mgr.get(waits.id).state, mgr.get(runs.id).state) == ("QUEUED", "RUNNING")
-    assert mgr.claim_gpu("chat:cuda", ["0", "1"]) is None  # every GPU used or waited for
-    users = mgr.gpu_users()
-    assert users == {"0": [f"job {runs.id} (RUNNING)"], "1": [f"job {waits.id} (QUEUED)", "chat:cuda"]}
-    mgr.release_gpus("chat:cuda")
-    assert mgr.wait(waits.id, 10, until=lambda j: j.state == "RUNNING").state == "RUNNING"
-    for job in (waits, runs):
-        mgr.stop(job.id, grace=0.5)
-        mgr.wait(job.id, 10)
+    svc = Service(home)
+    mgr = svc.jobs
+    try:
+        assert mgr.claim_gpu("chat:cuda", ["1", "0"]) == "1"
+        waits = mgr.create(config("on the chat's GPU", ["1"]))
+        runs = mgr.create(config("on another GPU", ["0"]))
+        assert (mgr.get(waits.id).state, mgr.get(runs.id).state) == ("QUEUED", "RUNNING")
+        assert svc.job_status(waits.id)["reason"].startswith("waiting for GPU 1, held by the Chat tab's model")
+        assert svc.job_row(runs.id)["reason"] is None
+        assert mgr.claim_gpu("chat:cuda", ["0", "1"]) is None  # every GPU used or waited for
+        users = mgr.gpu_users()
+        assert users == {"0": [f"job {runs.id} (RUNNING)"], "1": [f"job {waits.id} (QUEUED)", "chat:cuda"]}
+        mgr.release_gpus("chat:cuda")
+        assert mgr.wait(waits.id, 10, until=lambda j: j.state == "RUNNING").state == "RUNNING"
+        for job in (waits, runs):
+            mgr.stop(job.id, grace=0.5)
+            mgr.wait(job.id, 10)
+    finally:
+        for job in mgr.list():
+            for proc in standins.left_of(job.job_dir):
+                proc.kill()
+        mgr.close()
 
 
 def test_hosted_chat_is_the_visitors_jobs_and_hub_models_only(trained, monkeypatch):

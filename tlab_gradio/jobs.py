@@ -359,6 +359,11 @@ class JobManager:
         if freed:
             self._schedule()
 
+    def held_gpus(self) -> set[str]:
+        """The GPUs held outside jobs (claim_gpu), which queued jobs that need them wait for."""
+        with self._lock:
+            return {g for held in self._held.values() for g in held}
+
     def gpu_users(self) -> dict[str, list[str]]:
         """Physical GPU id -> who uses it or waits for it: "job 3 (RUNNING)", "job 5 (QUEUED)", "chat:cuda"."""
         users: dict[str, list[str]] = {}

@@ -319,10 +319,21 @@ class Service:
             "progress": progress.get("percent", 100.0 if job.state == "COMPLETE" else 0.0),
             "eta_s": progress.get("eta_seconds"), "world_size": progress.get("world_size"),
             "last_metrics": last[0] if last else None, "exit_code": job.exit_code,
-            "reason": self.hide_paths(job.reason), "error": error, "attempts": job.attempts,
+            "reason": self._reason(job), "error": error, "attempts": job.attempts,
             "created": job.created, "started": job.started, "finished": job.finished,
             "resumable": self._resumable(job),
         }
+
+    def _reason(self, job: Job) -> str | None:
+        """The job's reason as shown; a queued job waiting for a GPU the Chat tab's model holds says so."""
+        if job.state == "QUEUED" and not job.reason and job.gpus:
+            held = sorted(set(job.gpus) & self.jobs.held_gpus())
+            if held:
+                from .chat import idle_seconds
+
+                return (f"waiting for GPU {', '.join(held)}, held by the Chat tab's model (Unload model there frees "
+                        f"it; it unloads by itself after {idle_seconds():g} s without a message)")
+        return self.hide_paths(job.reason)
 
     @staticmethod
     def _resumable(job: Job) -> bool:
@@ -391,7 +402,7 @@ class Service:
         spec = job.spec
         row = {"id": job.id, "name": job.name, "plugin": job.plugin, "state": job.state, "gpus": job.gpus,
                "device": spec.launch.device, "processes": spec.launch.total_processes,
-               "reason": self.hide_paths(job.reason),
+               "reason": self._reason(job),
                "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
                "step": None, "total_steps": None}
         if job.started and job.state != "COMPLETE":  # where it got to: a stopped or failed job's too
