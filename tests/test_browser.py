@@ -44,7 +44,7 @@ def page(home, tmp_path, chromium):
 def test_train_a_job_from_the_page(page):
     expect = playwright.expect
     tabs = page.get_by_role("tab")
-    expect(tabs).to_have_text(["Plugins", "Train", "Computer"])
+    expect(tabs).to_have_text(["Plugins", "Train", "Chat", "Computer"])
 
     expect(page.locator("#plugins-table")).to_contain_text("Llama SFT Trainer")
     expect(page.locator("#plugins-table")).to_contain_text("ready")
