@@ -67,7 +67,8 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
                                 elem_id="evaluate-job")
         note = gr.Markdown(elem_id="evaluate-note")
         examples = gr.Dataframe(headers=EXAMPLE_COLUMNS, value=[], interactive=False, wrap=True, visible=False,
-                                label="Examples (greedy answers)", elem_id="evaluate-examples", max_height=420)
+                                label="Examples (greedy answers)", elem_id="evaluate-examples", max_height=420,
+                                column_widths=["40%", "22%", "30%", "8%"])
         history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], interactive=False, visible=False,
                                label="Evaluations of this job (select one to see its examples)",
                                elem_id="evaluate-history")
