@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import (data, gpus, inputs, installer, launcher, manifests, models, params, plugin_catalog, plugin_code,
-               preflight, reward_files, settings)
+from . import (data, gpus, inputs, installer, launch_settings, launcher, manifests, models, params, plugin_catalog,
+               plugin_code, preflight, reward_files, settings)
 from .jobfiles import read_json
-from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef
+from .job_spec import DataRef, Distributed, JobSpec, Launch, ModelRef, Slurm
 from .request_error import RequestError
 
 REQUEST_KEYS = ("plugin", "name", "model", "dataset", "template", "completion_template", "data_format",
@@ -89,6 +89,34 @@ def _distributed_checks(p: dict, placement: gpus.Placement, manifest: manifests.
         if not p.get("main_process_port"):
             problems.append("with several machines, main_process_port is required: the same port on every machine")
     return problems
+
+
+def _slurm_choice(p: dict, problems: list[str]) -> Slurm | None:
+    """The request's Run on: None for this machine, else where on the Slurm cluster (refused with the reason when
+    the app is not set up for Slurm, in hosted mode, or with the by-hand machine settings)."""
+    run_on = p.get("run_on") or launch_settings.THIS_MACHINE
+    if run_on == launch_settings.THIS_MACHINE:
+        return None
+    if not settings.slurm():
+        problems.append(f"`run_on` {run_on!r}: this app is not set up for Slurm (TLAB_SLURM=1, sbatch on PATH)")
+        return None
+    if settings.hosted():
+        problems.append("`run_on`: Slurm is turned off on this server (hosted mode)")
+        return None
+    if (p.get("num_machines") or 1) > 1 or (p.get("main_process_ip") or "").strip():
+        problems.append("`run_on` Slurm: set Slurm Nodes instead of num_machines / main_process_ip (Slurm picks "
+                        "the machines and the main one)")
+    partition = run_on.partition(":")[2] if run_on.startswith(launch_settings.SLURM + ":") else ""
+    return Slurm(partition=partition, nodes=p.get("slurm_nodes") or 1, gpus_per_node=p.get("slurm_gpus_per_node") or 1,
+                 time_limit=p.get("slurm_time_limit") or "", account=settings.slurm_account(),
+                 qos=settings.slurm_qos())
+
+
+def _distributed(p: dict, on_slurm: Slurm | None) -> Distributed:
+    dist = Distributed.from_params(p)
+    if on_slurm is None:
+        return dist
+    return dist.model_copy(update={"num_machines": on_slurm.nodes, "machine_rank": 0, "main_process_ip": ""})
 
 
 def _values(request: dict[str, Any], problems: list[str], manifest: manifests.Manifest) -> dict[str, Any]:
@@ -195,7 +223,10 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
 
     placement = None
     precision = None
-    if clean:
+    on_slurm = _slurm_choice(clean, problems) if clean else None
+    if clean and on_slurm is not None and clean["device"] == "cuda":  # the GPUs are the cluster's, not ours
+        placement = gpus.Placement("cuda", (), on_slurm.gpus_per_node)
+    elif clean:
         try:
             placement = gpus.resolve(clean["device"], clean.get("gpu_ids"), clean.get("cpu_processes"), available)
         except gpus.DeviceError as exc:
@@ -269,7 +300,7 @@ def prepare(home: Path, request: dict[str, Any], check_data: bool = True, upload
                      completion_template=templates.completion_template, info=dataset_info),
         launch=Launch(trainer=str(manifest.trainer_path), device=placement.device, gpu_ids=placement.physical_ids,
                       num_processes=placement.num_processes, mixed_precision=precision,
-                      distributed=Distributed.from_params(clean),
+                      distributed=_distributed(clean, on_slurm), slurm=on_slurm,
                       # A plugin with its own environment runs with that environment's python and accelerate.
                       python=str(installer.env_python(manifest.environment)) if manifest.environment else None),
         params=clean,

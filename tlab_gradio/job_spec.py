@@ -52,6 +52,21 @@ class Distributed(BaseModel):
         return cls(**values)
 
 
+class Slurm(BaseModel):
+    """Where a job handed to a Slurm cluster runs (the form's Run on): the partition ("" for the cluster's
+    default), nodes, GPUs per node (on cuda; on cpu each node runs the job's CPU processes), the time limit (Slurm's
+    words: minutes, or [D-]HH:MM:SS; "" for the partition's), and the site's account and QoS (settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partition: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 1
+    time_limit: str = ""
+    account: str | None = None
+    qos: str | None = None
+
+
 class Launch(BaseModel):
     """Where and how the trainer runs: what `accelerate launch` is given. The app owns all of it."""
 
@@ -64,6 +79,7 @@ class Launch(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     distributed: Distributed = Distributed()
     python: str | None = None  # a plugin with its own environment runs with that environment's python
+    slurm: Slurm | None = None  # handed to a Slurm cluster (None: this machine)
 
     @property
     def total_processes(self) -> int:

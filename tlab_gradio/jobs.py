@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    owner TEXT
+    owner TEXT,
+    slurm_id TEXT
 )
 """
 
@@ -94,6 +95,7 @@ class Job:
     finished: float | None
     fails_on_stop: bool = False  # ended on purpose as FAILED (the progress watchdog), not STOPPED
     owner: str | None = None  # who started it (login name or browser session): hosted mode shows it to them only
+    slurm_id: str | None = None  # handed to Slurm: its job id there (slurm.py), once sbatch took it
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -105,7 +107,13 @@ class Job:
             stop_requested=bool(row["stop_requested"]), attempts=row["attempts"], created=row["created"],
             started=row["started"], finished=row["finished"],
             fails_on_stop=row["stop_requested"] == STOP_AS_FAILURE, owner=row["owner"],
+            slurm_id=row["slurm_id"] if "slurm_id" in row.keys() else None,
         )
+
+    @property
+    def on_slurm(self) -> bool:
+        """Run on a Slurm cluster (the request's Run on): Slurm schedules, starts and ends it, not this app."""
+        return bool((self.config.get("launch") or {}).get("slurm"))
 
     @property
     def spec(self) -> JobSpec:
@@ -126,7 +134,7 @@ class Job:
             "config": self.config, "job_dir": str(self.job_dir), "output_dir": str(self.output_dir),
             "gpus": self.gpus, "command": self.command, "pid": self.pid, "exit_code": self.exit_code,
             "reason": self.reason, "attempts": self.attempts, "created": self.created,
-            "started": self.started, "finished": self.finished,
+            "started": self.started, "finished": self.finished, "slurm_id": self.slurm_id,
         }
 
 
@@ -211,6 +219,8 @@ class JobManager:
         self._db.execute(SCHEMA)
         if "owner" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # a store made before
             self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # its jobs keep owner NULL: nobody's
+        if "slurm_id" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN slurm_id TEXT")
         # The tag every process of a job carries: unique to this workspace on this machine, the same after a restart
         self._workspace = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
         self._procs: dict[int, Any] = {}
@@ -269,7 +279,9 @@ class JobManager:
                      time.time(), owner),
                 )
                 job_id = cur.lastrowid
-                job_dir = self.jobs_root / str(job_id)
+                # A Slurm job's folder is on the workspace every node sees
+                root = settings.slurm_workspace() / "jobs" if spec.launch.slurm else self.jobs_root
+                job_dir = root / str(job_id)
                 job_dir.mkdir(parents=True, exist_ok=True)
                 for rel, src in (files or {}).items():  # before the trainer can start and read them
                     (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +327,10 @@ class JobManager:
             jobs = [Job.from_row(r) for r in rows]
             taken = {g for j in jobs if j.state in ACTIVE for g in j.gpus}
             taken |= {g for held in self._held.values() for g in held}  # the chat worker's GPU
+            for job in [j for j in jobs if j.on_slurm]:  # Slurm queues them: handed over at once, never counted here
+                if job.state == QUEUED and not job.slurm_id:
+                    self._submit(job)
+            jobs = [j for j in jobs if not j.on_slurm]
             running = sum(j.state in ACTIVE for j in jobs)
             cap = settings.max_concurrent_jobs()
             # Hosted: a visitor's jobs beyond their running cap wait, reserving nothing, so other visitors' start.
@@ -504,7 +520,17 @@ class JobManager:
         it wrote its result, else FAILED with the reason its log gives), once any rank it left is ended."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchall()
-        for job in (Job.from_row(r) for r in rows):
+        with self._lock:
+            queued = self._db.execute("SELECT * FROM jobs WHERE state = ? AND slurm_id IS NOT NULL",
+                                      (QUEUED,)).fetchall()
+        for job in (Job.from_row(r) for r in [*rows, *queued]):
+            if job.on_slurm:
+                if job.slurm_id:  # Slurm still has it (or knows how it ended): watched again
+                    self._watch_slurm_thread(job.id)
+                elif job.state in ACTIVE:  # never handed over
+                    self._update(job.id, state=FAILED, reason="the app stopped before sbatch took the job",
+                                 finished=time.time())
+                continue
             tag = self.tag(job.id)
             if launcher.job_process(job.pid, tag, job.job_dir) or launcher.job_processes(tag):
                 threading.Thread(target=self._watch, args=(job.id, job.pid), daemon=True,
@@ -530,6 +556,8 @@ class JobManager:
         grace = settings.stop_grace_seconds() if grace is None else grace
         with self._lock:
             job = self.get(job_id)
+            if job.on_slurm and job.slurm_id and job.state in (QUEUED, *ACTIVE):
+                return self._stop_slurm(job, FAILED if failed else STOPPED, reason)
             if job.state == QUEUED:
                 try:
                     self._update(job_id, state=STOPPED, stop_requested=STOP_BY_USER, reason="stopped before it started",
@@ -560,6 +588,110 @@ class JobManager:
             log.warning("job %s: ending it, but could not record that (%s)", job.id, exc)
             return False
 
+    # --- Slurm (slurm.py) -----------------------------------------------------------
+    def _submit(self, job: Job) -> None:
+        """Write the batch script and hand the job to sbatch; it stays QUEUED (Slurm's PENDING) with its Slurm id,
+        watched by a thread. sbatch refusing it (a bad partition, a time limit over the partition's) fails it
+        with sbatch's words."""
+        from . import slurm
+
+        try:
+            launcher.write_launch_files(job.job_dir, job.spec.launch)  # accelerate.yaml, as for every job
+            argv = slurm.write(job.job_dir, job.spec.launch)
+            with open(job.log_path, "a") as log_file:
+                log_file.write(logs.attempt_line(job.id, job.attempts + 1, argv))
+            slurm_id = slurm.submit(argv, self.tag(job.id))
+        except Exception as exc:
+            if _disk_full(exc):
+                raise
+            self._update(job.id, state=FAILED, reason=f"could not hand it to Slurm: {exc}", finished=time.time())
+            return
+        self._update(job.id, slurm_id=slurm_id, command=argv, attempts=job.attempts + 1, exit_code=None,
+                     reason=None, finished=None, started=None, pid=None)
+        self._watch_slurm_thread(job.id)
+
+    def _watch_slurm_thread(self, job_id: int) -> None:
+        threading.Thread(target=self._watch_slurm, args=(job_id,), daemon=True, name=f"slurm-job-{job_id}").start()
+
+    def _watch_slurm(self, job_id: int) -> None:
+        """One per Slurm job, until its end is recorded: Slurm's state read every POLL*2 s and kept in the store
+        (PENDING: QUEUED with Slurm's reason; RUNNING; the end state with its exit code). The server's time limit
+        and the progress watchdog hold as for a local job (a stop is scancel)."""
+        from . import slurm
+
+        unknown_since = None
+        while not self._closed:
+            try:
+                job = self.get(job_id)
+                if job.state in FINISHED:
+                    return
+                now = slurm.state(job.slurm_id)
+            except (slurm.SlurmError, sqlite3.Error, JobError) as exc:
+                log.warning("job %s: asking Slurm: %s", job_id, exc)
+                time.sleep(POLL * 4)
+                continue
+            if now is None:  # just submitted (not yet listed) or forgotten by Slurm
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > 120:
+                    self._record_slurm_end(job, None, FAILED, f"Slurm no longer knows job {job.slurm_id}")
+                    return
+            elif now.finished:
+                ending = self._ending.get(job_id)
+                if now.ours == "COMPLETE" and not ending:
+                    state, reason = COMPLETE, None
+                elif ending or job.state == STOPPING:
+                    wanted = ending[0] if ending else (FAILED if job.fails_on_stop else STOPPED)
+                    state, reason = wanted, _at_step(job, ending[1] if ending else (job.reason or USER_STOP))
+                elif now.ours == STOPPED:
+                    state, reason = STOPPED, f"cancelled in Slurm (scancel {job.slurm_id})"
+                else:
+                    cause = (logs.failure(job.log_path, error_dir=job.job_dir / RANK_ERRORS, since=job.started)
+                             or _full_disk_cause(job.job_dir))
+                    state, reason = FAILED, f"{cause} [{now.reason}]" if cause else now.reason
+                if ending and reason:
+                    _log_line(job, logs.ended_line(reason))
+                self._record_slurm_end(job, now.exit_code, state, reason)
+                return
+            elif now.ours == RUNNING and job.state == QUEUED:
+                self._update(job_id, state=RUNNING, started=time.time(), reason=None)
+            elif now.ours == QUEUED and job.state == QUEUED:
+                said = f"Slurm job {job.slurm_id}: PENDING" + (f" ({now.reason})" if now.reason else "")
+                if job.reason != said:
+                    self._update(job_id, reason=said)
+            if now is not None:
+                unknown_since = None
+            try:
+                self._check_limits(job_id)
+            except Exception:
+                log.exception("job %s: checking its limits", job_id)
+            time.sleep(POLL * 2)
+
+    def _record_slurm_end(self, job: Job, code: int | None, state: str, reason: str | None) -> None:
+        delay = 0.5
+        while not self._closed:
+            try:
+                self._update(job.id, state=state, exit_code=code, reason=reason, finished=time.time())
+                break
+            except sqlite3.OperationalError:
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        self._ending.pop(job.id, None)
+
+    def _stop_slurm(self, job: Job, state: str, reason: str) -> Job:
+        """scancel, and STOPPING at once; the watcher records `state` once Slurm says the job has ended."""
+        from . import slurm
+
+        self._ending[job.id] = (state, reason, 0.0)
+        _log_line(job, logs.stopping_line(job.id, reason))
+        try:
+            slurm.cancel(job.slurm_id)
+        except slurm.SlurmError as exc:
+            self._ending.pop(job.id, None)
+            raise JobError(f"job {job.id} could not be stopped: {exc}") from exc
+        self._update(job.id, state=STOPPING, reason=reason,
+                     stop_requested=STOP_AS_FAILURE if state == FAILED else STOP_BY_USER)
+        return self.get(job.id)
+
     def resume(self, job_id: int) -> Job:
         """Queue a stopped or failed job again from its last checkpoint, in the same folder."""
         with self._lock:
@@ -573,7 +705,7 @@ class JobManager:
             spec.write(job.job_dir)
             (job.job_dir / RESULT).unlink(missing_ok=True)
             self._update(job_id, state=QUEUED, config=spec.to_json(), stop_requested=0, exit_code=None,
-                         reason=f"resuming from {checkpoint.name}", finished=None, pid=None)
+                         reason=f"resuming from {checkpoint.name}", finished=None, pid=None, slurm_id=None)
         self._schedule()
         return self.get(job_id)
 
@@ -586,7 +718,9 @@ class JobManager:
                 raise JobError(f"job {job_id} is {job.state}: stop it first, then delete it")
             folder = job.job_dir
             root = self.jobs_root.resolve()
-            inside = folder.is_dir() and folder.resolve().parent == root  # never a folder outside jobs/
+            roots = {root, (settings.slurm_workspace() / "jobs").resolve()} if job.on_slurm else {root}
+            inside = folder.is_dir() and folder.resolve().parent in roots  # never a folder outside jobs/
+            root = folder.resolve().parent
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if inside else 0
             if inside:  # renamed first: a crash mid-delete leaves no half folder under a live id
                 trash = root / f".deleting-{job_id}-{time.time_ns()}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from . import settings
 from .job_spec import Distributed
 from .parameter import Parameter, ParameterGroup, ParameterSet
 
@@ -66,7 +67,33 @@ DISTRIBUTED = {
                                   "several.", title="Main Process Port (0: any free port)", type="integer",
                                   default=_D.main_process_port, minimum=0, maximum=65535),
 }
+# Handing the job to a Slurm cluster (settings.slurm()): shown in Hardware only when the app is set up for Slurm.
+THIS_MACHINE = "this machine"
+SLURM = "slurm"  # the cluster's default partition; "slurm:NAME" a partition sinfo lists
+SLURM_TIME = r"^(|[0-9]+|[0-9]+:[0-9]{2}|[0-9]+:[0-9]{2}:[0-9]{2}|[0-9]+-[0-9]{1,2}(:[0-9]{2}){0,2})$"
+SLURM_SETTINGS = {
+    "slurm_nodes": _setting("Run on a Slurm partition: how many nodes (one task per node, each launching the job's "
+                            "processes on its GPUs).", title="Slurm Nodes", type="integer", default=1, minimum=1,
+                            maximum=1024),
+    "slurm_gpus_per_node": _setting("Run on a Slurm partition with device cuda: GPUs per node (Slurm picks them; "
+                                    "GPU IDs are ignored). With device cpu each node runs CPU Processes ranks.",
+                                    title="Slurm GPUs per Node", type="integer", default=1, minimum=1, maximum=64),
+    "slurm_time_limit": _setting("Run on a Slurm partition: the job's time limit in Slurm's words (minutes, "
+                                 "HH:MM:SS or D-HH:MM:SS); empty: the partition's.", title="Slurm Time Limit",
+                                 type="string", default="", pattern=SLURM_TIME),
+}
 NAMES = ("device", "gpu_ids", "cpu_processes", "mixed_precision", *DISTRIBUTED)  # every launch setting
+SLURM_NAMES = ("run_on", *SLURM_SETTINGS)  # the launch settings added with Slurm
+OWNED = NAMES + SLURM_NAMES  # what no manifest or shared set may declare as its own
+
+
+def _run_on() -> tuple[Parameter, str]:
+    from . import slurm
+
+    choices = [THIS_MACHINE, SLURM] + [f"{SLURM}:{p}" for p in slurm.partitions()]
+    return _setting("this machine: the app's own GPUs or CPU, as always. slurm: handed to the Slurm cluster "
+                    "(sbatch), its default partition or the one named; the job's folder must be on the workspace "
+                    "every node shares.", title="Run on", type="string", enum=choices, default=THIS_MACHINE)
 
 
 def _device(devices: list[str], multi_gpu: bool) -> tuple[Parameter, str]:
@@ -88,6 +115,9 @@ def for_plugin(multi_gpu: bool, hardware: Iterable[str]) -> ParameterSet:
     if "cpu" in devices and multi_gpu:
         chosen["cpu_processes"] = CPU_PROCESSES
     chosen["mixed_precision"] = MIXED_PRECISION
+    if settings.slurm():
+        chosen["run_on"] = _run_on()
+        chosen.update(SLURM_SETTINGS if multi_gpu else {"slurm_time_limit": SLURM_SETTINGS["slurm_time_limit"]})
     if multi_gpu:
         chosen.update(DISTRIBUTED)
     groups = [ParameterGroup(title=HARDWARE, parameters=[n for n in chosen if n not in DISTRIBUTED])]

@@ -373,6 +373,10 @@ def load_all(directory: Path | list[Path] | None = None) -> tuple[dict[str, Mani
                           for p in _files(d) + parameter_sets.files(d) for st in [p.stat()])
     except OSError:  # a file went away mid-listing: read the folder as it is now
         signature = None
+    if signature is not None and settings.slurm():  # the launch settings' Run on lists the cluster's partitions
+        from . import slurm
+
+        signature += (("slurm", *slurm.partitions()),)
     cached = _LOADED.get(folders)
     if signature is not None and cached and cached[0] == signature:
         return dict(cached[1]), list(cached[2])

@@ -60,7 +60,7 @@ def load_set(name: str, where: list[Path]) -> ParameterSet:
         raise ValueError(f"{KEY}: the shared set {name!r} ({path}) is not valid JSON: {exc}") from None
     except ValidationError as exc:
         raise ValueError(f"{KEY}: the shared set {name!r} ({path}) is broken: {problems(exc)}") from None
-    owned = [n for n in found.parameters if n in launch_settings.NAMES]
+    owned = [n for n in found.parameters if n in launch_settings.OWNED]
     if owned:
         raise ValueError(f"{KEY}: the shared set {name!r} declares {', '.join(owned)}: launch settings are the "
                          f"app's (tlab_gradio/launch_settings.py)")
@@ -77,7 +77,7 @@ def compose(raw: dict[str, Any], where: list[Path]) -> dict[str, Any]:
     hardware = raw.get("supported_hardware_architectures")
     hardware = [h for h in hardware if isinstance(h, str)] if isinstance(hardware, list) else []
     launch = launch_settings.for_plugin(raw.get("multi_gpu") is True, hardware)
-    stray = [n for n in own if n in launch_settings.NAMES and n not in launch.parameters]
+    stray = [n for n in own if n in launch_settings.OWNED and n not in launch.parameters]
     if stray:
         raise ValueError(f"{', '.join(stray)}: launch settings that do not apply to a plugin with multi_gpu "
                          f"{str(raw.get('multi_gpu')).lower()} on {', '.join(hardware)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launcher, logs, manifests, monitor,
-               plugin_catalog, reward_files, settings, uploads)
+               plugin_catalog, reward_files, settings, slurm, uploads)
 from .job_spec import JobSpec
 from .jobfiles import CHECKPOINTS, last_checkpoint, read_json
 from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
@@ -153,7 +153,8 @@ class Service:
         memory estimate. The same checks as start_job, the dataset and templates included (a live verdict that
         passes what Start refuses is wrong); only the visitor's job cap is Start's alone."""
         spec = self.prepare(request, owner=owner)
-        return {"command": launcher.preview(spec.launch), "memory": estimates.for_job(spec, self.home)}
+        command = slurm.preview(spec.launch) if spec.launch.slurm else launcher.preview(spec.launch)
+        return {"command": command, "memory": estimates.for_job(spec, self.home)}
 
     def memory_estimate(self, request: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """GPU memory per device the job should need, next to each chosen GPU's free memory."""
@@ -321,7 +322,7 @@ class Service:
             "last_metrics": last[0] if last else None, "exit_code": job.exit_code,
             "reason": self._reason(job), "error": error, "attempts": job.attempts,
             "created": job.created, "started": job.started, "finished": job.finished,
-            "resumable": self._resumable(job),
+            "resumable": self._resumable(job), "slurm_job_id": job.slurm_id,
         }
 
     def _reason(self, job: Job) -> str | None:
@@ -379,7 +380,8 @@ class Service:
     def _details(self, job: Job) -> dict[str, Any]:
         accel = job.job_dir / "accelerate.yaml"
         return {
-            "command": self.hide_paths(" ".join(job.command) if job.command else ""),
+            "command": self.hide_paths(slurm.shown(job.job_dir, job.command, job.slurm_id) if job.on_slurm
+                                       else " ".join(job.command) if job.command else ""),
             "accelerate_yaml": self.hide_paths(accel.read_text() if accel.is_file() else ""),
             "files": self._files(job) if job.state in ("COMPLETE", "FAILED", "STOPPED") else [],
             "resumable": self._resumable(job),  # Resume is offered only then

@@ -113,3 +113,38 @@ def hosted_max_running_per_visitor() -> int:
     be stopping) at once; the scheduler leaves that visitor's other jobs QUEUED and starts other visitors' jobs
     before them, so no visitor takes every slot of the machine."""
     return _positive("TLAB_HOSTED_MAX_RUNNING_PER_VISITOR") or 1
+
+
+def slurm() -> bool:
+    """TLAB_SLURM: `1` hands jobs to a Slurm cluster on request (the form's Run on); `0` never; unset: on when
+    `sbatch` is on PATH and a cluster is configured (SLURM_CONF, or /etc/slurm/slurm.conf). Off, the choice is not
+    shown and every job runs on this machine, as before."""
+    import shutil
+
+    raw = os.environ.get("TLAB_SLURM", "").strip().lower()
+    if raw in ("0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw:
+        raise ValueError(f"TLAB_SLURM must be 1 or 0, got {raw!r}")
+    configured = os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").is_file()
+    return bool(configured) and shutil.which("sbatch") is not None
+
+
+def slurm_workspace() -> Path:
+    """TLAB_SLURM_WORKSPACE: the workspace as the cluster's nodes see it, a folder every node mounts at this path
+    (job folders are written here and the nodes' processes write their logs, metrics and checkpoints into them);
+    default the app's workspace (TLAB_HOME), which must then be on a shared filesystem."""
+    raw = os.environ.get("TLAB_SLURM_WORKSPACE", "").strip()
+    return Path(raw).expanduser().resolve() if raw else home()
+
+
+def slurm_account() -> str | None:
+    """TLAB_SLURM_ACCOUNT: passed to sbatch as --account."""
+    return os.environ.get("TLAB_SLURM_ACCOUNT", "").strip() or None
+
+
+def slurm_qos() -> str | None:
+    """TLAB_SLURM_QOS: passed to sbatch as --qos."""
+    return os.environ.get("TLAB_SLURM_QOS", "").strip() or None

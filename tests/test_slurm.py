@@ -1,0 +1,183 @@
+"""Issue 21: jobs handed to a real Slurm cluster (Debian's slurm-wlm), not a mock.
+
+The `cluster` fixture installs slurm-wlm and munge when missing (as root, with apt-get, like the chromium fixture)
+and starts munged (unless one answers), slurmctld and two slurmd (n1, n2) on loopback from the repo's
+tests/slurm/slurm.conf.in, on free ports, in a scratch folder; afterwards it cancels every job of that cluster and
+ends the processes it started (and the slurmstepd they left), nothing else. Real CPU SFT jobs on the embedded
+model run through sbatch/srun: states from squeue/sacct, Stop as scancel, a failing trainer, an app restart.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import standins
+from test_app import start_app
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "tests" / "slurm" / "slurm.conf.in"
+SFT = "llama_sft_multi_gpu"
+TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _install() -> None:
+    if shutil.which("slurmctld") and shutil.which("munged"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Slurm (slurm-wlm, munge) is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True,
+                   stdout=subprocess.DEVNULL, env=env)
+
+
+def _started_by(conf: Path) -> list[psutil.Process]:
+    """Processes of this test cluster: those whose environment names its configuration (slurmd's slurmstepd and
+    the jobs' processes inherit it)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("SLURM_CONF") == str(conf):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's slurmd runs as root (SlurmUser=root) and this is not root")
+    _install()
+    d = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool/n1", "spool/n2", "log"):
+        (d / sub).mkdir(parents=True)
+    conf = d / "slurm.conf"
+    text = CONF.read_text()
+    for key, value in {"@DIR@": str(d), "@HOST@": socket.gethostname(), "@CTLD_PORT@": str(_free_port()),
+                       "@PORT1@": str(_free_port()), "@PORT2@": str(_free_port())}.items():
+        text = text.replace(key, value)
+    conf.write_text(text)
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    started: list[subprocess.Popen] = []
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/run/munge", "munge", "munge")
+    if not Path("/etc/munge/munge.key").is_file() or not Path("/etc/munge/munge.key").stat().st_size:
+        subprocess.run(["mungekey", "--create"], check=True)
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
+        started.append(subprocess.Popen(["/usr/sbin/munged", "--foreground"], user="munge", group="munge",
+                                        stdout=open(d / "log" / "munged.out", "w"), stderr=subprocess.STDOUT))
+        for _ in range(50):
+            if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+    daemons = [["slurmctld", "-D", "-f", str(conf)]] + [["slurmd", "-D", "-N", n, "-f", str(conf)] for n in ("n1", "n2")]
+    for argv in daemons:
+        started.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        stdout=open(d / "log" / f"{argv[0]}-{argv[-3]}.out", "w"),
+                                        stderr=subprocess.STDOUT))
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)  # the app (and the apps the tests start) find the cluster by it
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+            if set(out.stdout.split()) == {"idle"}:
+                break
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in (d / "log").glob("*") if p.is_file())
+                pytest.fail(f"the test cluster did not come up: {out.stdout} {out.stderr}\n{logs}")
+            time.sleep(0.3)
+        yield conf
+    finally:
+        subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)  # this cluster's jobs
+        time.sleep(1)
+        for proc in reversed(started):
+            proc.terminate()
+        for proc in started:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for proc in _started_by(conf):  # a slurmstepd (or a job's process) its slurmd left
+            proc.kill()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture
+def slurm_env(cluster, home, monkeypatch):
+    monkeypatch.setenv("TLAB_SLURM", "1")
+    monkeypatch.setenv("TLAB_SLURM_ACCOUNT", "")
+    return cluster
+
+
+def sft(steps, **params):
+    return {"plugin": SFT, "name": "slurm-run",
+            "params": {"device": "cpu", "cpu_processes": 2, "max_steps": steps, "logging_steps": 1,
+                       "save_steps": 1000, "run_on": "slurm:debug", **params}}
+
+
+def no_process_left(job_dir: Path) -> list:
+    return standins.left_of(job_dir)
+
+
+def test_run_on_is_offered_only_with_slurm_and_names_the_partitions(cluster, home, monkeypatch):
+    from tlab_gradio.service import RequestError, Service
+
+    monkeypatch.setenv("TLAB_SLURM", "0")
+    assert "run_on" not in str(Service().plugin_form(SFT))
+    with pytest.raises(RequestError) as info:
+        Service().start_job(sft(2))
+    assert any("run_on" in p for p in info.value.problems), info.value.problems
+    monkeypatch.setenv("TLAB_SLURM", "1")
+    svc = Service()
+    sft_plugin = svc.plugin_form(SFT)
+    assert "'run_on'" in str(sft_plugin) and "slurm:debug" in str(sft_plugin), sft_plugin
+    checked = svc.launch_preview(sft(2, slurm_nodes=2, slurm_time_limit="0:10:00"))
+    assert "#SBATCH --nodes=2" in checked["command"] and "#SBATCH --time=0:10:00" in checked["command"]
+    assert "srun" in checked["command"] and '--machine_rank "$SLURM_NODEID"' in checked["command"]
+    with pytest.raises(RequestError) as info:
+        svc.start_job(sft(2, slurm_time_limit="ten minutes"))
+    assert any("slurm_time_limit" in p for p in info.value.problems), info.value.problems
+
+
+def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
+    from tlab_gradio.service import Service
+
+    svc = Service()
+    job = svc.start_job(sft(400))
+    assert job["state"] == "QUEUED"
+    running = svc.jobs.wait(job["id"], TIMEOUT, until=lambda j: j.state != "QUEUED" and (
+        j.state != "RUNNING" or svc.job_status(j.id)["step"] >= 1))
+    assert running.state == "RUNNING", svc.job_log(job["id"], 40)
+    assert running.slurm_id and svc.job_status(job["id"])["slurm_job_id"] == running.slurm_id
+    details = svc.job_details(job["id"])
+    assert f"# Slurm job {running.slurm_id}" in details["command"] and "srun" in details["command"]
+    stopping = svc.stop_job(job["id"])
+    assert stopping["state"] == "STOPPING"
+    done = svc.jobs.wait(job["id"], 60)
+    assert done.state == "STOPPED", (done.state, done.reason)
+    assert done.reason.startswith("stopped by the user at step")
+    deadline = time.monotonic() + 15
+    while no_process_left(done.job_dir) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert no_process_left(done.job_dir) == []
+    out = subprocess.run(["sacct", "-c", "-n", "-X", "-P", "-j", running.slurm_id, "-o", "State"],
+                         capture_output=True, text=True)
+    assert out.stdout.split()[0].startswith("CANCELLED"), out.stdout
