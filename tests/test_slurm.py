@@ -181,3 +181,55 @@ def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
     out = subprocess.run(["sacct", "-c", "-n", "-X", "-P", "-j", running.slurm_id, "-o", "State"],
                          capture_output=True, text=True)
     assert out.stdout.split()[0].startswith("CANCELLED"), out.stdout
+
+
+def test_a_failing_trainer_on_slurm_ends_failed_with_its_error(slurm_env, tiny_model_dir, tmp_path):
+    from tlab_gradio.service import Service
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    svc = Service()
+    job = svc.start_job({**sft(2), "model": str(broken)})
+    failed = svc.jobs.wait(job["id"], TIMEOUT)
+    assert failed.state == "FAILED", (failed.state, failed.reason)
+    assert "safetensors" in failed.reason.lower(), failed.reason
+    assert failed.reason.endswith("[Slurm: FAILED, exit code 1:0]"), failed.reason
+    assert failed.exit_code == 1
+    assert no_process_left(failed.job_dir) == []
+
+
+def test_through_the_api_two_nodes_queued_running_complete_across_an_app_restart(slurm_env, tmp_path):
+    """A 2-process job, one process on each of the cluster's two nodes (two slurmd on this machine), through
+    /start_job on the real app; the app is restarted while the job runs and watches it again to its end."""
+    from gradio_client import Client
+
+    from test_app import wait_state
+
+    proc, url = start_app({}, tmp_path)
+    try:
+        client = Client(url, verbose=False)
+        job = client.predict(sft(8, cpu_processes=1, slurm_nodes=2), api_name="/start_job")
+        assert job["state"] == "QUEUED"
+        running = wait_state(client, job["job_id"], ("RUNNING", "COMPLETE", "FAILED"), TIMEOUT)
+        assert running["state"] == "RUNNING" and running["slurm_job_id"], running
+        proc.terminate()  # mid-job: the job is Slurm's, it runs on
+        proc.wait(30)
+        squeue = subprocess.run(["squeue", "-h", "-j", running["slurm_job_id"], "-o", "%T"],
+                                capture_output=True, text=True)
+        assert squeue.stdout.strip() in ("RUNNING", "COMPLETING", ""), squeue
+        proc, url = start_app({}, tmp_path)
+        client = Client(url, verbose=False)
+        status = wait_state(client, job["job_id"], ("COMPLETE", "FAILED", "STOPPED"), TIMEOUT)
+        assert status["state"] == "COMPLETE", (status, client.predict(job["job_id"], 60, api_name="/job_log"))
+        assert status["slurm_job_id"] == running["slurm_job_id"]
+        assert status["step"] == status["total_steps"] == 8 and status["world_size"] == 2
+        assert status["last_metrics"] and status["exit_code"] == 0
+        log = (Path(os.environ["TLAB_HOME"]) / "jobs" / str(job["job_id"]) / "log.txt").read_text()
+        assert "node 0 of 2 on" in log and "node 1 of 2 on" in log, log
+        out = subprocess.run(["sacct", "-c", "-n", "-X", "-P", "-j", status["slurm_job_id"], "-o",
+                              "NodeList,State"], capture_output=True, text=True)
+        assert out.stdout.split() == ["n[1-2]|COMPLETED"], out.stdout
+    finally:
+        proc.terminate()
+        proc.wait(30)
