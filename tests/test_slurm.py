@@ -155,6 +155,13 @@ def test_run_on_is_offered_only_with_slurm_and_names_the_partitions(cluster, hom
     with pytest.raises(RequestError) as info:
         svc.start_job(sft(2, slurm_time_limit="ten minutes"))
     assert any("slurm_time_limit" in p for p in info.value.problems), info.value.problems
+    with pytest.raises(RequestError) as info:
+        svc.start_job(sft(2, num_machines=2))
+    assert any("set Slurm Nodes instead of num_machines" in p for p in info.value.problems), info.value.problems
+    monkeypatch.setenv("TLAB_HOSTED", "1")
+    with pytest.raises(RequestError) as info:
+        Service().start_job(sft(2), owner="visitor-1")
+    assert "`run_on`: Slurm is turned off on this server (hosted mode)" in info.value.problems
 
 
 def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
@@ -167,6 +174,9 @@ def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
         j.state != "RUNNING" or svc.job_status(j.id)["step"] >= 1))
     assert running.state == "RUNNING", svc.job_log(job["id"], 40)
     assert running.slurm_id and svc.job_status(job["id"])["slurm_job_id"] == running.slurm_id
+    row = svc.job_row(job["id"])
+    assert row["runs_on"] == "slurm" and row["slurm_job_id"] == running.slurm_id
+    assert job["id"] not in [j["id"] for j in svc.machine_usage()["jobs"]]  # not this machine's processes
     details = svc.job_details(job["id"])
     assert f"# Slurm job {running.slurm_id}" in details["command"] and "srun" in details["command"]
     stopping = svc.stop_job(job["id"])

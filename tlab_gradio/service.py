@@ -120,7 +120,8 @@ class Service:
         hosted, the models it holds). The sampler starts with the first call and runs in a thread of
         this process."""
         self.monitor.start()
-        running = [r for r in self.job_rows(owner=owner) if r["state"] in ACTIVE]
+        running = [r for r in self.job_rows(owner=owner)  # a Slurm job's processes are on the cluster's nodes
+                   if r["state"] in ACTIVE and r["runs_on"] == "this machine"]
         return {"samples": self.monitor.samples(), "interval_s": self.monitor.interval,
                 "window_s": self.monitor.window,
                 "jobs": [{"id": r["id"], "name": r["name"], "state": r["state"], "device": r["device"],
@@ -406,7 +407,8 @@ class Service:
                "device": spec.launch.device, "processes": spec.launch.total_processes,
                "reason": self._reason(job),
                "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
-               "step": None, "total_steps": None}
+               "step": None, "total_steps": None,
+               "runs_on": "slurm" if job.on_slurm else "this machine", "slurm_job_id": job.slurm_id}
         if job.started and job.state != "COMPLETE":  # where it got to: a stopped or failed job's too
             progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
             row["step"], row["total_steps"] = progress.get("step"), progress.get("max_steps")

@@ -31,7 +31,7 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
     return _public({
         "job_id": job["id"], "name": job["name"], "plugin": job["plugin"], "state": job["state"],
         "gpus": job["gpus"], "created": job["created"], "started": job["started"], "finished": job["finished"],
-        "reason": job["reason"], "job_dir": job["job_dir"],
+        "reason": job["reason"], "job_dir": job["job_dir"], "slurm_job_id": job.get("slurm_id"),
     })
 
 

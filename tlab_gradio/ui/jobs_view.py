@@ -62,6 +62,8 @@ def job_rows(svc: Service, owner: str | None = None) -> list[list[Any]]:
         elif j["step"] is not None:  # stopped or failed: the step it reached, as its bar shows
             progress = f"step {j['step']}/{j['total_steps'] or '?'}"
         gpus = ",".join(j["gpus"]) if j["gpus"] else f"cpu×{j['processes']}"
+        if j.get("runs_on") == "slurm":  # the cluster's: Slurm's job id and the processes over its nodes
+            gpus = f"Slurm {j['slurm_job_id'] or '(not submitted)'}: {j['device']}×{j['processes']}"
         end = j["finished"] or (now if j["state"] in ACTIVE else None)
         rows.append([j["id"], j["name"], j["plugin"], j["state"], gpus, progress, when(j["started"]),
                      duration(end - j["started"]) if j["started"] and end else ""])
