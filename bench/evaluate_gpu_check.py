@@ -1,0 +1,80 @@
+"""Evaluate on a GPU machine (issue 20 item 2), through the service as /evaluate_job runs it: an SFT job and a GRPO
+job on the embedded model (cuda, held-out rows), then each evaluated twice with device auto: the scoring program must
+run on the GPU (one the scheduler holds while it runs), score exactly the held-out rows and give the same numbers
+both times. Rows per second and generated prompts per second are recorded (batched greedy generation).
+
+    python3 bench/evaluate_gpu_check.py --out $OUT/evaluate-gpu-check.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RUNS = {
+    "sft": {"plugin": "llama_sft_multi_gpu", "name": "eval-sft",
+            "params": {"max_steps": 20, "val_size": 64, "gpu_ids": "0"}},
+    "grpo": {"plugin": "grpo_multi_gpu", "name": "eval-grpo", "dataset": "grpo_arithmetic",
+             "params": {"max_steps": 2, "val_size": 64, "gpu_ids": "0"}},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    os.environ.setdefault("TLAB_HOME", tempfile.mkdtemp(prefix="tlab-evaluate-"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tlab_gradio.service import Service
+
+    svc = Service()
+    report: dict = {"runs": {}}
+    for kind, request in RUNS.items():
+        request = {**request, "params": {**request["params"], "device": "cuda"}}
+        started = time.monotonic()
+        job = svc.start_job(request)
+        done = svc.jobs.wait(job["id"], args.timeout)
+        result: dict = {"state": done.state, "train_s": round(time.monotonic() - started, 1)}
+        if done.state != "COMPLETE":
+            result["log"] = svc.job_log(done.id, 60)
+            report["runs"][kind] = result
+            continue
+        outs = []
+        for _ in range(2):
+            t = time.monotonic()
+            out = svc.evaluate_job(done.id, device="auto")
+            outs.append((out, time.monotonic() - t))
+        first, again = outs[0][0], outs[1][0]
+        same = (first["metrics"] == again["metrics"]
+                and [e["answer"] for e in first["examples"]] == [e["answer"] for e in again["examples"]])
+        log = "\n".join(svc.job_log(done.id, 400))
+        result.update({
+            "device": first["settings"]["device"], "rows": first["rows"], "metrics": first["metrics"],
+            "metrics_again": again["metrics"], "reproducible": same,
+            "held_out_in_log": f"held out {first['rows']} of" in log,
+            "evaluate_s": [round(s, 2) for _, s in outs], "program_s": [o["seconds"] for o, _ in outs],
+            "rows_per_s": round(first["rows"] / first["seconds"], 1),
+            "examples": first["examples"][:3],
+        })
+        report["runs"][kind] = result
+    report["gpu_free_after"] = not svc.jobs.gpu_users()
+    report["ok"] = all(r.get("device") == "cuda" and r.get("reproducible") and r.get("held_out_in_log")
+                       for r in report["runs"].values()) and report["gpu_free_after"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("examples", "log")}
+                      for k, v in report["runs"].items()}, indent=1, default=str))
+    print("ok:", report["ok"])
+    svc.jobs.close()
+
+
+if __name__ == "__main__":
+    main()
