@@ -22,6 +22,7 @@ EVALUATIONS = "evaluations"  # JOB/evaluations/ (as evaluate_model.EVALUATIONS, 
 SUMMARY_PREFIX = "[tlab-evaluate] "
 TIMEOUT_S = 3600.0
 MAX_LIMIT = 100_000
+HOSTED_MAX_ROWS = 200  # hosted mode: the most rows one evaluation scores
 DEVICES = ("auto", "cpu", "cuda")
 _QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
@@ -61,6 +62,8 @@ def check(job_dir: Path, job_id: int, state: str, spec: JobSpec, checkpoint: Any
             limit = inputs.whole_number("limit", limit, 1, MAX_LIMIT)
         except RequestError as exc:
             problems += exc.problems
+    if settings.hosted():  # a public server: each evaluation stays small
+        limit = min(limit or HOSTED_MAX_ROWS, HOSTED_MAX_ROWS)
     device = (device or "auto").strip().lower() if isinstance(device, str) or device is None else device
     if device not in DEVICES:
         problems.append(f"device {inputs.short(device)}: must be auto, cpu or cuda")

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -272,9 +273,12 @@ def output_path(job_dir: Path, checkpoint: str, dataset_label: str, name: str | 
     stem = slug(name) if name else \
         f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug(checkpoint)}-{slug(dataset_label)}"
     path, n = folder / f"{stem}.json", 2
-    while path.exists():
-        path, n = folder / f"{stem}-{n}.json", n + 1
-    return path
+    while True:
+        try:  # reserved (an empty file, skipped when listed) so two evaluations at once never share a name
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            path, n = folder / f"{stem}-{n}.json", n + 1
 
 
 def evaluate(job_dir: Path, checkpoint: str | None = None, dataset: str | None = None, limit: int | None = None,
