@@ -97,6 +97,8 @@ def scripts(job_dir: Path, launch: Launch) -> tuple[str, str]:
             words.append('"$MAIN_IP"')
         elif before == "--main_process_port":
             words.append('"$PORT"')
+        elif before == "--num_cpu_threads_per_process":  # the node's CPUs Slurm gave, over its processes
+            words.append(f'"$(( ${{SLURM_CPUS_ON_NODE:-{launch.num_processes}}} / {launch.num_processes} ))"')
         else:
             words.append(shlex.quote(word))
     node = "\n".join([
