@@ -6,7 +6,7 @@ Real jobs (`accelerate launch` on the embedded tiny model, CPU), trained once fo
 LoRA job holding out 8 rows (val_size 8) and a one-step GRPO job holding out 6 prompts."""
 import json
 import math
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -105,13 +105,13 @@ def test_sft_scores_exactly_the_held_out_rows_and_again_the_same(trained, sft_fi
     assert out["name"] in [e["name"] for e in svc.evaluations(trained["sft"], owner=OWNER)]
 
 
-def test_grpo_scores_accuracy_and_each_reward_per_example_reproducibly(trained):
+def test_grpo_scores_accuracy_and_each_reward_per_example_reproducibly(trained, sft_first):
     from tlab_gradio import rewards
 
     svc = trained["svc"]
-    first = svc.evaluate_job(trained["grpo"], owner=OWNER)
-    again = svc.evaluate_job(trained["grpo"], owner=OWNER)
-    assert scores(first) == scores(again)
+    with ThreadPoolExecutor(2) as pool:  # two at once: each its own file, the same scores
+        first, again = pool.map(lambda _: svc.evaluate_job(trained["grpo"], owner=OWNER), range(2))
+    assert scores(first) == scores(again) and first["name"] != again["name"]
     assert first["rows"] == 6 and len(first["examples"]) == 6
     m = first["metrics"]
     names = ["correctness", "integer", "strict_format", "soft_format", "tag_count"]
@@ -124,6 +124,13 @@ def test_grpo_scores_accuracy_and_each_reward_per_example_reproducibly(trained):
         assert "<reasoning>" not in e["reference"] and e["prompt"]
     assert math.isclose(m["accuracy"], sum(e["score"] for e in first["examples"]) / 6)
     assert math.isclose(m["eval_reward"], sum(e["reward"] for e in first["examples"]) / 6, abs_tol=1e-5)
+    # the two jobs side by side: one row per evaluation, the headline metrics as columns
+    table = svc.compare_evaluations([trained["sft"], trained["grpo"]], OWNER)
+    sft_row = next(r for r in table if r["evaluation"] == sft_first["name"])
+    assert sft_row["eval_loss"] == sft_first["metrics"]["eval_loss"] and "accuracy" not in sft_row
+    grpo_rows = [r for r in table if r["job_id"] == trained["grpo"]]
+    assert {r["evaluation"] for r in grpo_rows} == {first["name"], again["name"]}
+    assert grpo_rows[0]["accuracy"] == m["accuracy"] and grpo_rows[0]["eval_reward"] == m["eval_reward"]
 
 
 def test_a_dataset_the_user_picks_goes_through_the_jobs_templates_on_a_checkpoint(trained, tmp_path):
