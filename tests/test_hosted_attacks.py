@@ -125,7 +125,8 @@ def test_a_visitor_cannot_see_or_touch_anothers_job_or_its_files(hosted, home):
     job_id = job["job_id"]
     assert other.predict(api_name="/list_jobs") == []
     for api_name, args in (("/job_status", (job_id,)), ("/job_log", (job_id, 10)), ("/stop_job", (job_id,)),
-                           ("/resume_job", (job_id,)), ("/delete_job", (job_id,)), ("/export_job", (job_id,))):
+                           ("/resume_job", (job_id,)), ("/delete_job", (job_id,)), ("/export_job", (job_id,)),
+                           ("/evaluate_job", (job_id,)), ("/job_evaluations", (job_id,))):
         with pytest.raises(AppError, match=f"no job with id {job_id}"):
             other.predict(*args, api_name=api_name)
     assert [j["job_id"] for j in owner.predict(api_name="/list_jobs")] == [job_id]
