@@ -194,16 +194,18 @@ def check_shape(request: Any) -> list[str]:
     return problems
 
 
-def prepare(home: Path, request: dict[str, Any], check_data: bool = True, uploads: Path | None = None) -> JobSpec:
+def prepare(home: Path, request: dict[str, Any], check_data: bool = True, uploads: Path | None = None,
+            available: list[gpus.GPU] | None = None) -> JobSpec:
     """Check everything and return the job's spec, or raise RequestError listing every problem.
 
     `check_data=False` skips loading the dataset (the live command preview does that). In hosted mode a dataset
-    file must be inside `uploads` (the visitor's own; default: the workspace's uploads folder)."""
+    file must be inside `uploads` (the visitor's own; default: the workspace's uploads folder). `available`: the
+    GPUs the job will have, when not this machine's (a SkyPilot task's node, skypilot.py)."""
     problems = check_shape(request)
     manifest = plugin_catalog.plugin(request["plugin"])
     if manifest.unrunnable:  # a Transformer Lab manifest this app cannot run: no trainer, other names
         raise RequestError([f"plugin {manifest.name} cannot run in this app: {r}" for r in manifest.unrunnable])
-    available = gpus.list_gpus()
+    available = gpus.list_gpus() if available is None else available
     not_ready = manifests.readiness(manifest, len(available))
     if not_ready:  # nothing else matters until it can run at all
         raise RequestError([f"plugin {manifest.name} is not ready: {r}" for r in not_ready])
