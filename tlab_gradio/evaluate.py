@@ -117,6 +117,12 @@ def read(job_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: (r.get("created") or 0, r.get("name") or ""), reverse=True)
 
 
+def count(job_dir: Path) -> int:
+    """How many evaluations a job has saved (its files, not read)."""
+    folder = Path(job_dir) / EVALUATIONS
+    return sum(1 for p in folder.glob("*.json") if p.stat().st_size) if folder.is_dir() else 0
+
+
 def summary(result: dict[str, Any], examples: bool = False) -> dict[str, Any]:
     """An evaluation as the API and the page show it (examples only when asked)."""
     keep = ("name", "job_id", "job_name", "train_type", "checkpoint", "step", "dataset_label", "dataset", "rows",

@@ -572,6 +572,17 @@ class Service:
 
         return evaluate.compare(self.evaluations(job_ids, owner=owner))
 
+    def evaluated_jobs(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The jobs that have saved evaluations, newest first (hosted: the visitor's): {job_id, name, evaluations}."""
+        from . import evaluate
+
+        out = []
+        for job in self.jobs.list(200, self._list_owner(owner)):
+            count = evaluate.count(job.job_dir)
+            if count:
+                out.append({"job_id": job.id, "name": job.name, "evaluations": count})
+        return out
+
     def _public_evaluation(self, result: dict[str, Any]) -> dict[str, Any]:
         """Hosted mode: no server path in a dataset's name."""
         if settings.hosted():

@@ -47,10 +47,11 @@ def examples_table(result: dict) -> list[list]:
 
 def history_table(rows: list[dict]) -> list[list]:
     keys = ["evaluation", "checkpoint", "dataset", "rows", *METRIC_NAMES]
-    return [[_number(r.get(k)) if r.get(k) is not None else "" for k in keys] for r in rows]
+    return [[f"{r.get('job_id')} · {r.get('job_name')}"] + [_number(r.get(k)) if r.get(k) is not None else ""
+                                                             for k in keys] for r in rows]
 
 
-HISTORY_HEADERS = ["evaluation", "checkpoint", "dataset", "rows", *METRIC_NAMES.values()]
+HISTORY_HEADERS = ["job", "evaluation", "checkpoint", "dataset", "rows", *METRIC_NAMES.values()]
 
 
 def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
@@ -69,50 +70,62 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         examples = gr.Dataframe(headers=EXAMPLE_COLUMNS, value=[], interactive=False, wrap=True, visible=False,
                                 label="Examples (greedy answers)", elem_id="evaluate-examples", max_height=420,
                                 column_widths=["40%", "22%", "30%", "8%"])
+        others = gr.Dropdown(choices=[], value=[], multiselect=True, label="Compare with", interactive=True,
+                             info="other jobs' evaluations beside this job's in the table", elem_id="evaluate-compare")
         history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], interactive=False, visible=False,
-                               label="Evaluations of this job (select one to see its examples)",
-                               elem_id="evaluate-history")
+                               label="Evaluations (select one to see its examples)", elem_id="evaluate-history")
 
     def checkpoint(choice: str | None) -> str:
         return "final" if choice in (None, "", FINAL_LABEL) else choice
 
-    def listed(job_id: int, owner: str | None) -> dict:
-        rows = svc.compare_evaluations(job_id, owner)
+    def jobs_of(job_id: int, compared: list | None) -> list[int]:
+        return [job_id] + [j for j in compared or [] if j != job_id]
+
+    def listed(job_id: int, compared: list | None, owner: str | None) -> dict:
+        rows = svc.compare_evaluations(jobs_of(job_id, compared), owner)
         return gr.update(value=history_table(rows), visible=bool(rows))
 
     @checked
-    def do_evaluate(job_id, choice, data_text, rows, request: gr.Request):
+    def do_evaluate(job_id, choice, data_text, rows, compared, request: gr.Request):
         owner = visitor(request)
         out = svc.evaluate_job(job_id, checkpoint(choice), (data_text or "").strip() or None, int(rows or 0) or None,
                                "auto", owner)
-        return describe(out), gr.update(value=examples_table(out), visible=True), listed(job_id, owner)
+        return describe(out), gr.update(value=examples_table(out), visible=True), listed(job_id, compared, owner)
 
-    run_btn.click(do_evaluate, [selected, source, dataset, limit], [note, examples, history],
+    run_btn.click(do_evaluate, [selected, source, dataset, limit, others], [note, examples, history],
                   show_progress="minimal", show_progress_on=run_btn, **PRIVATE)
 
     @checked
-    def show(job_id, evt: gr.SelectData, request: gr.Request):
+    def compare_with(job_id, compared, request: gr.Request):
+        return listed(job_id, compared, visitor(request)) if job_id is not None else gr.skip()
+
+    others.input(compare_with, [selected, others], history, show_progress="hidden", **PRIVATE)
+
+    @checked
+    def show(job_id, compared, evt: gr.SelectData, request: gr.Request):
         owner = visitor(request)
-        found = svc.evaluations(job_id, examples=True, owner=owner)
+        found = svc.evaluations(jobs_of(job_id, compared), examples=True, owner=owner)
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(index, int) or not 0 <= index < len(found):
             return gr.skip(), gr.skip()
         return describe(found[index]), gr.update(value=examples_table(found[index]), visible=True)
 
-    history.select(show, [selected], [note, examples], show_progress="hidden", **PRIVATE)
+    history.select(show, [selected, others], [note, examples], show_progress="hidden", **PRIVATE)
 
     def on_job(job_id: int, finished: bool, owner: str | None) -> list:
         labels = [FINAL_LABEL if c == "final" else c for c in svc.export_choices(job_id, owner)] if finished else []
         rows = svc.compare_evaluations(job_id, owner) if labels else []
+        compared = [(f"{j['job_id']} · {j['name']}", j["job_id"]) for j in svc.evaluated_jobs(owner)
+                    if j["job_id"] != job_id] if labels else []
         return [gr.update(visible=bool(labels)), gr.update(choices=labels, value=labels[0] if labels else None),
                 "", gr.update(value=[], visible=False),
-                gr.update(value=history_table(rows), visible=bool(rows))]
+                gr.update(value=history_table(rows), visible=bool(rows)), gr.update(choices=compared, value=[])]
 
     def hidden() -> list:
         return [gr.update(visible=False), gr.update(choices=[], value=None), "", gr.update(value=[], visible=False),
-                gr.update(value=[], visible=False)]
+                gr.update(value=[], visible=False), gr.update(choices=[], value=[])]
 
-    outputs = [box, source, note, examples, history]
+    outputs = [box, source, note, examples, history, others]
     selected.change(lambda job_id: hidden() if job_id is None else [gr.skip()] * len(outputs), selected, outputs,
                     show_progress="hidden", **PRIVATE)
     return Panel(outputs=outputs, on_job=on_job, hidden=hidden)
