@@ -1,7 +1,8 @@
 """Issue 21: jobs handed to a real Slurm cluster (Debian's slurm-wlm), not a mock.
 
 The `cluster` fixture installs slurm-wlm and munge when missing (as root, with apt-get, like the chromium fixture)
-and starts munged (unless one answers), slurmctld and two slurmd (n1, n2) on loopback from the repo's
+and starts munged (unless one answers), slurmctld and two slurmd (n1, n2), each in a network namespace of its own
+on a bridge the fixture makes (both on loopback where namespaces cannot be made), from the repo's
 tests/slurm/slurm.conf.in, on free ports, in a scratch folder; afterwards it cancels every job of that cluster and
 ends the processes it started (and the slurmstepd they left), nothing else. Real CPU SFT jobs on the embedded
 model run through sbatch/srun: states from squeue/sacct, Stop as scancel, a failing trainer, an app restart.
@@ -57,6 +58,59 @@ def _started_by(conf: Path) -> list[psutil.Process]:
     return found
 
 
+class Namespaces:
+    """Two network namespaces on a bridge of their own, one per slurmd: each node's address exists only inside its
+    namespace (and on the bridge), so a job over both nodes crosses a network, as on two machines. Named after this
+    process, removed afterwards; None where they cannot be made (no root, no CAP_NET_ADMIN, no `ip`)."""
+
+    def __init__(self):
+        tag = os.getpid() % 100000
+        self.subnet = f"10.{200 + tag % 50}.{tag // 50 % 250}"
+        self.bridge, self.names = f"tlb{tag}", [f"tlab{tag}n1", f"tlab{tag}n2"]
+        self.host_ends = [f"tv{tag}h1", f"tv{tag}h2"]
+        self.addrs = [f"{self.subnet}.2", f"{self.subnet}.3"]
+
+    def ip(self, *args, ns=None):
+        argv = ["ip", *args] if ns is None else ["nsenter", f"--net=/run/netns/{ns}", "ip", *args]
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+
+    def enter(self, i):
+        """The argv prefix that runs a command in node i's namespace (nsenter: `ip netns exec` remounts /sys,
+        which slurmd then cannot read)."""
+        return ["nsenter", f"--net=/run/netns/{self.names[i]}"]
+
+    def create(self):
+        self.ip("link", "add", self.bridge, "type", "bridge")
+        self.ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        self.ip("link", "set", self.bridge, "up")
+        for name, host_end, addr in zip(self.names, self.host_ends, self.addrs):
+            self.ip("netns", "add", name)
+            self.ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name)
+            self.ip("link", "set", host_end, "master", self.bridge)
+            self.ip("link", "set", host_end, "up")
+            self.ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=name)
+            self.ip("link", "set", "eth0", "up", ns=name)
+            self.ip("link", "set", "lo", "up", ns=name)
+        return self
+
+    def remove(self):
+        for args in [("link", "del", h) for h in self.host_ends] + [("link", "del", self.bridge)] + \
+                [("netns", "del", n) for n in self.names]:
+            subprocess.run(["ip", *args], capture_output=True)
+
+    @classmethod
+    def make(cls):
+        if not shutil.which("ip") or not shutil.which("nsenter"):
+            return None
+        made = cls()
+        try:
+            return made.create()
+        except subprocess.CalledProcessError as exc:
+            made.remove()
+            print(f"network namespaces cannot be made here ({exc.stderr.strip()}): both slurmd on loopback")
+            return None
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if os.geteuid() != 0:
@@ -67,41 +121,19 @@ def cluster(tmp_path_factory):
         (d / sub).mkdir(parents=True)
     conf = d / "slurm.conf"
     text = CONF.read_text()
-    for key, value in {"@DIR@": str(d), "@HOST@": socket.gethostname(), "@CTLD_PORT@": str(_free_port()),
+    nets = Namespaces.make()
+    host = socket.gethostname()
+    for key, value in {"@DIR@": str(d), "@HOST@": host, "@CTLD_PORT@": str(_free_port()),
+                       "@CTLD_HOST@": f"{host}({nets.subnet}.1)" if nets else host,
+                       "@ADDR1@": nets.addrs[0] if nets else "127.0.0.1",
+                       "@ADDR2@": nets.addrs[1] if nets else "127.0.0.1",
                        "@PORT1@": str(_free_port()), "@PORT2@": str(_free_port())}.items():
         text = text.replace(key, value)
     conf.write_text(text)
     env = {**os.environ, "SLURM_CONF": str(conf)}
     started: list[subprocess.Popen] = []
-    Path("/run/munge").mkdir(parents=True, exist_ok=True)
-    shutil.chown("/run/munge", "munge", "munge")
-    if not Path("/etc/munge/munge.key").is_file() or not Path("/etc/munge/munge.key").stat().st_size:
-        subprocess.run(["mungekey", "--create"], check=True)
-    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
-        started.append(subprocess.Popen(["/usr/sbin/munged", "--foreground"], user="munge", group="munge",
-                                        stdout=open(d / "log" / "munged.out", "w"), stderr=subprocess.STDOUT))
-        for _ in range(50):
-            if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-    daemons = [["slurmctld", "-D", "-f", str(conf)]] + [["slurmd", "-D", "-N", n, "-f", str(conf)] for n in ("n1", "n2")]
-    for argv in daemons:
-        started.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        stdout=open(d / "log" / f"{argv[0]}-{argv[-3]}.out", "w"),
-                                        stderr=subprocess.STDOUT))
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(conf)  # the app (and the apps the tests start) find the cluster by it
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-            if set(out.stdout.split()) == {"idle"}:
-                break
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-2000:] for p in (d / "log").glob("*") if p.is_file())
-                pytest.fail(f"the test cluster did not come up: {out.stdout} {out.stderr}\n{logs}")
-            time.sleep(0.3)
-        yield conf
+        yield from _up(d, conf, env, nets, started)
     finally:
         subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)  # this cluster's jobs
         time.sleep(1)
@@ -114,6 +146,42 @@ def cluster(tmp_path_factory):
                 proc.kill()
         for proc in _started_by(conf):  # a slurmstepd (or a job's process) its slurmd left
             proc.kill()
+        if nets:
+            nets.remove()
+
+
+def _up(d, conf, env, nets, started):
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/run/munge", "munge", "munge")
+    if not Path("/etc/munge/munge.key").is_file() or not Path("/etc/munge/munge.key").stat().st_size:
+        subprocess.run(["mungekey", "--create"], check=True)
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
+        started.append(subprocess.Popen(["/usr/sbin/munged", "--foreground"], user="munge", group="munge",
+                                        stdout=open(d / "log" / "munged.out", "w"), stderr=subprocess.STDOUT))
+        for _ in range(50):
+            if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)  # the app (and the apps the tests start) find the cluster by it
+    try:
+        daemons = {"slurmctld": ["slurmctld", "-D", "-f", str(conf)]}
+        for i, n in enumerate(("n1", "n2")):
+            daemons[f"slurmd-{n}"] = (nets.enter(i) if nets else []) + ["slurmd", "-D", "-N", n, "-f", str(conf)]
+        for name, argv in daemons.items():
+            started.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                            stdout=open(d / "log" / f"{name}.out", "w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+            if set(out.stdout.split()) == {"idle"}:
+                break
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in (d / "log").glob("*") if p.is_file())
+                pytest.fail(f"the test cluster did not come up: {out.stdout} {out.stderr}\n{logs}")
+            time.sleep(0.3)
+        yield conf, nets
+    finally:
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:
@@ -124,6 +192,8 @@ def cluster(tmp_path_factory):
 def slurm_env(cluster, home, monkeypatch):
     monkeypatch.setenv("TLAB_SLURM", "1")
     monkeypatch.setenv("TLAB_SLURM_ACCOUNT", "")
+    if cluster[1]:  # the nodes' host name resolves to no address of theirs: gloo is told their interface (README)
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth0")
     return cluster
 
 
@@ -210,8 +280,10 @@ def test_a_failing_trainer_on_slurm_ends_failed_with_its_error(slurm_env, tiny_m
 
 
 def test_through_the_api_two_nodes_queued_running_complete_across_an_app_restart(slurm_env, tmp_path):
-    """A 2-process job, one process on each of the cluster's two nodes (two slurmd on this machine), through
-    /start_job on the real app; the app is restarted while the job runs and watches it again to its end."""
+    """A 2-process job, one process on each of the cluster's two nodes (two slurmd in network namespaces of their
+    own, else on loopback), through /start_job on the real app; the app is restarted while the job runs and watches
+    it again to its end."""
+    _, nets = slurm_env
     from gradio_client import Client
 
     from test_app import wait_state
@@ -237,6 +309,8 @@ def test_through_the_api_two_nodes_queued_running_complete_across_an_app_restart
         assert status["last_metrics"] and status["exit_code"] == 0
         log = (Path(os.environ["TLAB_HOME"]) / "jobs" / str(job["job_id"]) / "log.txt").read_text()
         assert "node 0 of 2 on" in log and "node 1 of 2 on" in log, log
+        # the main process at node n1's address: with namespaces, one that exists only inside n1's namespace
+        assert f"main {nets.addrs[0] if nets else '127.0.0.1'}:" in log, log
         out = subprocess.run(["sacct", "-c", "-n", "-X", "-P", "-j", status["slurm_job_id"], "-o",
                               "NodeList,State"], capture_output=True, text=True)
         assert out.stdout.split() == ["n[1-2]|COMPLETED"], out.stdout
