@@ -234,12 +234,14 @@ def test_run_on_is_offered_only_with_slurm_and_names_the_partitions(cluster, hom
     assert "`run_on`: Slurm is turned off on this server (hosted mode)" in info.value.problems
 
 
-def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
+def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env, tmp_path, monkeypatch):
     from tlab_gradio.service import Service
 
+    monkeypatch.setenv("TLAB_SLURM_WORKSPACE", str(tmp_path / "shared"))  # the nodes' shared folder
     svc = Service()
     job = svc.start_job(sft(400))
     assert job["state"] == "QUEUED"
+    assert Path(svc.jobs.get(job["id"]).job_dir) == (tmp_path / "shared" / "jobs" / str(job["id"])).resolve()
     running = svc.jobs.wait(job["id"], TIMEOUT, until=lambda j: j.state != "QUEUED" and (
         j.state != "RUNNING" or svc.job_status(j.id)["step"] >= 1))
     assert running.state == "RUNNING", svc.job_log(job["id"], 40)
@@ -249,6 +251,7 @@ def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env):
     assert job["id"] not in [j["id"] for j in svc.machine_usage()["jobs"]]  # not this machine's processes
     details = svc.job_details(job["id"])
     assert f"# Slurm job {running.slurm_id}" in details["command"] and "srun" in details["command"]
+    assert f"--output={running.job_dir}/log.txt" in details["command"], details["command"]
     stopping = svc.stop_job(job["id"])
     assert stopping["state"] == "STOPPING"
     done = svc.jobs.wait(job["id"], 60)

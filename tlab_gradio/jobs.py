@@ -280,7 +280,8 @@ class JobManager:
                 )
                 job_id = cur.lastrowid
                 # A Slurm job's folder is on the workspace every node sees
-                root = settings.slurm_workspace() / "jobs" if spec.launch.slurm else self.jobs_root
+                shared = settings.slurm_workspace() if spec.launch.slurm else None
+                root = shared / "jobs" if shared else self.jobs_root
                 job_dir = root / str(job_id)
                 job_dir.mkdir(parents=True, exist_ok=True)
                 for rel, src in (files or {}).items():  # before the trainer can start and read them
@@ -718,7 +719,8 @@ class JobManager:
                 raise JobError(f"job {job_id} is {job.state}: stop it first, then delete it")
             folder = job.job_dir
             root = self.jobs_root.resolve()
-            roots = {root, (settings.slurm_workspace() / "jobs").resolve()} if job.on_slurm else {root}
+            shared = settings.slurm_workspace() if job.on_slurm else None
+            roots = {root, (shared / "jobs").resolve()} if shared else {root}
             inside = folder.is_dir() and folder.resolve().parent in roots  # never a folder outside jobs/
             root = folder.resolve().parent
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if inside else 0

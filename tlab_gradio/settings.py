@@ -132,12 +132,12 @@ def slurm() -> bool:
     return bool(configured) and shutil.which("sbatch") is not None
 
 
-def slurm_workspace() -> Path:
-    """TLAB_SLURM_WORKSPACE: the workspace as the cluster's nodes see it, a folder every node mounts at this path
-    (job folders are written here and the nodes' processes write their logs, metrics and checkpoints into them);
-    default the app's workspace (TLAB_HOME), which must then be on a shared filesystem."""
+def slurm_workspace() -> Path | None:
+    """TLAB_SLURM_WORKSPACE: a folder every node of the Slurm cluster mounts at this path; Slurm jobs' folders are
+    written under it (jobs/<id>) and the nodes' processes write their logs, metrics and checkpoints there. None
+    (unset): the app's workspace (TLAB_HOME), which must then be on a shared filesystem."""
     raw = os.environ.get("TLAB_SLURM_WORKSPACE", "").strip()
-    return Path(raw).expanduser().resolve() if raw else home()
+    return Path(raw).expanduser().resolve() if raw else None
 
 
 def slurm_account() -> str | None:

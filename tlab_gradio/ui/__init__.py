@@ -117,7 +117,8 @@ def main() -> None:
         auth=login.ThrottledLogin(users).login if users else None,  # failed logins throttled
         # Output files offered for download. Not in hosted mode: gradio would serve any job's files to anyone who
         # names the path; there the page hands its owner the files through gradio's cache (jobs_view.offered).
-        allowed_paths=[] if settings.hosted() else [str(settings.home() / "jobs")],
+        allowed_paths=[] if settings.hosted() else [str(settings.home() / "jobs"), *(
+            [str(settings.slurm_workspace() / "jobs")] if settings.slurm_workspace() else [])],  # Slurm jobs' folders
         # Hosted: gradio itself refuses a larger upload (HTTP 413); save_upload checks again.
         max_file_size=int(settings.hosted_max_upload_mb() * 2**20) if settings.hosted() else None,
         theme=gr.themes.Soft(primary_hue="indigo"),
