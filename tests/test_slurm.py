@@ -48,10 +48,10 @@ def _install() -> None:
 def _started_by(conf: Path) -> list[psutil.Process]:
     """Processes of this test cluster: those whose environment names its configuration (slurmd's slurmstepd and
     the jobs' processes inherit it)."""
-    found = []
+    found, mark = [], f"SLURM_CONF={conf}\0".encode()
     for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("SLURM_CONF") == str(conf):
+        try:  # the raw bytes: slurmstepd writes its title over its environment's start, which psutil then misreads
+            if proc.pid != os.getpid() and mark in Path(f"/proc/{proc.pid}/environ").read_bytes():
                 found.append(proc)
         except (psutil.Error, OSError):
             pass
@@ -144,8 +144,11 @@ def cluster(tmp_path_factory):
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for proc in _started_by(conf):  # a slurmstepd (or a job's process) its slurmd left
-            proc.kill()
+        deadline = time.monotonic() + 10
+        while (left := _started_by(conf)) and time.monotonic() < deadline:  # a slurmstepd (or a job's process)
+            for proc in left:  # its slurmd left, found again until none is (one may be forking as it is ended)
+                proc.kill()
+            time.sleep(0.2)
         if nets:
             nets.remove()
 
@@ -228,6 +231,22 @@ def test_run_on_is_offered_only_with_slurm_and_names_the_partitions(cluster, hom
     with pytest.raises(RequestError) as info:
         svc.start_job(sft(2, num_machines=2))
     assert any("set Slurm Nodes instead of num_machines" in p for p in info.value.problems), info.value.problems
+    # More nodes than the cluster has: it pends (forever), QUEUED with Slurm's reason; Stop takes it off Slurm's queue
+    pending = svc.start_job(sft(2, slurm_nodes=3))
+    waiting = svc.jobs.wait(pending["id"], 30, until=lambda j: (j.reason or "").startswith("Slurm job"))
+    assert waiting.state == "QUEUED" and waiting.reason.startswith(f"Slurm job {waiting.slurm_id}: PENDING ("), waiting
+    assert svc.stop_job(pending["id"])["state"] == "STOPPING"
+    stopped = svc.jobs.wait(pending["id"], 30)
+    assert (stopped.state, stopped.reason) == ("STOPPED", "stopped by the user before its first step"), stopped
+    # GPUs from a cluster that has none (this app's machine has none either: the GPUs asked for are Slurm's):
+    # sbatch refuses, and the job is FAILED at once with sbatch's words
+    request = sft(2, device="cuda", slurm_gpus_per_node=2)
+    del request["params"]["cpu_processes"]
+    refused = svc.jobs.wait(svc.start_job(request)["id"], 30)
+    assert refused.state == "FAILED" and refused.slurm_id is None, refused
+    assert refused.reason.startswith("could not hand it to Slurm: sbatch refused the job: sbatch: error: "), refused
+    assert "Invalid generic resource (gres) specification" in refused.reason, refused.reason
+    assert "#SBATCH --gpus-per-node=2" in (refused.job_dir / "slurm.sbatch").read_text()
     monkeypatch.setenv("TLAB_HOSTED", "1")
     with pytest.raises(RequestError) as info:
         Service().start_job(sft(2), owner="visitor-1")
