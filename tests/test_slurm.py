@@ -9,10 +9,8 @@ model run through sbatch/srun: states from squeue/sacct, Stop as scancel, a fail
 """
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
