@@ -233,6 +233,11 @@ def test_run_on_is_offered_only_with_slurm_and_names_the_partitions(cluster, hom
     pending = svc.start_job(sft(2, slurm_nodes=3))
     waiting = svc.jobs.wait(pending["id"], 30, until=lambda j: (j.reason or "").startswith("Slurm job"))
     assert waiting.state == "QUEUED" and waiting.reason.startswith(f"Slurm job {waiting.slurm_id}: PENDING ("), waiting
+    svc.jobs.close()  # the app restarted while its job pends: the new one watches it again, still QUEUED
+    svc = Service()
+    time.sleep(2)
+    again = svc.jobs.get(pending["id"])
+    assert (again.state, again.slurm_id, again.reason) == ("QUEUED", waiting.slurm_id, waiting.reason), again
     assert svc.stop_job(pending["id"])["state"] == "STOPPING"
     stopped = svc.jobs.wait(pending["id"], 30)
     assert (stopped.state, stopped.reason) == ("STOPPED", "stopped by the user before its first step"), stopped
