@@ -194,12 +194,17 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
                 chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value),
                                                     f"{plugin_id}-{version}"))
     swapped = [n for n in fields if "default_on_cpu" in specs[n]]
+    checking = []
     if "device" in fields and swapped:
         def switch_device(device, vals, *shown):
             new = device_defaults(specs, device, dict(zip(swapped, shown)))
             return [{**vals, **new}] + [new[n] for n in swapped]
 
-        chained.append(fields["device"].input(switch_device, [fields["device"], refs["values"]]
-                                              + [fields[n] for n in swapped], [refs["values"]]
-                                              + [fields[n] for n in swapped], **PRIVATE))
-    refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None])
+        # The device is checked after its defaults are in the fields (not on its own pick: that verdict, for the
+        # old values, could be taken for the new ones), and says it is being checked at once.
+        device = fields["device"]
+        commits = [c for c in commits if getattr(c, "__self__", None) is not device]
+        checking.append(device.input)
+        chained.append(device.input(switch_device, [device, refs["values"]] + [fields[n] for n in swapped],
+                                    [refs["values"]] + [fields[n] for n in swapped], **PRIVATE))
+    refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None], checking)

@@ -202,11 +202,17 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
                    js=live.typing_js("check", comp.elem_id, [live.TYPING, live.COMMAND_WAITS], CHECK_IDS),
                    show_progress="hidden", **PRIVATE)
 
-    def wire(plugin_id, config: dict[str, Any], typing: list[Any], commits: list[Any], chained: list[Any]) -> None:
+    def wire(plugin_id, config: dict[str, Any], typing: list[Any], commits: list[Any], chained: list[Any],
+             checking: list[Any] = ()) -> None:
         """Inside the Plugin Config's render: the check on every committed change of its fields, reading the fields
-        themselves (what they show, not a copy that may lag)."""
+        themselves (what they show, not a copy that may lag); `checking`: triggers of a chained check, shown as
+        being checked at once."""
         names = list(config)
         inputs = static + list(config.values())
+        if checking:
+            gr.on(list(checking), None, None, check_shown,
+                  js=live.pending_js("check", [live.CHECKING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
+                  **PRIVATE)
         if typing:
             gr.on(typing, None, None, check_shown,
                   js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
