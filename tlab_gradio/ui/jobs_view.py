@@ -248,7 +248,13 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
                 f'<div class="tl-muted">job {job["id"]} · {html.escape(job["plugin"])}{world} · '
                 f'started {when(job["started"]) or "—"}</div>')
         log_text = "\n".join(view["log"])  # the service hides server paths in hosted mode
-        outs = [head, progress_bar(status["progress"] or 0, label), log_text,
+        bar = progress_bar(status["progress"] or 0, label)
+        # What did not change since the last tick is not sent again: a finished job's view otherwise re-sent its
+        # header, bar and log every second, which the page redrew (and weighed on everything else it did).
+        shown = hash((head, bar, log_text))
+        same = not fresh and state.get("shown") == shown
+        state["shown"] = shown
+        outs = [gr.skip() if same else head, gr.skip() if same else bar, gr.skip() if same else log_text,
                 chart_update(series, choice, others, state["label"], smooth) if (records or grew or fresh)
                 else gr.skip(),
                 state,

@@ -67,7 +67,8 @@ def param_component(name: str, spec: dict[str, Any], value: Any, key: str):
     if spec.get("multipleOf"):
         limits.append(f"multiple of {spec['multipleOf']:g}")
     info = " · ".join(filter(None, [spec.get("help"), ", ".join(limits)])) or None
-    common = {"label": spec["title"], "info": info, "key": key, "elem_id": f"param-{name}", "interactive": True}
+    common = {"label": spec["title"], "info": info, "key": key, "preserved_by_key": None, "elem_id": f"param-{name}",
+              "interactive": True}
     if kind == "boolean":
         return gr.Checkbox(value=bool(value), **common)
     if "enum" in spec:
@@ -160,14 +161,13 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
         return
     specs = form["parameters"]
     start_values = initial_values(svc, plugin_id, seed_value)
-    version = seed_value.get("version", 0)
 
     def add_fields(names: list[str]) -> None:
         nonlocal typing, commits
         for first in range(0, len(names), PER_ROW):
             with gr.Row(equal_height=True):
                 for name in names[first:first + PER_ROW]:
-                    comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}-{version}")
+                    comp = param_component(name, specs[name], start_values[name], key=f"{plugin_id}-{name}")
                     fields[name] = comp
                     typed, committed = field_triggers(comp)
                     typing += typed
@@ -181,9 +181,12 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
         if not group["parameters"]:
             continue
         title = group["title"]
-        # A new key per seed version: a loaded preset replaces what the fields held (and the
-        # sections open where it changed something).
-        with gr.Accordion(title, open=opens(group, specs, start_values), key=f"{plugin_id}-{title}-{version}",
+        # One key per plugin and field, the same at every render: the page keeps the same components (the browser's
+        # gradio keeps every component an event ever touched, and searched its whole page for each one removed at
+        # every later render: a plugin switch took 1.4 s, then 4 s after four clones). Their values are not kept
+        # over a render (preserved_by_key=None): a preset or a clone replaces what the fields held, and the
+        # sections open where it changed something.
+        with gr.Accordion(title, open=opens(group, specs, start_values), key=f"{plugin_id}-{title}",
                           elem_id="group-" + re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-"),
                           elem_classes="tl-group"):
             if group.get("help"):
@@ -191,8 +194,7 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
             names = group["parameters"]
             add_fields(names)
             if form["train_type"] == "grpo" and "reward_correctness" in names:
-                chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value),
-                                                    f"{plugin_id}-{version}"))
+                chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value), plugin_id))
     swapped = [n for n in fields if "default_on_cpu" in specs[n]]
     checking = []
     if "device" in fields and swapped:

@@ -70,7 +70,7 @@ def custom_rewards_block(svc: Service, refs: dict[str, Any], chosen: list[Any], 
                 "before Start.", elem_classes="tl-muted")
     table = gr.Dataframe(value=reward_rows(svc, chosen), headers=REWARD_HEADERS, datatype=["bool", "str", "number"],
                          type="array", interactive=True, static_columns=[1], label="Reward files in the workspace",
-                         key=f"{key}-table", elem_id="custom-rewards")
+                         key=f"{key}-table", preserved_by_key=None, elem_id="custom-rewards")
     with gr.Row():
         upload = gr.File(label="Upload a reward file (.py)", file_types=[".py"], type="filepath", key=f"{key}-upload",
                          elem_id="reward-upload", scale=2)
