@@ -24,6 +24,8 @@ CSS = """
 .tl-gpu ul {margin: 8px 0 0 0; padding-left: 18px}
 .tl-kv {border-collapse: collapse; min-width: 420px} .tl-kv th {text-align: left; padding: 4px 16px 4px 0;
         font-weight: 600; color: var(--body-text-color-subdued)} .tl-kv td {padding: 4px 0}
+.tl-jobs-devices th, .tl-jobs-devices td {padding: 4px 14px 4px 6px !important; white-space: nowrap; overflow-wrap: normal;
+  word-break: normal}
 #plugin-details table td:nth-child(2), #plugin-details table th:nth-child(2) {min-width: 10em}
 #plugin-details table td:nth-child(3), #plugin-details table th:nth-child(3) {min-width: 5.5em}
 .tl-ok {color: #059669; font-weight: 600} .tl-warn {color: #b45309; font-weight: 600}
