@@ -4,6 +4,7 @@ run on the GPU (one the scheduler holds while it runs), score exactly the held-o
 both times. Rows per second and generated prompts per second are recorded (batched greedy generation).
 
     python3 bench/evaluate_gpu_check.py --out $OUT/evaluate-gpu-check.json
+    python3 bench/evaluate_gpu_check.py --model SmolLM2-135M-Instruct.Q4_1.gguf --repeat 1 --out ...  # throughput
 """
 from __future__ import annotations
 
@@ -30,15 +31,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--model", default="", help="a model for both jobs (a .gguf file, folder or Hub id); "
+                                                    "empty: the embedded model")
+    parser.add_argument("--repeat", type=int, default=2, help="evaluations per job (2: the numbers must agree)")
     args = parser.parse_args()
     os.environ.setdefault("TLAB_HOME", tempfile.mkdtemp(prefix="tlab-evaluate-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tlab_gradio.service import Service
 
     svc = Service()
-    report: dict = {"runs": {}}
+    report: dict = {"model": args.model or "embedded", "runs": {}}
     for kind, request in RUNS.items():
-        request = {**request, "params": {**request["params"], "device": "cuda"}}
+        request = {**request, "model": args.model, "params": {**request["params"], "device": "cuda"}}
         started = time.monotonic()
         job = svc.start_job(request)
         done = svc.jobs.wait(job["id"], args.timeout)
@@ -48,11 +52,11 @@ def main() -> None:
             report["runs"][kind] = result
             continue
         outs = []
-        for _ in range(2):
+        for _ in range(max(1, args.repeat)):
             t = time.monotonic()
             out = svc.evaluate_job(done.id, device="auto")
             outs.append((out, time.monotonic() - t))
-        first, again = outs[0][0], outs[1][0]
+        first, again = outs[0][0], outs[-1][0]
         same = (first["metrics"] == again["metrics"]
                 and [e["answer"] for e in first["examples"]] == [e["answer"] for e in again["examples"]])
         log = "\n".join(svc.job_log(done.id, 400))
