@@ -91,18 +91,3 @@ def test_start_takes_the_request_of_the_latest_check_only():
     with pytest.raises(RequestError):
         checked.request(Other, "4")  # another page's check is not this one's
 
-
-def test_switching_the_device_swaps_the_defaults_the_user_left_alone(home):
-    """GRPO's CPU defaults (8 completions of 64 tokens) and its GPU ones (32 x 8 of 256) follow the Training Device
-    in the form; a value the user typed stays. The fields hold text, as the form's number boxes do."""
-    from tlab_gradio.ui.plugin_form import device_defaults
-
-    specs = Service(home).plugin_form("grpo_multi_gpu")["parameters"]
-    shown = {"per_device_train_batch_size": "8", "gradient_accumulation_steps": "1", "num_generations": "4",
-             "max_completion_length": "100", "learning_rate": "3e-05"}
-    on_gpu = device_defaults(specs, "cuda", shown)
-    assert on_gpu == {"per_device_train_batch_size": "32", "gradient_accumulation_steps": "8", "num_generations": "8",
-                      "max_completion_length": "100", "learning_rate": "3e-05"}
-    assert device_defaults(specs, "cpu", on_gpu) == shown
-    assert device_defaults(specs, "cpu", {"num_generations": "8.0"})["num_generations"] == "4"  # as a number
-    assert device_defaults(specs, "cuda", {"num_generations": 4}) == {"num_generations": 8}  # a preset's numbers

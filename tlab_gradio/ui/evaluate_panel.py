@@ -126,6 +126,8 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
                 gr.update(value=[], visible=False), gr.update(choices=[], value=[])]
 
     outputs = [box, source, note, examples, history, others]
+    # Progress on the note, not the panel's box: the page copies every component inside an event's progress
+    # targets at each later render of the form (a plugin switch took ~1 s more once a job had been selected).
     selected.change(lambda job_id: hidden() if job_id is None else [gr.skip()] * len(outputs), selected, outputs,
-                    show_progress="hidden", **PRIVATE)
+                    show_progress="hidden", show_progress_on=note, **PRIVATE)
     return Panel(outputs=outputs, on_job=on_job, hidden=hidden)

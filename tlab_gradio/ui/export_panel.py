@@ -75,6 +75,8 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
 
     outputs = [box, source, download, note]
     # No job selected (a deleted one): the panel goes; a selected job's refresh calls on_job
+    # Progress on the note, not the panel's box: the page copies every component inside an event's progress
+    # targets at each later render of the form (a plugin switch took ~1 s more once a job had been selected).
     selected.change(lambda job_id: hidden() if job_id is None else [gr.skip()] * len(outputs), selected, outputs,
-                    show_progress="hidden", **PRIVATE)
+                    show_progress="hidden", show_progress_on=note, **PRIVATE)
     return Panel(outputs=outputs, on_job=on_job, hidden=hidden)

@@ -4,6 +4,7 @@ train_type), never from the manifest itself: one input per parameter, grouped as
 from its defaults or a preset's or a cloned job's values."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -118,21 +119,16 @@ def field_triggers(comp: Any) -> tuple[list[Any], list[Any]]:
     return [], [comp.input]
 
 
-def device_defaults(specs: dict[str, dict[str, Any]], device: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The values after the Training Device is switched to `device`: a field still at the other device's default
-    takes this one's (GRPO on a CPU: 8 completions of 64 tokens, not a GPU's hundreds); a value the user set
-    stays. Values are compared as numbers where the field is one (its text `2e-4` is 0.0002)."""
-    out = dict(values)
-    for name, spec in specs.items():
-        if "default_on_cpu" not in spec or name not in values:
-            continue
-        here, there = ((spec["default_on_cpu"], spec.get("default_on_cuda")) if device == "cpu" else
-                       (spec.get("default_on_cuda"), spec["default_on_cpu"]))
-        if here is None or there is None:
-            continue
-        if number_value(spec, values[name]) == there:
-            out[name] = _number_text(here) if isinstance(values[name], str) else here
-    return out
+def device_swap_js(specs: list[dict[str, Any]]) -> str:
+    """The page's side of a Training Device pick: each field (of `specs`, in order) still at the other device's
+    default takes this device's (GRPO on a CPU: 8 completions of 64 tokens, not a GPU's 32 x 8 of 256); a value
+    the user set stays. Number fields hold text: compared as numbers (`8.0` is 8)."""
+    pairs = json.dumps([[spec["default_on_cpu"], spec["default_on_cuda"]] for spec in specs])
+    return ("(device, ...shown) => { const pairs = " + pairs + "; return shown.map((v, i) => { "
+            "const [cpu, cuda] = pairs[i]; const here = device === 'cpu' ? cpu : cuda; "
+            "const there = device === 'cpu' ? cuda : cpu; const text = String(v ?? '').trim(); "
+            "if (text === '' || Number(text) !== Number(there)) return v; "
+            "return typeof v === 'number' ? here : String(here); }); }")
 
 
 def opens(group: dict[str, Any], specs: dict[str, dict[str, Any]], values: dict[str, Any]) -> bool:
@@ -195,18 +191,17 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
             add_fields(names)
             if form["train_type"] == "grpo" and "reward_correctness" in names:
                 chained.append(custom_rewards_block(svc, refs, seeded_rewards(svc, plugin_id, seed_value), plugin_id))
-    swapped = [n for n in fields if "default_on_cpu" in specs[n]]
+    swapped = [n for n in fields if "default_on_cpu" in specs[n] and specs[n].get("default_on_cuda") is not None]
     checking = []
     if "device" in fields and swapped:
-        def switch_device(device, vals, *shown):
-            new = device_defaults(specs, device, dict(zip(swapped, shown)))
-            return [{**vals, **new}] + [new[n] for n in swapped]
-
         # The device is checked after its defaults are in the fields (not on its own pick: that verdict, for the
-        # old values, could be taken for the new ones), and says it is being checked at once.
+        # old values, could be taken for the new ones), and says it is being checked at once. The swap is made in
+        # the page, at the pick: made on the server, it could land after a value typed meanwhile, and replace it.
         device = fields["device"]
         commits = [c for c in commits if getattr(c, "__self__", None) is not device]
         checking.append(device.input)
-        chained.append(device.input(switch_device, [device, refs["values"]] + [fields[n] for n in swapped],
-                                    [refs["values"]] + [fields[n] for n in swapped], **PRIVATE))
+        shown = [fields[n] for n in swapped]
+        swap = device.input(None, [device] + shown, shown, js=device_swap_js([specs[n] for n in swapped]), **PRIVATE)
+        chained.append(swap.then(lambda vals, *now: {**vals, **dict(zip(swapped, now))}, [refs["values"]] + shown,
+                                 refs["values"], **PRIVATE))
     refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None], checking)
