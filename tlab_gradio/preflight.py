@@ -11,6 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateSyntaxError, nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from . import data, models
 
 NEEDS_EVAL = ("an evaluation: set `val_size` (held-out rows, e.g. 0.1) or `eval_split` (a split of the dataset, "
@@ -125,6 +129,20 @@ def chat_loss(p: dict[str, Any], templates: data.Templates | None, model_ref: mo
 MAX_CHAT_TEMPLATE_CHARS = 64 * 1024
 
 
+class _Generation(Extension):
+    """transformers' {% generation %} ... {% endgeneration %} in a chat template, parsed only."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+# Made once: the form's live check parses the template at every change of any field.
+_CHAT_JINJA = ImmutableSandboxedEnvironment(extensions=[loopcontrols, _Generation])
+
+
 def chat_template(p: dict[str, Any], hosted: bool) -> list[str]:
     """A `chat_template` given in place of the model's: Jinja that transformers can read (its `{% generation %}`
     tag and loop controls included), at most 64 KiB; refused on a hosted server, where a visitor's template
@@ -137,20 +155,8 @@ def chat_template(p: dict[str, Any], hosted: bool) -> list[str]:
                 "empty to use the model's"]
     if len(text) > MAX_CHAT_TEMPLATE_CHARS:
         return [f"`chat_template` is {len(text):,} characters long; the limit is {MAX_CHAT_TEMPLATE_CHARS:,}"]
-    from jinja2 import TemplateSyntaxError, nodes
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):  # transformers' {% generation %} ... {% endgeneration %}, parsed only
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return nodes.Scope(body, lineno=lineno)
-
     try:
-        ImmutableSandboxedEnvironment(extensions=[loopcontrols, Generation]).parse(text)
+        _CHAT_JINJA.parse(text)
     except TemplateSyntaxError as exc:
         return [f"`chat_template`: syntax error at line {exc.lineno}: {exc.message}"]
     except (RecursionError, ValueError) as exc:
