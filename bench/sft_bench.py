@@ -150,8 +150,11 @@ def run_plugin(name: str, model: Path, data: Path, home: Path, steps: int, devic
         "plugin": "llama_sft_multi_gpu", "name": name, "model": str(model), "device": device,
         "gpu_ids": "0" if device == "cuda" else None,
         "dataset": {"source": "file", "name": str(data)}, "template": "{{text}}", "completion_template": "",
+        # compile on a GPU: the bench's few dozen steps stand for a long job, where `auto` compiles (under 100
+        # planned steps it does not: tlab_gradio/warmup.py)
         "params": {"max_steps": steps, "logging_steps": 1, "report_to": "none", "save_steps": 100000,
-                   "max_length": SEQ, "per_device_train_batch_size": BATCH, **params}}
+                   "max_length": SEQ, "per_device_train_batch_size": BATCH,
+                   **({"torch_compile": "on"} if device == "cuda" else {}), **params}}
     job = harness.plugin_job(home, request, timeout=1800)
     if "error" in job:
         return job

@@ -224,6 +224,9 @@ CPU_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps":
 for _grpo in ("grpo_multi_gpu", "unsloth_grpo"):
     NEW_HELP[_grpo] = NEW_HELP[_grpo] | {"per_device_train_batch_size"}
 NEW_HELP["grpo_multi_gpu"] |= {"model_dtype"}  # help no longer cites a bench result file (issue 18 item 8)
+# compile's `auto` follows the model's size and the planned steps (issue 23 item 5), said in the help
+NEW_HELP["llama_sft_multi_gpu"] = NEW_HELP["llama_sft_multi_gpu"] | {"torch_compile"}
+NEW_HELP["grpo_multi_gpu"] |= {"cache_implementation"}
 # and every plugin got the held-out evaluation (issue 19 item 3): the shared set `held_out`, its form group
 HELD_OUT, HELD_OUT_GROUP = {"val_size", "eval_split", "eval_steps", "early_stopping_patience",
                             "load_best_model_at_end"}, "Held-out evaluation"

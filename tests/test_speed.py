@@ -3,7 +3,7 @@ without changing the samples per step, and speed options that cannot run are ref
 import pytest
 import torch
 
-from tlab_gradio import memory
+from tlab_gradio import memory, warmup
 from tlab_gradio.service import RequestError, Service
 from tlab_gradio.trainers import sft
 
@@ -59,13 +59,59 @@ def test_liger_auto_only_where_memory_is_tight(monkeypatch):
 
 
 def test_compile_auto_only_where_measured():
+    auto, pays = {"torch_compile": "auto"}, warmup.Choice(True, "494.0M parameters, 300 steps planned")
+    assert sft.use_compile(auto, on_cpu=False, strategy="ddp", pays=pays)
+    assert not sft.use_compile(auto, on_cpu=True, strategy="ddp", pays=pays)
+    assert not sft.use_compile({**auto, "load_in_4bit": True}, on_cpu=False, strategy="ddp", pays=pays)
+    assert not sft.use_compile(auto, on_cpu=False, strategy="fsdp", pays=pays)
+    assert sft.use_compile({"torch_compile": "on"}, on_cpu=True, strategy="ddp", pays=pays)
+    assert not sft.use_compile({"torch_compile": False}, on_cpu=False, strategy="ddp", pays=pays)  # before "auto"
+
+
+def test_compile_auto_only_where_it_pays_back():
+    """`auto` compiles a model of 50M+ parameters over 100+ planned steps only; the form's on/off always wins;
+    the reason is what the job's log prints."""
+    tiny = QWEN2_05B.__class__(**{**QWEN2_05B.__dict__, "hidden": 64, "intermediate": 128, "layers": 2,
+                                   "heads": 4, "kv_heads": 2, "vocab": 261}).parameters()
+    big = QWEN2_05B.parameters()
+    steps = warmup.planned_steps(-1, 1, samples=320, per_step=8)  # the embedded model's SFT defaults: 40 steps
+    assert steps == 40 and warmup.planned_steps(500, 1, samples=320, per_step=8) == 500
     auto = {"torch_compile": "auto"}
-    assert sft.use_compile(auto, on_cpu=False, strategy="ddp")
-    assert not sft.use_compile(auto, on_cpu=True, strategy="ddp")
-    assert not sft.use_compile({**auto, "load_in_4bit": True}, on_cpu=False, strategy="ddp")
-    assert not sft.use_compile(auto, on_cpu=False, strategy="fsdp")
-    assert sft.use_compile({"torch_compile": "on"}, on_cpu=True, strategy="ddp")
-    assert not sft.use_compile({"torch_compile": False}, on_cpu=False, strategy="ddp")  # a config from before "auto"
+    for parameters, steps, on in ((tiny, 40, False), (tiny, 100_000, False), (big, 40, False), (big, 99, False),
+                                  (big, 100, True), (None, 1000, True)):
+        choice = sft.use_compile(auto, on_cpu=False, strategy="ddp", pays=warmup.compile_training(parameters, steps))
+        assert choice.on == on, (parameters, steps, choice)
+        assert choice.why.startswith("auto: ")
+    small = sft.use_compile(auto, False, "ddp", warmup.compile_training(tiny, 40))
+    assert "M parameters: under 50M" in small.why
+    short = sft.use_compile(auto, False, "ddp", warmup.compile_training(big, 40))
+    assert short.why == "auto: 40 steps planned: under 100 compiling (10-60 s) does not pay back"
+    forced = sft.use_compile({"torch_compile": "on"}, False, "ddp", warmup.compile_training(tiny, 40))
+    assert forced.on and forced.why == "on, as set in the form"
+    assert not sft.use_compile({"torch_compile": "off"}, False, "ddp", warmup.compile_training(big, 10**6))
+    # flex attention compiles its kernel too: auto takes it only where the warm-up pays back
+    flat = {"padding_free": True}
+    assert sft.attention(flat, on_cpu=False, warm_up_pays=False) == "sdpa"
+    assert sft.attention(flat, on_cpu=False, warm_up_pays=True) in ("flash_attention_2", "flex_attention")
+
+
+def test_grpo_compiles_decoding_only_where_it_pays_back():
+    """GRPO's static cache (decoding compiled with CUDA graphs) by the tokens the run decodes: SmolLM2-135M over 10
+    steps of 256 tokens compiles, the same model over 3 steps or the embedded model does not; a cache set in the
+    form is kept."""
+    from tlab_gradio.trainers import grpo
+
+    smol = 135_000_000
+    assert warmup.compile_decoding(smol, 10, 256).on and not warmup.compile_decoding(smol, 3, 256).on
+    assert not warmup.compile_decoding(100_000, 1000, 256).on
+    bf16 = {"model_dtype": "auto", "cache_implementation": "auto"}
+    dtype, cache, why = grpo.weights_and_cache(bf16, "bf16", False, warmup.compile_decoding(smol, 10, 256))
+    assert (dtype, cache) == (torch.bfloat16, "static") and why.startswith("auto, decoding compiled: 135.0M")
+    dtype, cache, why = grpo.weights_and_cache(bf16, "bf16", False, warmup.compile_decoding(100_000, 3, 256))
+    assert (dtype, cache) == (torch.bfloat16, None) and why.startswith("auto, decoding not compiled: 0.1M")
+    forced = {**bf16, "cache_implementation": "static"}
+    assert grpo.weights_and_cache(forced, "bf16", False, warmup.compile_decoding(100_000, 3, 256))[1] == "static"
+    assert grpo.weights_and_cache(bf16, "bf16", True, None)[1] is None  # a CPU: dynamic
 
 
 def test_memory_plan_fits_the_gpu_it_gets():

@@ -16,6 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a plain script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tlab_gradio import warmup  # noqa: E402
 from tlab_gradio.trainers import common  # noqa: E402
 
 GRPO_KEYS = (
@@ -167,19 +168,44 @@ def drop_long_prompts(dataset, tokenizer, limit: int, is_main: bool):
     return kept
 
 
-def weights_and_cache(p: dict, precision: str, on_cpu: bool):
+def weights_and_cache(p: dict, precision: str, on_cpu: bool, pays: warmup.Choice | None = None):
     """Resolve `auto`: bf16 weights where training runs in bf16 on a GPU, and then a static,
     compiled KV cache for generation (the cache takes the weights' dtype, so it needs 16-bit
-    weights under 16-bit autocast). Returns (torch dtype, cache implementation or None)."""
+    weights under 16-bit autocast) where compiling the decoding pays back (`pays`:
+    warmup.compile_decoding on the model's size and the tokens the run will decode; it costs ~30 s
+    at the first generation). Returns (torch dtype, cache implementation or None, why: for the log)."""
     import torch
 
     dtype = p.get("model_dtype") or "auto"
     if dtype == "auto":
         dtype = "bfloat16" if precision == "bf16" and not on_cpu else "float32"
     cache = p.get("cache_implementation") or "auto"
+    why = f"{cache}, as set in the form"
     if cache == "auto":
-        cache = "static" if dtype == "bfloat16" and not on_cpu else "dynamic"
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype], (None if cache == "dynamic" else cache)
+        if dtype != "bfloat16" or on_cpu:
+            cache, why = "dynamic", "auto: the static cache needs 16-bit weights on a GPU"
+        elif pays is not None and not pays:
+            cache, why = "dynamic", f"auto, decoding not compiled: {pays.why}"
+        else:
+            cache, why = "static", f"auto, decoding compiled: {pays.why}" if pays is not None else "auto"
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype], (None if cache == "dynamic" else cache), why
+
+
+def decoding_pays(model_path: str, p: dict, prompts: int, processes: int) -> warmup.Choice:
+    """warmup.compile_decoding for this run: the model's parameters (from its config; unknown if the config has
+    no layer shape) and the tokens each sequence will decode over the planned steps."""
+    from transformers import AutoConfig
+
+    from tlab_gradio import memory
+
+    try:
+        parameters = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict()).parameters()
+    except ValueError:
+        parameters = None
+    per_step = p["per_device_train_batch_size"] * processes * p["gradient_accumulation_steps"]
+    steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"), prompts * p["num_generations"],
+                                 per_step)
+    return warmup.compile_decoding(parameters, steps, p["max_completion_length"])
 
 
 def generation_batch(p: dict) -> int | None:
@@ -277,11 +303,12 @@ def main() -> None:
     tokenizer, dataset, eval_dataset = load_prompts(spec, p, markers, state)
     evaluated = eval_dataset is not None
     reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
-    dtype, cache = weights_and_cache(p, spec.launch.mixed_precision, on_cpu)
+    pays = None if on_cpu else decoding_pays(spec.model.path, p, len(dataset), state.num_processes)
+    dtype, cache, why = weights_and_cache(p, spec.launch.mixed_precision, on_cpu, pays)
     per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
     if state.is_main_process:
         engine = ("vLLM (colocate)" if p.get("use_vllm") else
-                  f"transformers generate ({cache or 'dynamic'} cache, {str(dtype).split('.')[-1]} weights)")
+                  f"transformers generate ({cache or 'dynamic'} cache: {why}; {str(dtype).split('.')[-1]} weights)")
         per_gen = generation_batch(p) or per_step
         print(f"[tlab] rewards {dict(zip(names, weights))} (correctness: {method}); generation: {engine}, "
               f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "

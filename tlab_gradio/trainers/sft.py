@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a plain script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tlab_gradio import warmup  # noqa: E402
 from tlab_gradio.trainers import common  # noqa: E402
 
 SFT_KEYS = (
@@ -78,11 +79,12 @@ def build_peft_config(p: dict):
     )
 
 
-def attention(p: dict, on_cpu: bool) -> str:
+def attention(p: dict, on_cpu: bool, warm_up_pays: bool = True) -> str:
     """The attention kernel. Packed batches are one row of many examples told apart by position ids;
     every kernel here keeps them apart (transformers builds a per-example mask from the position ids),
     but sdpa then computes attention over the whole packed row. flash-attn's varlen kernel and flex
-    attention's block mask skip the pairs of examples, so `auto` takes them on a GPU."""
+    attention's block mask skip the pairs of examples, so `auto` takes them on a GPU; flex attention only
+    where compiling pays back (`warm_up_pays`, warmup.compile_training): its kernel is compiled at the first step."""
     import importlib.util
 
     choice = p.get("attn_implementation") or "auto"
@@ -90,7 +92,9 @@ def attention(p: dict, on_cpu: bool) -> str:
         return choice
     if on_cpu or not flat_rows(p):
         return "sdpa"
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+    if importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "flex_attention" if warm_up_pays else "sdpa"
 
 
 def flat_rows(p: dict) -> bool:
@@ -118,26 +122,39 @@ def switch(p: dict, key: str) -> str | None:
     return ("on" if value else "off") if isinstance(value, bool) else value
 
 
-def use_compile(p: dict, on_cpu: bool, strategy: str) -> bool:
-    """torch.compile of the decoder layers (common.compile_layers). `auto` takes it on CUDA GPUs under DDP or
-    one GPU: a 0.5B step there is bound by launching small kernels, and compiled layers cut it from 0.26 to
-    0.14 s padding-free, 0.21 to 0.13 s packed (H100, bench/results/sft-probe-2026-11-27-h100.json), same
+def use_compile(p: dict, on_cpu: bool, strategy: str, pays: warmup.Choice) -> warmup.Choice:
+    """torch.compile of the decoder layers (common.compile_layers), with the reason the log gives. `auto` takes
+    it on CUDA GPUs under DDP or one GPU where it pays back (`pays`: warmup.compile_training on the model's size and
+    the planned steps): a 0.5B step there is bound by launching small kernels, and compiled layers cut it from
+    0.26 to 0.14 s padding-free, 0.21 to 0.13 s packed (H100, bench/results/sft-probe-2026-11-27-h100.json), same
     losses; under DDP on 2 GPUs too (bench/results/multi-gpu-compiled-2026-11-27-h100x2.json). Not on CPUs (a
     C++ compile at every job's start for a gain not measured there), 4-bit bases (bitsandbytes' kernels), FSDP
-    or DeepSpeed (they wrap or hook the layers' parameters; not measured)."""
+    or DeepSpeed (they wrap or hook the layers' parameters; not measured). "on"/"off" in the form always wins."""
     choice = switch(p, "torch_compile")
     if choice in ("on", "off"):
-        return choice == "on"
-    return not on_cpu and not p.get("load_in_4bit") and strategy == "ddp"
+        return warmup.Choice(choice == "on", f"{choice}, as set in the form")
+    if on_cpu:
+        return warmup.Choice(False, "auto: off on a CPU")
+    if p.get("load_in_4bit"):
+        return warmup.Choice(False, "auto: off with a 4-bit base")
+    if strategy != "ddp":
+        return warmup.Choice(False, f"auto: off under {strategy}")
+    return warmup.Choice(pays.on, f"auto: {pays.why}")
 
 
-def memory_plan(model_path: str, spec, p: dict, state):
-    """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
+def model_shape(model_path: str):
     from transformers import AutoConfig
 
     from tlab_gradio import memory
 
-    shape = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
+    return memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
+
+
+def memory_plan(model_path: str, spec, p: dict, state):
+    """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
+    from tlab_gradio import memory
+
+    shape = model_shape(model_path)
     checkpointing = switch(p, "gradient_checkpointing")
     kwargs = memory.job_kwargs(p, spec.launch, trains_lora(p))
     return memory.plan(
@@ -176,12 +193,12 @@ def load_rows(spec, p: dict, state):
         return common.held_out(rows, evaluate, p, state.is_main_process)
 
 
-def model_kwargs(p: dict, precision: str, on_cpu: bool, state) -> dict:
+def model_kwargs(p: dict, precision: str, on_cpu: bool, state, warm_up_pays: bool = True) -> dict:
     """How the model is loaded: weights' dtype, attention, and 4-bit (QLoRA) on this rank's GPU."""
     import torch
 
     kwargs: dict = {"dtype": common.model_dtype(precision, bool(p["use_lora"])),
-                    "attn_implementation": attention(p, on_cpu)}
+                    "attn_implementation": attention(p, on_cpu, warm_up_pays)}
     if p.get("load_in_4bit"):
         from transformers import BitsAndBytesConfig
 
@@ -261,15 +278,19 @@ def main() -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     common.use_chat_template(tokenizer, p, state.is_main_process)
-    loading = model_kwargs(p, spec.launch.mixed_precision, on_cpu, state)
+    per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
+    steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"), len(train_dataset), per_step)
+    pays = warmup.compile_training(model_shape(spec.model.path).parameters(), steps)
+    compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy, pays)
+    # flex attention compiles its kernel: worth it where compiling pays back, or where the form asked for compile
+    loading = model_kwargs(p, spec.launch.mixed_precision, on_cpu, state, pays.on or compiled.on)
     plan = memory_plan(spec.model.path, spec, p, state)
-    compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy)
-    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled)
+    use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled.on)
     if state.is_main_process:
         packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
         print(f"[tlab] speed: attention {loading['attn_implementation']}, packing "
               f"{packing}, liger kernels {'on' if use_liger else 'off'}, torch.compile "
-              f"{'on' if compiled else 'off'}; memory: {plan.describe()}", flush=True)
+              f"{'on' if compiled else 'off'} ({compiled.why}); memory: {plan.describe()}", flush=True)
 
     trainer = SFTTrainer(
         model=spec.model.path,
