@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import html
+import threading
 import time
+from collections import OrderedDict
 from typing import Callable
 
 import gradio as gr
@@ -25,6 +27,29 @@ def progress_on(render_fn: Callable, target: gr.components.Component) -> None:
     if len(fns) != 1:
         raise RuntimeError(f"progress_on: {len(fns)} render events for {render_fn!r}")
     fns[0].show_progress_on = [target]
+
+
+class LastSent:
+    """What each page (a gradio session) was last sent by one timer, so a tick with nothing new sends nothing:
+    every value sent is redrawn by the page, and every server call is a round of status messages there."""
+
+    def __init__(self, pages: int = 2000):
+        self._sent: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pages = pages
+
+    def changed(self, request: gr.Request | None, value) -> bool:
+        """Whether `value` differs from what this page got last; it is noted as sent."""
+        page = str(getattr(request, "session_hash", None) or "")
+        digest = hash(repr(value))
+        with self._lock:
+            if page and self._sent.get(page) == digest:
+                return False
+            self._sent[page] = digest
+            self._sent.move_to_end(page)
+            while len(self._sent) > self._pages:
+                self._sent.popitem(last=False)
+        return True
 
 
 def visitor(request: gr.Request | None) -> str | None:

@@ -20,10 +20,11 @@ import pandas as pd
 
 from ..service import ACTIVE, FINISHED, Service
 from . import chart, evaluate_panel, export_panel
-from .common import PRIVATE, checked, duration, progress_bar, state_badge, visitor, when
+from .common import PRIVATE, LastSent, checked, duration, progress_bar, state_badge, visitor, when
 
 LIST_HEADERS = ["ID", "Name", "Plugin", "State", "GPUs", "Progress", "Started", "Duration"]
 LOG_LINES = 300
+LIVE_TICK, IDLE_TICK = 1.0, 5.0  # seconds between reads of the job shown: running or queued, finished
 # Drawn together by default: the training loss, and with a held-out split its eval loss beside it (dashed, a point
 # at each evaluation); GRPO adds the reward, and the held-out prompts' reward.
 CHART_SERIES = ("loss", "eval_loss", "reward", "eval_reward")
@@ -219,7 +220,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     def refresh(job_id, state, choice, smooth, request: gr.Request):
         """One tick: cheap reads only. Parts that did not change are skipped, not re-sent."""
         if job_id is None:
-            return [gr.skip()] * (16 + len(export.outputs) + len(evaluation.outputs))
+            return [gr.skip()] * (17 + len(export.outputs) + len(evaluation.outputs))
         owner = visitor(request)
         fresh = state.get("job") != job_id
         # the service checks id and owner; the command, accelerate.yaml and files only when the state changes
@@ -280,13 +281,19 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
             outs += export.on_job(job["id"], finished, owner) + evaluation.on_job(job["id"], finished, owner)
         else:
             outs += [gr.skip()] * (9 + len(export.outputs) + len(evaluation.outputs))
+        # A finished job, compared with none, is read every few seconds only (a Resume, from here or a script, is
+        # seen within them): each tick is a round of status messages that the page answers by walking its whole
+        # tree, which slowed everything else done meanwhile (a plugin switch in the form above).
+        interval = IDLE_TICK if job["state"] in FINISHED and not others else LIVE_TICK
+        outs.append(gr.skip() if state.get("tick") == interval else gr.Timer(interval))
+        state["tick"] = interval
         return outs
 
+    timer = gr.Timer(LIVE_TICK)
     outputs = [header, progress, log_box, plot, view, metric, compare, stop_btn, resume_btn, clone_btn,
-               delete_btn, error, command, files, live_row, accel, *export.outputs, *evaluation.outputs]
+               delete_btn, error, command, files, live_row, accel, *export.outputs, *evaluation.outputs, timer]
     # The textbox follows the end of the log (also on the first fill, which autoscroll misses).
     log_box.change(None, None, None, js=FOLLOW_LOG_JS, **PRIVATE)
-    timer = gr.Timer(1.0)
     timer.tick(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", show_progress_on=header,
                **PRIVATE)
     selected.change(refresh, [selected, view, metric, smoothing], outputs, show_progress="hidden", show_progress_on=header,
@@ -322,9 +329,16 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
     def rows(request: gr.Request):
         return job_rows(svc, visitor(request))
 
+    listed = LastSent()
+
+    def new_rows(request: gr.Request):
+        """The table again only when it changed since this page last got it (most ticks: nothing new)."""
+        table_rows = rows(request)
+        return table_rows if listed.changed(request, table_rows) else gr.skip()
+
     demo.load(rows, None, table, **PRIVATE)
     list_timer = gr.Timer(2.0)
-    list_timer.tick(rows, None, table, show_progress="hidden", **PRIVATE)
+    list_timer.tick(new_rows, None, table, show_progress="hidden", **PRIVATE)
     selected.change(rows, None, table, show_progress="hidden", **PRIVATE)
 
     def pick(evt: gr.SelectData):
@@ -344,7 +358,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> Parts:
         svc.resume_job(job_id, visitor(request))
 
     stop_btn.click(stop, selected, None, **PRIVATE)
-    resume_btn.click(resume, selected, None, **PRIVATE)
+    resume_btn.click(resume, selected, None, **PRIVATE).then(lambda: gr.Timer(LIVE_TICK), None, timer, **PRIVATE)
 
     def delete(job_id, confirmed, request: gr.Request):
         if job_id is None or not confirmed:

@@ -201,7 +201,7 @@ def config_section(svc: Service, refs: dict[str, Any], plugin_id: str | None, se
         commits = [c for c in commits if getattr(c, "__self__", None) is not device]
         checking.append(device.input)
         shown = [fields[n] for n in swapped]
-        swap = device.input(None, [device] + shown, shown, js=device_swap_js([specs[n] for n in swapped]), **PRIVATE)
-        chained.append(swap.then(lambda vals, *now: {**vals, **dict(zip(swapped, now))}, [refs["values"]] + shown,
-                                 refs["values"], **PRIVATE))
+        # Then checked with all the fields as shown (wire packs them into the values the other checks read).
+        chained.append(device.input(None, [device] + shown, shown, js=device_swap_js([specs[n] for n in swapped]),
+                                    **PRIVATE))
     refs["wire"](plugin_id, fields, typing, commits, [c for c in chained if c is not None], checking)

@@ -38,7 +38,10 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     refs: dict[str, Any] = {}  # what the Plugin Config section's own fields report to when they change
     seed = gr.State({"plugin": first, "values": {}, "version": 0})  # a preset's or a cloned job's values
-    values = gr.State({})  # the Plugin Config's starting values (the plugin's, a preset's), checked as they are set
+    # The Plugin Config's values: its starting ones (the plugin's, a preset's), then as its fields change, packed in
+    # the page (live.pack_js); the checks of the other fields' changes read them. A hidden JSON, not a State: the
+    # page writes it with no server call.
+    values = gr.JSON({}, visible="hidden", elem_id="form-values")
     fields: dict[str, Any] = {"custom_rewards": gr.State([])}  # GRPO: your own reward functions, [{function, weight}]
     with gr.Row(elem_classes="tl-toolbar"):
         new_btn = gr.Button("+ New", variant="primary", size="md", scale=0, min_width=110, elem_id="new-task")
@@ -172,12 +175,6 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         gr.Info(f"Saved preset {preset}")
         return gr.update(choices=presets, value=preset.strip())
 
-    def check_with(names: list[str]):
-        def check(visit: gr.Request, *args):
-            *rest, seq = args
-            return verdict(list(rest[:n_static]), dict(zip(names, rest[n_static:])), seq, visit)
-        return check
-
     def send_check(event_or_triggers, fn, inputs) -> Any:
         """Ask for a check (its change number counted in the page first), its answer into check_raw."""
         ids = [getattr(c, "elem_id", None) if isinstance(c, gr.Textbox) else None for c in inputs] + [None]
@@ -204,31 +201,36 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     def wire(plugin_id, config: dict[str, Any], typing: list[Any], commits: list[Any], chained: list[Any],
              checking: list[Any] = ()) -> None:
-        """Inside the Plugin Config's render: the check on every committed change of its fields, reading the fields
-        themselves (what they show, not a copy that may lag); `checking`: triggers of a chained check, shown as
-        being checked at once."""
+        """Inside the Plugin Config's render: the check on every committed change of its fields, with the fields
+        read as they are shown (packed in the page into `values`, live.pack_js: what they show, not a copy that
+        may lag); `checking`: triggers of a chained check, shown as being checked at once."""
         names = list(config)
-        inputs = static + list(config.values())
-        if checking:
-            gr.on(list(checking), None, None, check_shown,
+        shown_fields = list(config.values())
+        pack = live.pack_js(names, [c.elem_id if isinstance(c, gr.Textbox) else None for c in shown_fields])
+        if checking or commits:
+            gr.on(list(checking) + commits, None, None, check_shown,
                   js=live.pending_js("check", [live.CHECKING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
                   **PRIVATE)
         if typing:
             gr.on(typing, None, None, check_shown,
                   js=live.pending_js("check", [live.TYPING, live.COMMAND_WAITS], CHECK_IDS), show_progress="hidden",
                   **PRIVATE)
-        for comp in config.values():
+        for comp in shown_fields:
             if isinstance(comp, gr.Textbox):
                 typed(comp)
-        send_check(commits, check_with(names), inputs)
-        for event in chained:  # GRPO's reward table
-            send_check(event, check_with(names), inputs)
-        # Each field's value into the values state too, which the checks of the other fields' changes read: their
-        # listeners are made outside the render (gradio 6.31 drops the listeners of an event made outside a render
-        # once the render has one, and a render's own fail while it is rebuilt).
+        packed = []
+        if commits:
+            packed.append(gr.on(commits, None, shown_fields, values, js=pack, show_progress="hidden",
+                                trigger_mode="multiple", **PRIVATE))
+        for event in chained:  # the device's defaults swapped in, GRPO's reward table
+            packed.append(event.then(None, shown_fields, values, js=pack, show_progress="hidden", **PRIVATE))
+        for event in packed:
+            send_check(event, check_values, static + [values])
+        # Each field's value into `values` at each change too, in the page: the checks of the static fields'
+        # changes read it. (Their listeners are made outside the render: gradio 6.31 drops the listeners of an
+        # event made outside a render once the render has one, and a render's own fail while it is rebuilt.)
         for name, comp in config.items():
-            comp.input(lambda value, vals, _name=name: {**vals, _name: value}, [comp, values], values,
-                       show_progress="hidden", trigger_mode="always_last", **PRIVATE)
+            comp.input(None, [values, comp], values, js=live.set_js([name]), show_progress="hidden", **PRIVATE)
 
     refs.update(custom=fields["custom_rewards"], wire=wire, values=values)
     send_check(gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed],
