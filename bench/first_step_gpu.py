@@ -88,10 +88,12 @@ def main() -> None:
             result["log_tail"] = log[-40:]
         report["runs"][name] = result
         print(name, json.dumps({k: v for k, v in result.items() if k not in ("timeline", "log_tail")}), flush=True)
-    firsts = [r["start_to_first_step_s"] for r in report["runs"].values()]
-    report["ok"] = all(s is not None and s < report["target_s"] for s in firsts)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        firsts = [r["start_to_first_step_s"] for r in report["runs"].values()]
+        report["ok"] = all(s is not None and s < report["target_s"] for s in firsts)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")  # after each run: a cut call keeps the others'
+        for at, line in timeline:
+            print(f"  {at:6.2f} {line[:110]}", flush=True)
     print("ok:", report["ok"])
     svc.jobs.close()
 
