@@ -79,6 +79,18 @@ CSS = """
 """
 
 
+def progress_to(demo, sink) -> None:
+    """Every page event that shows no progress keeps its loading status on `sink`, not on its outputs. The
+    page's gradio keeps the status of every output of every server call it ever made, and at each status message
+    of any event finds each one in its whole tree and copies its value (tables, the job log, chats): with the
+    timers' outputs among them this was most of a plugin switch's time. So do the page-load events (the page
+    fills in before anyone looks). Events made later in a gr.render keep their own (small) outputs."""
+    for fn in demo.fns.values():
+        quiet = fn.show_progress == "hidden" or all(event == "load" for _, event in fn.targets)  # page load: seen
+        if fn.fn is not None and fn.targets and quiet and not fn.show_progress_on:                # filled at once
+            fn.show_progress_on = [sink]
+
+
 def build_app():
     import gradio as gr
 
@@ -89,6 +101,7 @@ def build_app():
     svc = get_service()
     hosted = settings.hosted()
     with gr.Blocks(title="tlab-gradio") as demo:
+        sink = gr.HTML(visible="hidden", elem_id="tl-progress-sink")  # first in the page: found at once
         with gr.Row(elem_id="tl-header"):
             gr.Markdown("# tlab-gradio <span class=\"tl-muted\">fine-tune language models on every GPU of this "
                         "machine</span>")
@@ -103,6 +116,7 @@ def build_app():
                 computer_tab.build(svc, demo, hosted)
         api.register(svc)
         api.register_sweeps(svc)
+    progress_to(demo, sink)
     return demo
 
 

@@ -295,7 +295,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     gr.on(preview_raw.change, None, [preview_raw] + filled, filled,
           js=live.show_js("preview", PREVIEW_IDS + ["template", "completion-template"]), show_progress="hidden",
           **PRIVATE)
-    send_preview(plugin_dd.input(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
+    # On the pick itself (`select`, once; the dropdown reports an `input` twice: at the pick and as it loses focus).
+    send_preview(plugin_dd.select(plugin_defaults, plugin_dd, defaults_outputs, **PRIVATE))
 
     # --- open / close the form, presets, clone --------------------------------------
     def open_new(current):
