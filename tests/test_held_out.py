@@ -177,18 +177,21 @@ def test_the_split_is_seeded_and_the_evaluation_settings_follow_the_form():
     for processes, batch, gens, expected in ((1, 4, 4, 4), (2, 4, 4, 4), (3, 4, 4, 4), (2, 3, 4, 4), (1, 6, 4, 8)):
         eval_batch = grpo.eval_batch({"per_device_train_batch_size": batch, "num_generations": gens}, processes)
         assert eval_batch == expected and eval_batch * processes % gens == 0
-    # On a GPU (room_rows: what memory allows) the held-out prompts are generated as many at a time as a training
-    # step's (GPU defaults: 32 x 8 accumulation = 256), not 32 at a time: 2 generate calls for 64 prompts x 8, not 16
+    # On a GPU the held-out prompts are generated as many at a time as a training step's (GPU defaults: 32 x 8
+    # accumulation = 256), not 32 at a time: 2 generate calls for 64 prompts x 8, not 16; capped by memory
     gpu = {"per_device_train_batch_size": 32, "gradient_accumulation_steps": 8, "num_generations": 8,
            "max_completion_length": 256}
-    assert grpo.eval_batch(gpu, 1) == 32  # without room_rows (a CPU, the Unsloth plugin): the micro-batch
-    assert grpo.eval_batch(gpu, 1, room_rows=10_000) == 256
-    assert grpo.eval_batch(gpu, 2, room_rows=10_000) == 256  # per process: each generates its own share
-    assert grpo.eval_batch({**gpu, "generation_batch_size": 1024}, 2, room_rows=10_000) == 512
-    assert grpo.eval_batch(gpu, 1, room_rows=50) == 56  # capped by memory, rounded up to whole groups
-    assert grpo.eval_batch(gpu, 1, room_rows=0) == 32  # never below the training micro-batch
-    smol = grpo.eval_rows_room(gpu, vocab=49152, free_bytes=130 * 2**30)  # SmolLM2-135M on an H200
-    assert smol >= 256 and grpo.eval_rows_room(gpu, vocab=151936, free_bytes=20 * 2**30) < 64  # Qwen2 on 24 GiB
+    h200, card_24 = 130 * 2**30, 20 * 2**30
+    assert grpo.eval_batch(gpu, 1) == 32  # without rows (a CPU, the Unsloth plugin): the micro-batch
+    smol = grpo.eval_rows(gpu, 1, vocab=49152, free_bytes=h200)  # SmolLM2-135M on an H200
+    assert smol == 256 and grpo.eval_batch(gpu, 1, smol) == 256
+    assert grpo.eval_rows(gpu, 2, vocab=49152, free_bytes=h200) == 256  # per process: each generates its share
+    big = {**gpu, "generation_batch_size": 1024}  # 512 a process: the H200's quarter holds 462 such rows
+    assert grpo.eval_rows(big, 2, vocab=49152, free_bytes=h200) == 462
+    assert grpo.eval_rows(big, 2, vocab=49152, free_bytes=2 * h200) == 512
+    qwen = grpo.eval_rows(gpu, 1, vocab=151936, free_bytes=card_24)  # a 152k vocabulary on a 24 GiB card
+    assert qwen < 32 and grpo.eval_batch(gpu, 1, qwen) == 32  # never below the training micro-batch
+    assert grpo.eval_batch(gpu, 1, 50) == 56  # rounded up to whole groups
 
 
 def chart_of(svc, job) -> str:

@@ -245,21 +245,13 @@ def load_prompts(spec, p: dict, markers, state):
         return (tokenizer, *common.held_out(dataset, evaluate, p, state.is_main_process))
 
 
-def eval_batch(p: dict, processes: int, room_rows: int | None = None) -> int:
-    """GRPO's per-device eval batch. TRL generates each eval batch on its own, and decoding is bound by its
-    sequential steps (one per token) far more than by the rows: at the training micro-batch (32 completions)
-    SmolLM2-135M took 180 s for 64 held-out prompts x 8 on an H200, 16 generate calls, against 26 s for a whole
-    256-completion training step, which generates once (bench/results/evaluate-gpu-check-2026-12-02-h200-smollm2.json).
-    So with `room_rows` (what memory allows: eval_rows_room) it is the training's per-device generation batch, the
-    same shape the compiled decoding already ran, capped to `room_rows`; without, the training micro-batch. Never
+def eval_batch(p: dict, processes: int, rows: int | None = None) -> int:
+    """GRPO's per-device eval batch: `rows` completions (eval_rows, on a GPU), else the training micro-batch; never
     below the micro-batch, and rounded up so processes x batch holds whole groups of num_generations completions
     (TRL generates each held-out prompt's group together)."""
     import math
 
-    batch = p["per_device_train_batch_size"]
-    if room_rows is not None:
-        generation = (generation_batch(p) or batch * processes * p.get("gradient_accumulation_steps", 1)) // processes
-        batch = max(batch, min(generation, room_rows))
+    batch = max(p["per_device_train_batch_size"], rows or 0)
     unit = p["num_generations"] // math.gcd(processes, p["num_generations"])
     return unit * -(-batch // unit)
 
@@ -267,15 +259,22 @@ def eval_batch(p: dict, processes: int, room_rows: int | None = None) -> int:
 EVAL_LOGITS_SHARE = 0.25  # of the GPU's free memory at the start, for the eval's logits
 
 
-def eval_rows_room(p: dict, vocab: int, free_bytes: int) -> int:
-    """Completions an eval batch may hold: TRL takes the eval loss over the whole batch in one forward, whose
-    logits (rows x completion tokens x vocabulary, bf16, with a scaled copy and log-softmax's: ~6 bytes an entry)
-    must stay within EVAL_LOGITS_SHARE of the free memory (training's activations and gradients are gone then)."""
-    return int(EVAL_LOGITS_SHARE * free_bytes // (p["max_completion_length"] * vocab * 6))
+def eval_rows(p: dict, processes: int, vocab: int, free_bytes: int) -> int:
+    """Completions per process an eval batch should hold on a GPU. TRL generates each eval batch on its own, and
+    decoding is bound by its sequential steps (one per token) far more than by the rows: at the training
+    micro-batch (32 completions) SmolLM2-135M took 180 s for 64 held-out prompts x 8 on an H200, 16 generate calls,
+    against 26 s for a whole 256-completion training step, which generates once
+    (bench/results/evaluate-gpu-check-2026-12-02-h200-smollm2.json). So: the training's per-device generation batch,
+    the shape the compiled decoding already ran; capped because TRL takes the eval loss over the whole batch in one
+    forward, whose logits (rows x completion tokens x vocabulary, bf16, with a scaled copy and log-softmax's: ~6
+    bytes an entry) must stay within EVAL_LOGITS_SHARE of the free memory (training's activations are gone then)."""
+    per_step = p["per_device_train_batch_size"] * processes * p["gradient_accumulation_steps"]
+    room = int(EVAL_LOGITS_SHARE * free_bytes // (p["max_completion_length"] * vocab * 6))
+    return min((generation_batch(p) or per_step) // processes, room)
 
 
 def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float], dtype, cache,
-                evaluated: bool = False, state=None, room_rows: int | None = None):
+                evaluated: bool = False, state=None, rows: int | None = None):
     """TRL's GRPOConfig: the form's parameters by their own names (GRPO_KEYS), the reward weights, what the app
     decides (precision, weights' dtype and cache, logging, where checkpoints go) and, with held-out prompts
     (`evaluated`), the evaluation: completions for them every eval_steps, their reward (eval_reward) the metric."""
@@ -305,7 +304,7 @@ def grpo_config(job_dir: Path, spec, p: dict, on_cpu: bool, weights: list[float]
         **common.precision_flags(spec.launch.mixed_precision),
         **{**{k: p[k] for k in GRPO_KEYS if p.get(k) is not None},  # the evaluation may align save_steps
            **common.eval_settings(p, evaluated, "eval_reward",
-                                  eval_batch(p, state.num_processes if state else 1, room_rows),
+                                  eval_batch(p, state.num_processes if state else 1, rows),
                                   state is None or state.is_main_process)},
         **extra,
     )
@@ -327,12 +326,12 @@ def main() -> None:
     pays = None if on_cpu else decoding_pays(spec.model.path, p, len(dataset), state.num_processes)
     dtype, cache, why = weights_and_cache(p, spec.launch.mixed_precision, on_cpu, pays)
     per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
-    room_rows = None
+    rows = None
     if evaluated and not on_cpu:  # the same on every rank: the smallest free memory of all
         from transformers import AutoConfig
 
         vocab = AutoConfig.from_pretrained(spec.model.path).get_text_config().vocab_size
-        room_rows = eval_rows_room(p, vocab, int(common.gpu_memory_budget(None, state) * 2**30))
+        rows = eval_rows(p, state.num_processes, vocab, int(common.gpu_memory_budget(None, state) * 2**30))
     if state.is_main_process:
         engine = ("vLLM (colocate)" if p.get("use_vllm") else
                   f"transformers generate ({cache or 'dynamic'} cache: {why}; {str(dtype).split('.')[-1]} weights)")
@@ -341,13 +340,13 @@ def main() -> None:
               f"{per_gen} completions at a time ({per_gen // p['num_generations']} prompts x "
               f"{p['num_generations']})", flush=True)
         if evaluated:
-            print(f"[tlab] held-out evaluation: {eval_batch(p, state.num_processes, room_rows)} completions at a "
+            print(f"[tlab] held-out evaluation: {eval_batch(p, state.num_processes, rows)} completions at a "
                   f"time per process", flush=True)
 
     trainer = GRPOTrainer(
         model=spec.model.path,
         reward_funcs=reward_funcs,
-        args=grpo_config(job_dir, spec, p, on_cpu, weights, dtype, cache, evaluated, state, room_rows),
+        args=grpo_config(job_dir, spec, p, on_cpu, weights, dtype, cache, evaluated, state, rows),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
