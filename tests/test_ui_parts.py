@@ -157,3 +157,21 @@ def test_a_job_view_is_one_snapshot_through_the_service(home, monkeypatch):
     assert again["metrics"] == [] and again["metrics_offset"] == view["metrics_offset"]
     assert [r["processes"] for r in svc.job_rows()] == [2]
     assert jobs_view.job_rows(svc)[0][4] == "cpu×2"
+
+
+def test_the_memory_line_adds_up_to_the_total_it_shows():
+    """The form's memory line: its parts sum to the total (gradients and activations share their room, and the
+    estimate counts the larger), for a full fine-tune and for LoRA, where the other one is the larger."""
+    import re
+
+    from tlab_gradio import memory
+    from tlab_gradio.ui import previews
+
+    shape = memory.Shape(layers=24, hidden=896, intermediate=4864, heads=14, kv_heads=2, vocab=151936, tied=True)
+    for kwargs in ({"batch": 8, "seq": 1024}, {"batch": 1, "seq": 64}, {"use_lora": True, "batch": 8, "seq": 1024}):
+        est = memory.estimate(shape, processes=1, **kwargs).as_dict() | {"gpus": []}
+        line = previews.memory_md(est)
+        total = float(re.search(r"\*\*([\d.]+) GiB\*\*", line).group(1))
+        inside = re.search(r"GiB\*\* \((.*)\)", line).group(1)
+        counted = re.sub(r"\((gradients|activations) [\d.]+ use the same room \w+\)", "", inside)
+        assert abs(sum(float(x) for x in re.findall(r"[\d.]+", counted)) - total) <= 0.25, line
