@@ -82,6 +82,7 @@ def run_job(svc, request: dict, skip: int, timeout: float) -> dict:
     result = {"state": done.state, "command": " ".join(done.command or []), "wall_s": time.time() - started,
               "gpu_ids_requested": request["gpu_ids"], "gpu_ids_used": done.spec.launch.gpu_ids,
               "world_size_lines": harness.world_size_lines(log),
+              "ddp_lines": [line for line in log if "DDP ran with" in line or "DDP settings" in line],
               "peak_gib_per_gpu_nvidia_smi": {str(k): round(v, 2) for k, v in sorted(mem.peak.items())}}
     steps = [r for r in harness.records(done.job_dir) if "loss" in r]
     if steps:
@@ -133,6 +134,17 @@ def app_gpu_info(home: Path) -> dict:
         proc.wait(30)
 
 
+# DDP settings to try against torch's defaults (issue 22: compiled layers scaled at 68% on 2 GPUs, DDP adding ~50 ms
+# to a 0.107 s step that is bound by launching kernels): no copy of each gradient into its bucket, the graph's hooks
+# fixed after the first step, fewer and larger buckets.
+DDP_VARIANTS = {
+    "bucket_view": {"gradient_as_bucket_view": True},
+    "static": {"static_graph": True},
+    "both": {"gradient_as_bucket_view": True, "static_graph": True},
+    "both_100mb": {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 100},
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -140,6 +152,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
     ap.add_argument("--sft-steps", type=int, default=30)
     ap.add_argument("--grpo-steps", type=int, default=6)
+    ap.add_argument("--ddp-variants", default=json.dumps(DDP_VARIANTS),
+                    help="JSON {name: TLAB_DDP settings}: each a further SFT run on 2 and on every GPU ('{}': none)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="multi-gpu-"))
     os.environ["TLAB_HOME"] = str(work / "home")
@@ -172,9 +186,14 @@ def main() -> None:
                "dataset": {"source": "file", "name": str(data)}, "template": "{{text}}", "completion_template": "",
                "params": {"max_steps": args.sft_steps, "logging_steps": 1, "report_to": "none", "save_steps": 100000,
                           "max_length": SEQ, "per_device_train_batch_size": 8, "use_lora": False, "packing": True,
-                          "gradient_checkpointing": False, "learning_rate": 1e-5}}
+                          "gradient_checkpointing": False, "learning_rate": 1e-5,
+                          # compiled layers, as a long job gets them (`auto` leaves a 30-step run eager)
+                          "torch_compile": "on"}}
         for c in counts:
             runs[f"sft_{tag}_ddp_{c}gpu"] = {**sft, "gpu_ids": ids(c)}
+        for variant, settings in json.loads(args.ddp_variants).items():  # issue 22: DDP's own settings
+            for c in sorted({min(2, n), n} - {1}):
+                runs[f"sft_{tag}_ddp_{c}gpu_{variant}"] = {**sft, "gpu_ids": ids(c), "ddp": settings}
         if n > 2:  # an explicit list naming every GPU too, not only `auto`
             runs[f"sft_{tag}_ddp_{n}gpu_list"] = {**sft, "gpu_ids": ",".join(str(i) for i in range(n))}
         if n > 1:
@@ -191,7 +210,15 @@ def main() -> None:
             continue
         try:
             skip = 3 if request["plugin"] == "llama_sft_multi_gpu" else 2
+            settings = request.pop("ddp", None)
+            # the job's processes inherit this process's environment: the trainer reads TLAB_DDP (common.tune_ddp)
+            if settings is None:
+                os.environ.pop("TLAB_DDP", None)
+            else:
+                os.environ["TLAB_DDP"] = json.dumps(settings)
             result = run_job(svc, {**request, "name": name}, skip, timeout=1200)
+            if settings is not None:
+                result["ddp"] = settings
         except Exception as exc:  # noqa: BLE001 - keep the other runs' figures
             result = {"error": f"{type(exc).__name__}: {exc}"}
         report["runs"][name] = result
@@ -212,7 +239,7 @@ def scaling(runs: dict) -> dict:
         world = r.get("world_size") or 0
         if world < 2:
             continue
-        base = name.split("_")[:3]  # e.g. sft 0.5b ddp
+        base = name.split("_")[:3]  # e.g. sft 0.5b ddp (a DDP variant's twin: the 1-GPU run, which has no DDP)
         one = runs.get("_".join(base[:2] + ["ddp", "1gpu"]), {})
         metric = "tokens_per_s" if name.startswith("sft") else "completions_per_s"
         if r.get(metric) and one.get(metric):

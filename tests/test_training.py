@@ -41,7 +41,9 @@ def processes_of(job_dir: str) -> list[int]:
     return found
 
 
-def test_two_process_cpu_job_completes_with_both_ranks(home):
+def test_two_process_cpu_job_completes_with_both_ranks(home, monkeypatch):
+    # DDP's own settings from TLAB_DDP (bench/multi_gpu.py's search, issue 22) reach the wrapper DDP really runs
+    monkeypatch.setenv("TLAB_DDP", '{"static_graph": true, "gradient_as_bucket_view": true, "bucket_cap_mb": 50}')
     svc = Service()
     job = svc.start_job(sft_request(cpu_processes=2, max_steps=4, fuse_model=True, learning_rate=0.003))
     assert job["state"] in ("QUEUED", "RUNNING")
@@ -51,6 +53,8 @@ def test_two_process_cpu_job_completes_with_both_ranks(home):
     assert done.exit_code == 0
     assert "rank 0 of world size 2" in log and "rank 1 of world size 2" in log
     assert "--multi_gpu" in done.command and done.command[done.command.index("--num_processes") + 1] == "2"
+    assert ("DDP ran with static_graph=True, gradient_as_bucket_view=True, bucket_cap_mb=50, "
+            "broadcast_buffers=True") in log
 
     records = [r for r in metrics(svc.job(job["id"])) if "loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -208,6 +212,7 @@ def test_grpo_two_processes_with_rewards(home):
     log = "\n".join(svc.job_log(job["id"], 300))
     assert done.state == "COMPLETE", log
     assert "rank 0 of world size 2" in log and "rank 1 of world size 2" in log
+    assert "DDP ran with static_graph=False, gradient_as_bucket_view=False, bucket_cap_mb=25" in log  # torch's
     records = [r for r in metrics(svc.job(job["id"])) if "reward" in r]
     assert [r["step"] for r in records] == [1, 2]
     for r in records:

@@ -89,13 +89,58 @@ def train(trainer, spec: JobSpec):
     from tlab_gradio.trainers.callbacks import FiniteGuard
 
     announce_strategy(trainer)
+    tune_ddp(trainer)
     trainer.add_callback(FiniteGuard(scaled=getattr(trainer.accelerator, "scaler", None) is not None))
     resume = spec.resume_from_checkpoint
     if resume:
         print(f"[tlab] resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume or None)
+    say_ddp(trainer)
     say_early_stop(trainer, spec.params)
     return result
+
+
+DDP_ENV = "TLAB_DDP"
+DDP_KEYS = {"static_graph": bool, "gradient_as_bucket_view": bool, "bucket_cap_mb": int, "broadcast_buffers": bool}
+
+
+def tune_ddp(trainer) -> None:
+    """DDP's own settings for this run from TLAB_DDP, a JSON object ({"static_graph": true,
+    "gradient_as_bucket_view": true, "bucket_cap_mb": 100}), set on accelerate's DDP settings before the Trainer
+    wraps the model. For bench/multi_gpu.py's search of issue 22 (SFT with compiled layers scaled at 68% on two
+    GPUs: the step is bound by launching kernels, and DDP adds a copy into its buckets per gradient and a Python
+    hook per parameter); torch's defaults stay until a setting is measured to scale better. Unknown keys are
+    refused: a typo would otherwise measure the defaults under another name."""
+    import json
+
+    raw = os.environ.get(DDP_ENV, "").strip()
+    if not raw:
+        return
+    wanted = json.loads(raw)
+    unknown = set(wanted) - set(DDP_KEYS)
+    if unknown:
+        raise SystemExit(f"{DDP_ENV}: unknown DDP settings {sorted(unknown)}; known: {sorted(DDP_KEYS)}")
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    acc = trainer.accelerator
+    if acc.ddp_handler is None:
+        acc.ddp_handler = DistributedDataParallelKwargs()
+    for key, value in wanted.items():
+        setattr(acc.ddp_handler, key, DDP_KEYS[key](value))
+    if acc.is_main_process:
+        print(f"[tlab] DDP settings from {DDP_ENV}: {json.dumps(wanted, sort_keys=True)}", flush=True)
+
+
+def say_ddp(trainer) -> None:
+    """The settings the DDP wrapper really ran with, read from it (the Trainer builds it inside train())."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = getattr(trainer, "model_wrapped", None)
+    if isinstance(wrapped, DistributedDataParallel) and trainer.accelerator.is_main_process:
+        print(f"[tlab] DDP ran with static_graph={wrapped.static_graph}, "
+              f"gradient_as_bucket_view={wrapped.gradient_as_bucket_view}, "
+              f"bucket_cap_mb={wrapped.bucket_bytes_cap / 2**20:g}, broadcast_buffers={wrapped.broadcast_buffers}",
+              flush=True)
 
 
 def say_early_stop(trainer, p: dict) -> None:

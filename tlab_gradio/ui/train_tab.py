@@ -142,8 +142,6 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             problems = [svc.hide_paths(p) for p in exc.problems]
             return live.answer(seq, [problems_md(exc), live.NO_COMMAND], live.field_problems(problems, names, source))
 
-    n_static = len(STATIC_FIELDS)
-
     # Handlers take the visitor first: gradio fills a gr.Request only before *args.
     def check_values(visit: gr.Request, *args):
         """The check with the Plugin Config as the values state holds it (set with the plugin or the seed)."""
