@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--model", default="", help="a model for both jobs (a .gguf file, folder or Hub id); "
                                                     "empty: the embedded model")
     parser.add_argument("--repeat", type=int, default=2, help="evaluations per job (2: the numbers must agree)")
+    parser.add_argument("--only", default="", help="comma-separated runs of " + ",".join(RUNS) + " (default: all)")
     args = parser.parse_args()
     os.environ.setdefault("TLAB_HOME", tempfile.mkdtemp(prefix="tlab-evaluate-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,11 +44,17 @@ def main() -> None:
     svc = Service()
     report: dict = {"model": args.model or "embedded", "runs": {}}
     for kind, request in RUNS.items():
+        if args.only and kind not in args.only.split(","):
+            continue
         request = {**request, "model": args.model, "params": {**request["params"], "device": "cuda"}}
         started = time.monotonic()
         job = svc.start_job(request)
         done = svc.jobs.wait(job["id"], args.timeout)
-        result: dict = {"state": done.state, "train_s": round(time.monotonic() - started, 1)}
+        log = "\n".join(svc.job_log(done.id, 400))
+        # the trainer's own evaluations of the held-out rows during training, and its step times (TRL's log lines)
+        result: dict = {"state": done.state, "train_s": round(time.monotonic() - started, 1),
+                        "in_training_eval_s": [float(x) for x in re.findall(r"'eval_runtime': '([\d.]+)'", log)],
+                        "step_time_s": [float(x) for x in re.findall(r"'step_time': '([\d.]+)'", log)]}
         if done.state != "COMPLETE":
             result["log"] = svc.job_log(done.id, 60)
             report["runs"][kind] = result
