@@ -113,7 +113,7 @@ def test_a_lora_job_exports_a_merged_model_that_loads_and_generates(trained):
     assert card == (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     for text in ("tlab-tiny-llama", "LoRA adapter merged", "| lora_r | 16 |", "| learning_rate | 0.01 |",
-                 "| max_steps | 2 |", "sft_instructions", "train_loss", "accelerate launch", "sft.py",
+                 "| max_steps | 2 |", "sft_instructions", "train_loss", "-m accelerate.commands.launch", "sft.py",
                  "## Evaluation metrics\n\n- eval_loss: ", "exported |"):
         assert text in card, text
     with zipfile.ZipFile(out["archive"]) as zf:
