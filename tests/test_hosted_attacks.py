@@ -245,8 +245,8 @@ def test_a_visitor_cannot_use_anothers_upload(hosted, home, tmp_path):
 
 def _save_preset(url, preset, run_name, session):
     """Save preset as the page does it: the form is checked first (leaving the task name sends the form's fields,
-    form_request.STATIC_FIELDS then the two states, and the change number), then Save names that checked
-    request by its number."""
+    form_request.STATIC_FIELDS, the values JSON (null: the plugin's own) and the rewards state, and the change
+    number), then Save names that checked request by its number."""
     seq = str(int(time.time() * 1000))
     page_call(url, "task-name", [SFT, run_name, "", "Bundled sample", "sft_instructions", None, "", "", "", "",
                                  "auto", "{{instruction}}", "{{output}}", None, None, seq], session=session,

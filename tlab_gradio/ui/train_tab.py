@@ -115,6 +115,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         ignored: then this plugin's starting values."""
         static_values = dict(zip(STATIC_FIELDS, static_values))
         plugin_form = form_of(svc, static_values["plugin"])
+        vals = vals if isinstance(vals, dict) else {}  # the page's values JSON, empty before its first fill
         if plugin_form and set(vals) != set(plugin_form["parameters"]):
             vals = initial_values(svc, static_values["plugin"], {})
         elif plugin_form:
@@ -127,7 +128,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         """One check of the form, as Start checks it: the shown verdict and command, and each problem at its field;
         tagged with the change number it answers. The request is kept for Start and Save preset."""
         owner = visitor(visit)
-        names = list(vals)
+        names = list(vals or {})
         source = dict(zip(STATIC_FIELDS, static_values)).get("source")
         request = None
         try:
