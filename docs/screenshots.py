@@ -6,6 +6,7 @@ embedded tiny model.
 """
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import time
@@ -58,8 +59,9 @@ def main() -> None:
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(DOCS / "computer.png"))
             page.get_by_role("tab", name="Train").click()
-            page.locator("#stop-job").click()
-            expect(page.locator("#job-header")).to_contain_text("STOPPED")
+            if "RUNNING" in page.locator("#job-header").inner_text():  # a fast machine may have finished it
+                page.locator("#stop-job").click()
+                expect(page.locator("#job-header")).to_contain_text(re.compile("STOPPED|COMPLETE"))
             browser.close()
     finally:
         proc.terminate()

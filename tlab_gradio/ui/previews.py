@@ -69,10 +69,10 @@ def memory_md(est: dict[str, Any]) -> str:
     timing = f"Time per step: **{html.escape(step['text'])}**<br>" if step else ""
     # Gradients and activations do not peak together (memory.estimate counts the larger): the parts add up to the total.
     grads, acts = est["gradients_gb"], est["activations_gb"]
-    peak = (f"activations {acts:.1f} (gradients {grads:.1f} use the same room later)" if acts >= grads else
-            f"gradients {grads:.1f} (activations {acts:.1f} use the same room earlier)")
-    parts = (f"weights {est['weights_gb']:.1f}, optimizer {est['optimizer_gb']:.1f}, {peak}, "
-             f"overhead {est['overhead_gb']:.1f}")
+    larger, smaller = (("activations", acts), ("gradients", grads)) if acts >= grads else \
+        (("gradients", grads), ("activations", acts))
+    parts = (f"weights {est['weights_gb']:.1f}, optimizer {est['optimizer_gb']:.1f}, {larger[0]} {larger[1]:.1f}, "
+             f"overhead {est['overhead_gb']:.1f}; {smaller[0]} {smaller[1]:.1f} reuse the {larger[0]}' room")
     text = timing + f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
     if est["gpus"]:
         text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
