@@ -54,3 +54,34 @@ def test_sft_counts_the_rows_own_length_once_the_data_is_read(tmp_path, monkeypa
     assert read["seconds"] - overhead < (bound["seconds"] - overhead) / 5, (bound, read)
     packed = svc.launch_preview({**request, "params": {**request["params"], "packing": True}})["memory"]["step_time"]
     assert "sequences of 1024 tokens" in packed["text"]
+
+
+def test_a_gpu_grpo_estimate_follows_whether_its_decoding_is_compiled(tmp_path, monkeypatch):
+    """On a GPU the trainer compiles its decoding only where that pays back (warmup.decoding_cache): a short run
+    decodes uncompiled, about 3x slower a token, and the estimate says so; the form's cache setting wins."""
+    from tlab_gradio import memory
+
+    monkeypatch.setenv("TLAB_HOME", str(tmp_path))
+    svc = Service()
+
+    def on_gpu(**params):
+        spec = spec_for(svc, "grpo_multi_gpu", **params)
+        return JobSpec.model_validate({**spec.model_dump(), "launch": {**spec.launch.model_dump(), "device": "cuda",
+                                                                      "mixed_precision": "bf16"}})
+
+    # a 135M model, as SmolLM2: its shape in the config the form read
+    smol = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+    shape = memory.Shape.from_config(smol)
+
+    def seconds(**params):
+        spec = on_gpu(max_completion_length=256, **params)
+        spec = JobSpec.model_validate({**spec.model_dump(), "model": {**spec.model.model_dump(), "config": smol}})
+        return step_time.decoding_compiled(spec, shape), step_time.estimate(spec, False, ["NVIDIA H200"], 2)["seconds"]
+
+    short, short_s = seconds(max_steps=2)  # 512 tokens decoded: compiling would not pay back
+    long, long_s = seconds(max_steps=50)
+    forced, forced_s = seconds(max_steps=2, cache_implementation="static")
+    assert (short, long, forced) == (False, True, True)
+    per_layer = step_time.GPU_EAGER_DECODE_LAYER_S - step_time.GPU_DECODE_LAYER_S
+    assert abs((short_s - long_s) - 256 * 30 * per_layer) < 1e-6 and abs(forced_s - long_s) < 1e-6

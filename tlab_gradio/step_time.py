@@ -17,7 +17,7 @@ import re
 import time
 from typing import Any
 
-from . import memory
+from . import memory, warmup
 from .job_spec import JobSpec
 
 # Dense bf16 tensor TFLOP/s by GPU name (the vendors' data sheets; fp16 where there is no bf16)
@@ -28,9 +28,11 @@ UNKNOWN_GPU_TFLOPS = 100
 # The share of that speed training reaches: small models on a GPU are far from peak (the H100 SFT bench's
 # Qwen2-0.5B at 44k tokens/s is about 0.13 of peak); a CPU process reaches about half its timed matmul speed.
 GPU_EFFICIENCY, CPU_EFFICIENCY = 0.12, 0.5
-# Seconds per decoder layer per generated token beyond the arithmetic (kernel launches, sampling, Python):
-# from the H200 GRPO bench (SmolLM2-135M, 30 layers, compiled static cache: ~3.7 s for 256 decode steps).
-GPU_DECODE_LAYER_S, CPU_DECODE_LAYER_S = 3e-4, 1e-3
+# Seconds per decoder layer per generated token beyond the arithmetic (kernel launches, sampling, Python), on one
+# H200 with SmolLM2-135M (30 layers): compiled static cache ~3.7 s for 256 decode steps (the GRPO bench); the
+# dynamic cache, not compiled (what `auto` takes for a short run, warmup.decoding_cache), 7.5 s a 256-token step
+# (bench/results/evaluate-gpu-check-2026-12-02-h200-smollm2-grpo.json).
+GPU_DECODE_LAYER_S, GPU_EAGER_DECODE_LAYER_S, CPU_DECODE_LAYER_S = 3e-4, 9e-4, 1e-3
 PROMPT_TOKENS = 128  # a prompt's length when only its maximum is known
 CHARS_PER_TOKEN, CHAT_TOKENS = 3.5, 16  # English text through a BPE tokenizer; a chat template's own tokens
 STEP_OVERHEAD_S = {"cuda": 0.05, "cpu": 0.1}
@@ -86,7 +88,11 @@ def estimate(spec: JobSpec, use_lora: bool, gpu_names: list[str], cpu_count: int
         flops = per_token * tokens + 2 * weights * tokens
         if p.get("beta"):
             flops += 2 * weights * tokens  # the reference model's forward
-        decode = completion * shape.layers * (CPU_DECODE_LAYER_S if launch.device == "cpu" else GPU_DECODE_LAYER_S)
+        if launch.device == "cpu":
+            layer_s = CPU_DECODE_LAYER_S
+        else:
+            layer_s = GPU_DECODE_LAYER_S if decoding_compiled(spec, shape) else GPU_EAGER_DECODE_LAYER_S
+        decode = completion * shape.layers * layer_s
         what, bound = f"{batch} completions of up to {completion} tokens per process", "about"
     else:
         longest = p.get("max_length") or 1024
@@ -111,6 +117,21 @@ def estimate(spec: JobSpec, use_lora: bool, gpu_names: list[str], cpu_count: int
     said = "under 1 s" if seconds < 1 else f"{bound} {_human(seconds)}"
     return {"seconds": seconds, "text": f"{said} a step ({what}, on {device}; "
                                         "a rough estimate)"}
+
+
+def decoding_compiled(spec: JobSpec, shape: memory.Shape) -> bool:
+    """Whether the GRPO trainer will decode with its compiled static cache on a GPU (warmup.decoding_cache, as
+    trainers/grpo.py decides it), from the planned steps over the data's rows when they are known."""
+    p = spec.params
+    sixteen_bit = (p.get("model_dtype") or "auto") == "bfloat16" or (
+        (p.get("model_dtype") or "auto") == "auto" and spec.launch.mixed_precision == "bf16")
+    rows = spec.data.info.get("rows")
+    per_step = ((p.get("per_device_train_batch_size") or 1) * max(1, spec.launch.total_processes)
+                * (p.get("gradient_accumulation_steps") or 1))
+    steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"),
+                                 rows * (p.get("num_generations") or 1) if rows else 10**9, per_step)
+    pays = warmup.compile_decoding(shape.parameters(), steps, p.get("max_completion_length") or 0)
+    return warmup.decoding_cache(p.get("cache_implementation"), sixteen_bit, pays)[0] == "static"
 
 
 def _human(seconds: float) -> str:

@@ -60,3 +60,17 @@ def compile_training(parameters: int | None, steps: int) -> Choice:
 def compile_decoding(parameters: int | None, steps: int, completion_length: int) -> Choice:
     """GRPO's compiled static-cache decoding for `steps` generations of up to `completion_length` tokens."""
     return _decide(parameters, steps * completion_length, MIN_DECODE_TOKENS, "decoded tokens")
+
+
+def decoding_cache(setting: str | None, sixteen_bit_on_gpu: bool, pays: Choice | None) -> tuple[str, str]:
+    """GRPO's KV cache, ("static" or "dynamic", why), as the trainer takes it and the form's time estimate
+    assumes it: the form's setting, else (`auto`) static and compiled where the weights are 16-bit on a GPU (the
+    cache takes their dtype) and compiling pays back (`pays`: compile_decoding; None: not known, taken to pay)."""
+    cache = setting or "auto"
+    if cache != "auto":
+        return cache, f"{cache}, as set in the form"
+    if not sixteen_bit_on_gpu:
+        return "dynamic", "auto: the static cache needs 16-bit weights on a GPU"
+    if pays is not None and not pays:
+        return "dynamic", f"auto, decoding not compiled: {pays.why}"
+    return "static", f"auto, decoding compiled: {pays.why}" if pays is not None else "auto"

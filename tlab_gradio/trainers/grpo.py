@@ -179,15 +179,7 @@ def weights_and_cache(p: dict, precision: str, on_cpu: bool, pays: warmup.Choice
     dtype = p.get("model_dtype") or "auto"
     if dtype == "auto":
         dtype = "bfloat16" if precision == "bf16" and not on_cpu else "float32"
-    cache = p.get("cache_implementation") or "auto"
-    why = f"{cache}, as set in the form"
-    if cache == "auto":
-        if dtype != "bfloat16" or on_cpu:
-            cache, why = "dynamic", "auto: the static cache needs 16-bit weights on a GPU"
-        elif pays is not None and not pays:
-            cache, why = "dynamic", f"auto, decoding not compiled: {pays.why}"
-        else:
-            cache, why = "static", f"auto, decoding compiled: {pays.why}" if pays is not None else "auto"
+    cache, why = warmup.decoding_cache(p.get("cache_implementation"), dtype == "bfloat16" and not on_cpu, pays)
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype], (None if cache == "dynamic" else cache), why
 
 
