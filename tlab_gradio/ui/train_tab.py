@@ -145,7 +145,8 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
 
     # Handlers take the visitor first: gradio fills a gr.Request only before *args.
     def check_values(visit: gr.Request, *args):
-        """The check with the Plugin Config as the values state holds it (set with the plugin or the seed)."""
+        """The check with the Plugin Config as the values JSON holds it (set with the plugin or the seed, then
+        packed from the fields in the page)."""
         *static_values, vals, seq = args
         return verdict(static_values, vals, seq, visit)
 
@@ -231,7 +232,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
         for name, comp in config.items():
             comp.input(None, [values, comp], values, js=live.set_js([name]), show_progress="hidden", **PRIVATE)
 
-    refs.update(custom=fields["custom_rewards"], wire=wire, values=values)
+    refs.update(custom=fields["custom_rewards"], wire=wire)
     send_check(gr.on([plugin_dd.change, seed.change, demo.load], set_values, [plugin_dd, seed],
                      [values, fields["custom_rewards"]], **PRIVATE), check_values, static + [values])
     send_check(static_commits, check_values, static + [values])
