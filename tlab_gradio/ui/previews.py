@@ -71,8 +71,10 @@ def memory_md(est: dict[str, Any]) -> str:
     grads, acts = est["gradients_gb"], est["activations_gb"]
     larger, smaller = (("activations", acts), ("gradients", grads)) if acts >= grads else \
         (("gradients", grads), ("activations", acts))
-    parts = (f"weights {est['weights_gb']:.1f}, optimizer {est['optimizer_gb']:.1f}, {larger[0]} {larger[1]:.1f}, "
-             f"overhead {est['overhead_gb']:.1f}; {smaller[0]} {smaller[1]:.1f} reuse the {larger[0]}' room")
+    # Each part in MiB where under 1 GiB: the embedded model's showed "weights 0.0, optimizer 0.0".
+    parts = (f"weights {_size(est['weights_gb'])}, optimizer {_size(est['optimizer_gb'])}, {larger[0]} "
+             f"{_size(larger[1])}, overhead {_size(est['overhead_gb'])}; {smaller[0]} {_size(smaller[1])} reuse the "
+             f"{larger[0]}' room")
     text = timing + f"Estimated memory per device: **{est['total_gb']:.1f} GiB** ({parts})"
     if est["gpus"]:
         text += " · free: " + ", ".join(f"GPU {g['index']} {g['free_gb']:.1f} GiB" for g in est["gpus"])
