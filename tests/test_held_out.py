@@ -16,7 +16,8 @@ from tlab_gradio.service import Service
 
 SFT, GRPO = "llama_sft_multi_gpu", "grpo_multi_gpu"
 TIMEOUT = 420
-HELD_OUT = ["val_size", "eval_split", "eval_steps", "early_stopping_patience", "load_best_model_at_end"]
+HELD_OUT = ["val_size", "eval_split", "max_eval_samples", "eval_steps", "early_stopping_patience",
+            "load_best_model_at_end"]
 
 
 def request(plugin=SFT, dataset=None, model=None, **params):
@@ -58,8 +59,8 @@ def test_every_plugin_has_the_held_out_parameters_in_a_closed_group():
         group = next(g for g in form["parameter_groups"] if g["title"] == "Held-out evaluation")
         assert group["parameters"] == HELD_OUT and group["open"] is False, plugin
         defaults = {n: form["parameters"][n]["default"] for n in HELD_OUT}
-        assert defaults == {"val_size": 0, "eval_split": "", "eval_steps": 0, "early_stopping_patience": 0,
-                            "load_best_model_at_end": False}, plugin
+        assert defaults == {"val_size": 0, "eval_split": "", "max_eval_samples": 0, "eval_steps": 0,
+                            "early_stopping_patience": 0, "load_best_model_at_end": False}, plugin
         assert all(form["parameters"][n].get("help") for n in HELD_OUT), plugin
 
 
@@ -238,16 +239,18 @@ def test_a_dataset_with_only_a_test_split_trains_and_its_eval_loss_is_charted(ho
 def test_grpo_evaluates_the_datasets_test_split_and_charts_the_held_out_reward(home, tmp_path):
     svc = Service()
     folder = tmp_path / "qa"
-    rows = sample_rows("grpo_arithmetic", 12)
+    rows = sample_rows("grpo_arithmetic", 14)
     write_jsonl(folder / "train.jsonl", rows[:8])
     write_jsonl(folder / "test.jsonl", rows[8:])
-    job = svc.start_job(request(GRPO, dataset=folder, eval_split="test", eval_steps=1, max_steps=2, logging_steps=1,
-                                per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=4,
-                                max_completion_length=8, report_to="none"))
+    # GRPO generates for every evaluated row at every evaluation: a large split is capped (max_eval_samples)
+    job = svc.start_job(request(GRPO, dataset=folder, eval_split="test", max_eval_samples=4, eval_steps=1, max_steps=2,
+                                logging_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                                num_generations=4, max_completion_length=8, report_to="none"))
     done = svc.jobs.wait(job["id"], TIMEOUT)
     log = "\n".join(svc.job_log(done.id, 200))
     assert done.state == "COMPLETE", log
-    assert "[tlab] evaluating on the dataset's 'test' split: 4 rows" in log
+    assert "[tlab] evaluating on the dataset's 'test' split: 6 rows" in log
+    assert "[tlab] evaluating 4 of those 6 rows (max_eval_samples 4, seed 42)" in log
     evals = [r for r in metrics(done) if "eval_reward" in r]
     assert [r["step"] for r in evals] == [1, 2]
     assert all(f"eval_rewards/{name}/mean" in r for r in evals for name in ("correctness", "tag_count"))

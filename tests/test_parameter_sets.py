@@ -228,7 +228,7 @@ NEW_HELP["grpo_multi_gpu"] |= {"model_dtype"}  # help no longer cites a bench re
 NEW_HELP["llama_sft_multi_gpu"] = NEW_HELP["llama_sft_multi_gpu"] | {"torch_compile"}
 NEW_HELP["grpo_multi_gpu"] |= {"cache_implementation"}
 # and every plugin got the held-out evaluation (issue 19 item 3): the shared set `held_out`, its form group
-HELD_OUT, HELD_OUT_GROUP = {"val_size", "eval_split", "eval_steps", "early_stopping_patience",
+HELD_OUT, HELD_OUT_GROUP = {"val_size", "eval_split", "max_eval_samples", "eval_steps", "early_stopping_patience",
                             "load_best_model_at_end"}, "Held-out evaluation"
 
 

@@ -321,7 +321,8 @@ def evaluate(job_dir: Path, checkpoint: str | None = None, dataset: str | None =
         metrics, examples = evaluate_sft(job_dir, spec, p, loaded, rows, args)
     if picked is None:
         split = {"kind": "held_out", "val_size": p.get("val_size") or 0, "eval_split": p.get("eval_split") or "",
-                 "seed": p.get("seed") or 0, "dataset": spec.data.dataset}
+                 "max_eval_samples": p.get("max_eval_samples") or 0, "seed": p.get("seed") or 0,
+                 "dataset": spec.data.dataset}
         label = "held-out"
     else:
         split = {"kind": "dataset", "dataset": picked.as_dict()}

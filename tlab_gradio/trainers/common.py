@@ -342,7 +342,8 @@ def eval_split_name(p: dict) -> str | None:
 def held_out(train, evaluate, p: dict, is_main: bool):
     """(train rows, eval rows or None): with `val_size`, that many of the formatted rows (a fraction below 1, else a
     count) set aside at random with the job's seed, so every rank and every rerun holds out the same rows; else the
-    named split's rows (`evaluate`, formatted the same way), or no evaluation."""
+    named split's rows (`evaluate`, formatted the same way), or no evaluation. At most `max_eval_samples` of them
+    are evaluated, taken with the same seed."""
     size = p.get("val_size") or 0
     if size > 0:
         total = len(train)
@@ -354,6 +355,13 @@ def held_out(train, evaluate, p: dict, is_main: bool):
                   f"{p.get('seed') or 0}); training on {len(train)}", flush=True)
     elif evaluate is not None and is_main:
         print(f"[tlab] evaluating on the dataset's {eval_split_name(p)!r} split: {len(evaluate)} rows", flush=True)
+    cap = p.get("max_eval_samples") or 0
+    if evaluate is not None and 0 < cap < len(evaluate):  # GRPO generates for each at every evaluation
+        total = len(evaluate)
+        evaluate = evaluate.shuffle(seed=p.get("seed") or 0).select(range(cap))
+        if is_main:
+            print(f"[tlab] evaluating {cap} of those {total} rows (max_eval_samples {cap}, seed {p.get('seed') or 0})",
+                  flush=True)
     return train, evaluate
 
 
