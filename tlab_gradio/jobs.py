@@ -217,10 +217,10 @@ class JobManager:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
-        if "owner" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # a store made before
-            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # its jobs keep owner NULL: nobody's
-        if "slurm_id" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN slurm_id TEXT")
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in ("owner", "slurm_id"):  # a store made before them: its jobs keep NULL (owner: nobody's)
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         # The tag every process of a job carries: unique to this workspace on this machine, the same after a restart
         self._workspace = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
         self._procs: dict[int, Any] = {}
@@ -327,7 +327,7 @@ class JobManager:
             ).fetchall()
             jobs = [Job.from_row(r) for r in rows]
             taken = {g for j in jobs if j.state in ACTIVE for g in j.gpus}
-            taken |= {g for held in self._held.values() for g in held}  # the chat worker's GPU
+            taken |= self.held_gpus()  # the chat worker's GPU
             for job in [j for j in jobs if j.on_slurm]:  # Slurm queues them: handed over at once, never counted here
                 if job.state == QUEUED and not job.slurm_id:
                     self._submit(job)
@@ -519,12 +519,10 @@ class JobManager:
         """Jobs an earlier app left RUNNING or STOPPING. One whose launcher lives is watched again (its time
         limit counted from its start); one that ended meanwhile gets its true state from its files (COMPLETE if
         it wrote its result, else FAILED with the reason its log gives), once any rank it left is ended."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?)", ACTIVE).fetchall()
-        with self._lock:
-            queued = self._db.execute("SELECT * FROM jobs WHERE state = ? AND slurm_id IS NOT NULL",
-                                      (QUEUED,)).fetchall()
-        for job in (Job.from_row(r) for r in [*rows, *queued]):
+        with self._lock:  # and Slurm jobs still queued there
+            rows = self._db.execute("SELECT * FROM jobs WHERE state IN (?, ?) OR (state = ? AND slurm_id IS NOT NULL)",
+                                    (*ACTIVE, QUEUED)).fetchall()
+        for job in (Job.from_row(r) for r in rows):
             if job.on_slurm:
                 if job.slurm_id:  # Slurm still has it (or knows how it ended): watched again
                     self._watch_slurm_thread(job.id)

@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launcher, logs, manifests, monitor,
-               plugin_catalog, reward_files, settings, slurm, uploads)
+from . import (data, estimates, gpus, inputs, installer, job_request, jobfiles, launch_settings, launcher, logs,
+               manifests, monitor, plugin_catalog, reward_files, settings, slurm, uploads)
 from .job_spec import JobSpec
 from .jobfiles import CHECKPOINTS, last_checkpoint, read_json
 from .jobs import ACTIVE, FINISHED, Job, JobError, JobManager  # the job states, for the page too
@@ -121,7 +121,7 @@ class Service:
         this process."""
         self.monitor.start()
         running = [r for r in self.job_rows(owner=owner)  # a Slurm job's processes are on the cluster's nodes
-                   if r["state"] in ACTIVE and r["runs_on"] == "this machine"]
+                   if r["state"] in ACTIVE and r["runs_on"] == launch_settings.THIS_MACHINE]
         return {"samples": self.monitor.samples(), "interval_s": self.monitor.interval,
                 "window_s": self.monitor.window,
                 "jobs": [{"id": r["id"], "name": r["name"], "state": r["state"], "device": r["device"],
@@ -408,7 +408,8 @@ class Service:
                "reason": self._reason(job),
                "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
                "step": None, "total_steps": None,
-               "runs_on": "slurm" if job.on_slurm else "this machine", "slurm_job_id": job.slurm_id}
+               "runs_on": launch_settings.SLURM if job.on_slurm else launch_settings.THIS_MACHINE,
+               "slurm_job_id": job.slurm_id}
         if job.started and job.state != "COMPLETE":  # where it got to: a stopped or failed job's too
             progress = read_json(job.job_dir / jobfiles.PROGRESS) or {}
             row["step"], row["total_steps"] = progress.get("step"), progress.get("max_steps")

@@ -125,12 +125,7 @@ def decoding_compiled(spec: JobSpec, shape: memory.Shape) -> bool:
     p = spec.params
     sixteen_bit = (p.get("model_dtype") or "auto") == "bfloat16" or (
         (p.get("model_dtype") or "auto") == "auto" and spec.launch.mixed_precision == "bf16")
-    rows = spec.data.info.get("rows")
-    per_step = ((p.get("per_device_train_batch_size") or 1) * max(1, spec.launch.total_processes)
-                * (p.get("gradient_accumulation_steps") or 1))
-    steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"),
-                                 rows * (p.get("num_generations") or 1) if rows else 10**9, per_step)
-    pays = warmup.compile_decoding(shape.parameters(), steps, p.get("max_completion_length") or 0)
+    pays = warmup.grpo_decoding(shape.parameters(), p, spec.data.info.get("rows"), spec.launch.total_processes)
     return warmup.decoding_cache(p.get("cache_implementation"), sixteen_bit, pays)[0] == "static"
 
 

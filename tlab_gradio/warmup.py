@@ -62,6 +62,16 @@ def compile_decoding(parameters: int | None, steps: int, completion_length: int)
     return _decide(parameters, steps * completion_length, MIN_DECODE_TOKENS, "decoded tokens")
 
 
+def grpo_decoding(parameters: int | None, p: dict, prompts: int | None, processes: int) -> Choice:
+    """compile_decoding for a GRPO run with the form's parameters `p`: its planned steps over `prompts` prompts
+    (None: not known, taken as many) with Completions per Prompt each, on `processes` processes."""
+    per_step = ((p.get("per_device_train_batch_size") or 1) * max(1, processes)
+                * (p.get("gradient_accumulation_steps") or 1))
+    samples = prompts * (p.get("num_generations") or 1) if prompts else 10**9
+    steps = planned_steps(p.get("max_steps"), p.get("num_train_epochs"), samples, per_step)
+    return compile_decoding(parameters, steps, p.get("max_completion_length") or 0)
+
+
 def decoding_cache(setting: str | None, sixteen_bit_on_gpu: bool, pays: Choice | None) -> tuple[str, str]:
     """GRPO's KV cache, ("static" or "dynamic", why), as the trainer takes it and the form's time estimate
     assumes it: the form's setting, else (`auto`) static and compiled where the weights are 16-bit on a GPU (the

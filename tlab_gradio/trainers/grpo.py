@@ -183,21 +183,16 @@ def weights_and_cache(p: dict, precision: str, on_cpu: bool, pays: warmup.Choice
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype], (None if cache == "dynamic" else cache), why
 
 
-def decoding_pays(model_path: str, p: dict, prompts: int, processes: int) -> warmup.Choice:
-    """warmup.compile_decoding for this run: the model's parameters (from its config; unknown if the config has
-    no layer shape) and the tokens each sequence will decode over the planned steps."""
-    from transformers import AutoConfig
-
+def decoding_pays(config, p: dict, prompts: int, processes: int) -> warmup.Choice:
+    """warmup.grpo_decoding for this run: the model's parameters (from its config, a transformers config; unknown if
+    it has no layer shape) and the tokens each sequence will decode over the planned steps."""
     from tlab_gradio import memory
 
     try:
-        parameters = memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict()).parameters()
+        parameters = memory.Shape.from_config(config.to_dict()).parameters()
     except ValueError:
         parameters = None
-    per_step = p["per_device_train_batch_size"] * processes * p["gradient_accumulation_steps"]
-    steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"), prompts * p["num_generations"],
-                                 per_step)
-    return warmup.compile_decoding(parameters, steps, p["max_completion_length"])
+    return warmup.grpo_decoding(parameters, p, prompts, processes)
 
 
 def generation_batch(p: dict) -> int | None:
@@ -315,14 +310,17 @@ def main() -> None:
     tokenizer, dataset, eval_dataset = load_prompts(spec, p, markers, state)
     evaluated = eval_dataset is not None
     reward_funcs, names, weights, method = reward_setup(job_dir, p, markers)
-    pays = None if on_cpu else decoding_pays(spec.model.path, p, len(dataset), state.num_processes)
+    config = None
+    if not on_cpu:  # read once: the model's size (compiled decoding) and vocabulary (the eval batch)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec.model.path)
+    pays = None if on_cpu else decoding_pays(config, p, len(dataset), state.num_processes)
     dtype, cache, why = weights_and_cache(p, spec.launch.mixed_precision, on_cpu, pays)
     per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
     rows = None
     if evaluated and not on_cpu:  # the same on every rank: the smallest free memory of all
-        from transformers import AutoConfig
-
-        vocab = AutoConfig.from_pretrained(spec.model.path).get_text_config().vocab_size
+        vocab = config.get_text_config().vocab_size
         rows = eval_rows(p, state.num_processes, vocab, int(common.gpu_memory_budget(None, state) * 2**30))
     if state.is_main_process:
         engine = ("vLLM (colocate)" if p.get("use_vllm") else

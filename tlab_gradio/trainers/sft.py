@@ -150,11 +150,10 @@ def model_shape(model_path: str):
     return memory.Shape.from_config(AutoConfig.from_pretrained(model_path).to_dict())
 
 
-def memory_plan(model_path: str, spec, p: dict, state):
-    """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's own config)."""
+def memory_plan(shape, spec, p: dict, state):
+    """Checkpointing and micro-batches that fit this GPU (memory.plan on the model's shape, from its config)."""
     from tlab_gradio import memory
 
-    shape = model_shape(model_path)
     checkpointing = switch(p, "gradient_checkpointing")
     kwargs = memory.job_kwargs(p, spec.launch, trains_lora(p))
     return memory.plan(
@@ -280,11 +279,12 @@ def main() -> None:
     common.use_chat_template(tokenizer, p, state.is_main_process)
     per_step = p["per_device_train_batch_size"] * state.num_processes * p["gradient_accumulation_steps"]
     steps = warmup.planned_steps(p.get("max_steps"), p.get("num_train_epochs"), len(train_dataset), per_step)
-    pays = warmup.compile_training(model_shape(spec.model.path).parameters(), steps)
+    shape = model_shape(spec.model.path)  # read once: whether compiling pays, and the memory plan
+    pays = warmup.compile_training(shape.parameters(), steps)
     compiled = use_compile(p, on_cpu, spec.launch.distributed.strategy, pays)
     # flex attention compiles its kernel: worth it where compiling pays back, or where the form asked for compile
     loading = model_kwargs(p, spec.launch.mixed_precision, on_cpu, state, pays.on or compiled.on)
-    plan = memory_plan(spec.model.path, spec, p, state)
+    plan = memory_plan(shape, spec, p, state)
     use_liger = liger(p, on_cpu, tight=plan.checkpointing or plan.accumulation > 1, compiled=compiled.on)
     if state.is_main_process:
         packing = "on" if p.get("packing") else "off, padding-free" if p.get("padding_free") else "off"
