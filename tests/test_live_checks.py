@@ -84,6 +84,11 @@ def test_start_takes_the_request_of_the_latest_check_only():
     checked.keep(Page, 4, None, ["dataset: upload a file"])  # the form made no request: its problems
     with pytest.raises(RequestError, match="upload a file"):
         checked.request(Page, "4")
+    # Checks run on several threads: change 6's check answering before change 5's leaves change 6 kept (CI saw Start
+    # refused once, the older check having finished last).
+    checked.keep(Page, "6", {"plugin": SFT, "params": {"learning_rate": 0.006}}, None)
+    checked.keep(Page, "5", {"plugin": SFT, "params": {"learning_rate": 0.005}}, None)
+    assert checked.request(Page, "6")["params"] == {"learning_rate": 0.006}
 
     class Other:
         session_hash, username = "page-2", None

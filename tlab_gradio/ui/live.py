@@ -209,6 +209,14 @@ def field_problems(problems: list[str], names: list[str], source: str | None) ->
     return out
 
 
+def _number(seq: Any) -> int:
+    """A page's change number (they count up from 1 per page); anything else as 0."""
+    try:
+        return int(str(seq or "0"))
+    except ValueError:
+        return 0
+
+
 class Checked:
     """Each page's last checked request, by the change number it answers (a page is a gradio session): Start and
     Save preset take it, so what starts is what the shown verdict describes."""
@@ -223,7 +231,12 @@ class Checked:
         return str(getattr(visit, "session_hash", None) or getattr(visit, "username", None) or "")
 
     def keep(self, visit: Any, seq: Any, request: dict[str, Any] | None, problems: list[str] | None) -> None:
+        """Keep the check of change `seq`, unless a newer change's check is already kept: checks run on several
+        threads, and an older one finishing last would leave Start refused for the change the page shows."""
         with self._lock:
+            kept = self._last.get(self._page(visit))
+            if kept is not None and _number(kept[0]) > _number(seq):
+                return
             self._last[self._page(visit)] = (str(seq or ""), request, problems)
             self._last.move_to_end(self._page(visit))
             while len(self._last) > self._pages:
