@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -286,6 +287,53 @@ def test_a_job_stopped_on_slurm_ends_stopped_with_no_process_left(slurm_env, tmp
     out = subprocess.run(["sacct", "-c", "-n", "-X", "-P", "-j", running.slurm_id, "-o", "State"],
                          capture_output=True, text=True)
     assert out.stdout.split()[0].startswith("CANCELLED"), out.stdout
+
+
+def test_many_watchers_share_one_squeue_a_second(cluster, tmp_path, monkeypatch):
+    """Every Slurm job has a watcher thread asking for its state each second; squeue is run once for all of them
+    (Slurm's manual: squeue in a loop loads slurmctld). Three real jobs, asked about by 12 threads for 3 s: their
+    states right, at most about one squeue a second, each naming every watched job; and sacct's end states after
+    a scancel."""
+    from tlab_gradio import slurm
+
+    queue = slurm.Queue(every=1.0)
+    monkeypatch.setattr(slurm, "QUEUE", queue)
+    calls, real_run = [], slurm._run
+    monkeypatch.setattr(slurm, "_run", lambda argv, env=None: calls.append(argv) or real_run(argv, env))
+    ids = [subprocess.run(["sbatch", "--parsable", "--chdir", str(tmp_path), "--wrap", "sleep 120", *extra],
+                          capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+           for extra in ([], [], ["--begin", "now+1hour"])]  # two run, the third waits for its start time
+    asked, seen = [0], {}
+
+    def watch(job_id):
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            seen[job_id] = slurm.state(job_id)
+            asked[0] += 1
+            time.sleep(0.02)
+
+    deadline = time.monotonic() + 30  # both sleeps started
+    while [slurm.state(i).ours if slurm.state(i) else None for i in ids[:2]] != ["RUNNING"] * 2:
+        assert time.monotonic() < deadline, [slurm.state(i) for i in ids]
+        time.sleep(0.3)
+    calls.clear()
+    threads = [threading.Thread(target=watch, args=(ids[i % 3],)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    squeues = [c for c in calls if c[0] == "squeue"]
+    assert asked[0] > 300 and 2 <= len(squeues) <= 5, (asked[0], len(squeues))
+    assert all(set(c[c.index("-j") + 1].split(",")) == set(ids) for c in squeues), squeues
+    assert not [c for c in calls if c[0] == "sacct"]  # all three listed by squeue
+    assert [seen[i].ours for i in ids] == ["RUNNING", "RUNNING", "QUEUED"], seen
+    assert seen[ids[2]].reason == "BeginTime", seen[ids[2]]
+    subprocess.run(["scancel", *ids], check=True)
+    deadline = time.monotonic() + 30
+    while any((s := slurm.state(i)) is None or not s.finished for i in ids):
+        assert time.monotonic() < deadline, [slurm.state(i) for i in ids]
+        time.sleep(0.5)
+    assert [slurm.state(i).ours for i in ids] == ["STOPPED"] * 3
 
 
 def test_a_failing_trainer_on_slurm_ends_failed_with_its_error(slurm_env, tiny_model_dir, tmp_path):

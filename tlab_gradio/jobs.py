@@ -613,7 +613,8 @@ class JobManager:
         threading.Thread(target=self._watch_slurm, args=(job_id,), daemon=True, name=f"slurm-job-{job_id}").start()
 
     def _watch_slurm(self, job_id: int) -> None:
-        """One per Slurm job, until its end is recorded: Slurm's state read every POLL*2 s and kept in the store
+        """One per Slurm job, until its end is recorded: Slurm's state read every POLL*2 s (one squeue for every
+        watched job, slurm.QUEUE) and kept in the store
         (PENDING: QUEUED with Slurm's reason; RUNNING; the end state with its exit code). The server's time limit
         and the progress watchdog hold as for a local job (a stop is scancel)."""
         from . import slurm

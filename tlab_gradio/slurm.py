@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,12 +195,56 @@ class State:
         return self.ours in ("COMPLETE", "FAILED", "STOPPED")
 
 
+class Queue:
+    """What `squeue` says of the jobs this app watches, read in one call for all of them at most once every
+    `every` seconds, whoever asks: the app watches each Slurm job in a thread of its own, and Slurm's manual warns
+    that squeue run in a loop loads slurmctld (100 queued jobs were 100 calls a second). A job is asked about
+    again at once when the last read did not name it (just submitted); one nobody asked about for `keep` seconds
+    is no longer named (its watcher ended)."""
+
+    def __init__(self, every: float = 1.0, keep: float = 30.0):
+        self.every, self.keep = every, keep
+        self._asked: dict[str, float] = {}  # job id -> when last asked about
+        self._rows: dict[str, list[str]] = {}  # job id -> [state, reason, nodes] as the last read said
+        self._named: set[str] = set()  # the ids the last read named
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def row(self, job_id: str) -> list[str] | None:
+        """[state, reason, nodes] while Slurm lists the job, else None (ended, or unknown to it)."""
+        job_id = str(job_id)
+        with self._lock:
+            now = time.monotonic()
+            self._asked[job_id] = now
+            if job_id not in self._named or now - self._read_at >= self.every:
+                self._read(now)
+            return self._rows.get(job_id)
+
+    def _read(self, now: float) -> None:
+        for job_id, asked in list(self._asked.items()):
+            if now - asked > self.keep:
+                del self._asked[job_id]
+        named = sorted(self._asked, key=lambda j: (len(j), j))
+        # One id Slurm no longer knows is left out of a list's answer; only when it knows none is the exit 1
+        # ("Invalid job id specified"), which means the same here: none of them is listed.
+        out = _run(["squeue", "-h", "-j", ",".join(named), "-o", "%i|%T|%r|%N"])
+        rows = {}
+        for line in out.stdout.splitlines() if out.returncode == 0 else []:
+            job_id, _, rest = line.strip().partition("|")
+            if job_id and job_id not in rows:
+                rows[job_id] = (rest.split("|") + ["", ""])[:3]
+        self._rows, self._named, self._read_at = rows, set(named), now
+
+
+QUEUE = Queue()
+
+
 def state(job_id: str) -> State | None:
-    """The job's state now: squeue while Slurm holds it, then sacct (with slurmdbd, else the completion file,
-    `sacct -c`). None when neither knows it (yet)."""
-    out = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r|%N"])
-    if out.returncode == 0 and out.stdout.strip():
-        word, reason, nodes = (out.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
+    """The job's state now: squeue while Slurm holds it (read with the other watched jobs', `QUEUE`), then sacct
+    (with slurmdbd, else the completion file, `sacct -c`). None when neither knows it (yet)."""
+    row = QUEUE.row(job_id)
+    if row:
+        word, reason, nodes = row
         if word in PENDING:
             return State(word, "QUEUED", "" if reason in ("None", "") else reason, None, nodes)
         if word in RUNNING:
