@@ -79,6 +79,21 @@ def test_the_chart_draws_every_point_it_is_given_with_round_ticks():
 
 
 
+def test_a_sweep_of_sixteen_jobs_draws_sixteen_colours():
+    """A sweep may queue 16 jobs; compared in one chart, each line has a colour of its own (8 colours repeated
+    drew job 9 as job 1), the legend's swatch the same as its line."""
+    import re
+
+    from tlab_gradio.ui import chart
+
+    lines = [chart.Line(f"job {i}", [(1, i), (2, i + 0.5)]) for i in range(16)]
+    drawn = chart.render(lines, "loss")
+    strokes = re.findall(r'<polyline points="[^"]*" fill="none" stroke="([^"]+)"', drawn)
+    swatches = re.findall(r'border-top:3px solid ([^;]+);', drawn)
+    assert len(strokes) == 16 and len(set(strokes)) == 16, strokes
+    assert swatches == strokes
+
+
 def test_the_held_out_curves_are_drawn_beside_the_training_ones():
     """A job with a held-out split logs eval_loss (GRPO: eval_reward) at each evaluation, in records of their own:
     the default chart draws them with loss and reward, each in its own colour, dashed, with a ring per evaluation

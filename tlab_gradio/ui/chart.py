@@ -15,9 +15,19 @@ from dataclasses import dataclass
 
 WIDTH, HEIGHT = 560, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 14, 12, 34  # room for the y labels, the x labels and the axis title
-COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f")
+# 16, a sweep's most jobs: the first 8 strong hues, then 8 told apart from them by hue or lightness
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f",
+          "#0f766e", "#a16207", "#3730a3", "#ec4899", "#78716c", "#78350f", "#38bdf8", "#84cc16")
 DOTS_UP_TO = 400  # a line with more raw points draws them as its thin line only (the dots would be a smear)
 MAX_SMOOTHING = 0.99
+
+
+def line_color(i: int) -> str:
+    """Line i's colour: the palette (a 16-job sweep's lines were drawn in 8 colours, job 9 as job 1), then hues
+    a golden angle apart (a sweep compared with its held-out curves has more lines)."""
+    if i < len(COLORS):
+        return COLORS[i]
+    return f"hsl({((i - len(COLORS)) * 137.508 + 15) % 360:.0f} 70% 42%)"
 
 
 @dataclass
@@ -131,7 +141,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
     for i, ln in enumerate(lines):
         if not ln.points:
             continue
-        color = COLORS[i % len(COLORS)]
+        color = line_color(i)
         coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in ln.points)
         raw_opacity = 0.35 if smoothing else 0.9
         dash = ' stroke-dasharray="5 3"' if ln.dashed else ""
@@ -157,7 +167,7 @@ def render(lines: list[Line], title: str, smoothing: float = 0.0, empty: str = "
     legend = "".join(
         f'<span class="tl-legend-item" style="display:inline-flex;align-items:center;gap:4px;margin:0 8px">'
         f'<span style="width:14px;height:0;border-top:3px {"dashed" if ln.dashed else "solid"} '
-        f'{COLORS[i % len(COLORS)]};display:inline-block"></span>'
+        f'{line_color(i)};display:inline-block"></span>'
         f'{html.escape(ln.name)}</span>' for i, ln in enumerate(lines) if ln.points)
     return (f'<div class="tl-chart {css_class}">{head}{"".join(parts)}'
             f'<div class="tl-chart-legend" style="text-align:center;font-size:12px;margin-top:2px">{legend}</div>'
