@@ -132,6 +132,12 @@ def test_train_a_job_from_the_page(page):
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"log\s*\.txt"))  # the whole log, not its tail
     expect(page.locator("#job-files")).to_contain_text(re.compile(r"metrics\s*\.jsonl"))
     expect(page.locator("#job-files .label-clear-button:visible")).to_have_count(0)  # its "×" hid a file, deleted none
+    # The command's box is as tall as its text: drawn while its box was hidden and narrow, it kept that height
+    # (~800 px of blank box under a two-line command).
+    expect(page.locator("#job-command")).to_contain_text("--job-dir")
+    heights = page.evaluate("() => ['.cm-content', '.cm-scroller'].map(s => "
+                            "document.querySelector('#job-command ' + s).getBoundingClientRect().height)")
+    assert heights[1] <= heights[0] + 20, heights
     # Every step is on the chart once the job is COMPLETE (the automatic logging interval logs each step of a
     # short run; the chart used to draw one point behind the page's data), and smoothing draws over the raw points.
     loss_line = page.locator('#job-chart g.tl-series[data-series="loss"]')

@@ -37,6 +37,10 @@ CSS = """
 #command-preview .cm-content, #command-preview .cm-line, #job-command .cm-content, #job-command .cm-line
   {white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: normal}
 #command-preview .cm-content, #job-command .cm-content {flex-shrink: 1 !important; min-width: 0 !important}
+/* A command is one line: no line numbers. Its box was sized from that line's height as measured while the
+   box was still hidden and narrow (gradio's min-height, CodeMirror's gutter): ~800 px of blank box under it */
+#command-preview .cm-gutters, #job-command .cm-gutters {display: none !important}
+#command-preview .cm-scroller, #job-command .cm-scroller {min-height: 0 !important}
 /* The plugin's whole name shows in its dropdown */
 #plugin {flex-grow: 3 !important; min-width: min(540px, 100%) !important}
 #plugin input {text-overflow: ellipsis}
