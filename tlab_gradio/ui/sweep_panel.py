@@ -25,6 +25,7 @@ HELP = ("Each combination of the values becomes a job with the form's other sett
         "them by held-out loss (GRPO: reward); without it they are ranked by the final training loss.")
 PLACEHOLDER = "learning_rate=1e-4,2e-4,5e-4; lora_r=8,16"
 EMPTY = "No points yet: each job's curve comes with its first logged step."
+NONE_PICKED = "No sweep picked: start one above, or pick one."
 HIDDEN_METRICS = {"step", "epoch", "time", "world_size", "total_flos"}
 
 
@@ -41,11 +42,12 @@ class Parts:
     plot: gr.HTML
     view: gr.State
     timer: gr.Timer
+    box: gr.Accordion
 
 
 def build(svc: Service, hosted: bool) -> Parts:
     """The section's layout, where it is called (wire() adds its listeners)."""
-    with gr.Accordion("Sweeps: several values of one or two parameters", open=False, elem_id="sweep-panel"):
+    with gr.Accordion("Sweeps: several values of one or two parameters", open=False, elem_id="sweep-panel") as box:
         gr.Markdown(HELP, elem_classes="tl-muted")
         with gr.Row(equal_height=True):
             axes = gr.Textbox(label="Parameters and their values", placeholder=PLACEHOLDER, lines=1, max_lines=1,
@@ -65,10 +67,10 @@ def build(svc: Service, hosted: bool) -> Parts:
             with gr.Column(scale=2):
                 metric = gr.Dropdown(choices=[], value=None, label="Chart", interactive=True, elem_id="sweep-metric",
                                      info="every job's curve of one metric")
-                plot = gr.HTML(chart.render([], "Sweep", empty=EMPTY), elem_id="sweep-chart")
+                plot = gr.HTML(chart.render([], "Sweep", empty=NONE_PICKED), elem_id="sweep-chart")
     view = gr.State({"sweep": None, "jobs": {}, "best": None})
     timer = gr.Timer(2.0, active=False)
-    return Parts(axes, start_btn, message, pick, stop_btn, summary, table, metric, plot, view, timer)
+    return Parts(axes, start_btn, message, pick, stop_btn, summary, table, metric, plot, view, timer, box)
 
 
 def sweep_choices(svc: Service, owner: str | None) -> list[tuple[str, int]]:
@@ -209,3 +211,13 @@ def wire(svc: Service, parts: Parts, demo: gr.Blocks, last_checked: live.Checked
         return gr.update(choices=sweep_choices(svc, visitor(visit)))
 
     demo.load(sweeps_of, None, parts.pick, **PRIVATE)
+
+    def newest(sweep_id, visit: gr.Request):
+        """Opening the section shows the newest sweep when none is picked (not at page load: a running sweep's
+        2 s refresh would run for every page, the section open or not)."""
+        if sweep_id is not None:
+            return gr.skip()
+        choices = sweep_choices(svc, visitor(visit))
+        return gr.update(choices=choices, value=choices[0][1]) if choices else gr.skip()
+
+    parts.box.expand(newest, parts.pick, parts.pick, show_progress="hidden", **PRIVATE)
