@@ -156,6 +156,7 @@ def test_refusals_name_the_problem(trained, tmp_path):
     with pytest.raises(RequestError) as exc:
         svc.evaluate_job(trained["waiting"], owner=OWNER)
     assert f"job {trained['waiting']} has no held-out split: give a dataset or train with val_size" in exc.value.problems
+    assert svc.has_held_out(trained["sft"]) and not svc.has_held_out(trained["waiting"])  # the page's label
     assert any("no model to evaluate" in p for p in exc.value.problems)
     cases = [({"checkpoint": "checkpoint-99"}, "has no checkpoint 'checkpoint-99'; it has: final, checkpoint-1"),
              ({"dataset": str(tmp_path / "missing.jsonl")}, "file not found"),
@@ -194,3 +195,32 @@ def test_the_api_evaluates_and_lists_side_by_side_without_torch_in_the_web_proce
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_page_evaluates_a_job_and_keeps_a_refusal_under_the_button(trained, sft_first, tmp_path, chromium):
+    """A person's path: the SFT job picked in the jobs table, Evaluate opened, its held-out rows scored (the note
+    names the metrics, the examples table fills, the earlier evaluation is listed); then a dataset that does not
+    exist: the refusal names it under the button and stays there (it was a toast alone, gone in seconds)."""
+    import re
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    from test_browser import opened_page
+
+    expect = playwright.expect
+    with opened_page(trained["env"], tmp_path, chromium) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#jobs-table").get_by_text("sft held out").locator("visible=true").first.click()
+        expect(page.locator("#job-header")).to_contain_text("COMPLETE")
+        page.locator("#job-evaluate").get_by_text("Evaluate the model").click()
+        expect(page.locator("#evaluate-dataset")).to_contain_text("empty: the job's held-out rows")
+        expect(page.locator("#evaluate-history")).to_contain_text(sft_first["name"])
+        page.locator("#evaluate-job").click()
+        note = page.locator("#evaluate-note")
+        expect(note).to_contain_text(re.compile(r"final on .*8 rows.*eval loss", re.S), timeout=180_000)
+        expect(page.locator("#evaluate-examples")).to_contain_text("reference")
+        page.locator("#evaluate-dataset textarea, #evaluate-dataset input").first.fill(str(tmp_path / "none.jsonl"))
+        page.locator("#evaluate-job").click()
+        expect(note).to_contain_text("Not evaluated")
+        expect(note).to_contain_text("file not found")
+        page.wait_for_timeout(6_000)  # longer than a toast stays
+        expect(note).to_contain_text("file not found")

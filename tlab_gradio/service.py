@@ -520,6 +520,13 @@ class Service:
         return {"job_id": job.id, "checkpoint": out["checkpoint"], **pushed}
 
     # --- evaluate: a job's model scored on its held-out rows or a dataset (evaluate.py, evaluate_model.py) -------
+    def has_held_out(self, job_id: int, owner: str | None = None) -> bool:
+        """Whether a job kept held-out rows (val_size or an evaluation split): what Evaluate scores when it is
+        given no dataset."""
+        from . import evaluate
+
+        return evaluate.has_held_out(self._get(job_id, owner).spec.params)
+
     def evaluate_job(self, job_id: int, checkpoint: str | None = None, dataset: Any = None, limit: Any = None,
                      device: str | None = "auto", owner: str | None = None) -> dict[str, Any]:
         """Score a finished job's model (final or `checkpoint`) on its held-out rows, or every row of `dataset`

@@ -8,10 +8,12 @@ from typing import Any
 
 import gradio as gr
 
-from ..service import Service
-from .common import PRIVATE, checked, visitor
+from ..jobs import JobError
+from ..service import RequestError, Service
+from .common import PRIVATE, checked, problems_md, visitor
 
 FINAL_LABEL = "final model"
+HELD_OUT_LABEL, NO_HELD_OUT_LABEL = "Dataset (empty: the job's held-out rows)", "Dataset (this job kept no held-out rows)"
 EXAMPLE_COLUMNS = ["prompt", "reference", "answer", "score"]
 METRIC_NAMES = {"eval_loss": "eval loss", "perplexity": "perplexity", "exact_match": "exact match",
                 "accuracy": "accuracy", "eval_reward": "reward (weighted)"}
@@ -59,7 +61,7 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         with gr.Row():
             source = gr.Dropdown(choices=[], label="Model", interactive=True, elem_id="evaluate-source",
                                  info="the model saved at the end, or one of the checkpoints")
-            dataset = gr.Textbox(label="Dataset (empty: the job's held-out rows)", elem_id="evaluate-dataset",
+            dataset = gr.Textbox(label=HELD_OUT_LABEL, elem_id="evaluate-dataset",
                                  placeholder="a sample name, a Hub id" + ("" if hosted else " or a file path"),
                                  info="scored through the job's own templates")
             limit = gr.Number(value=0, precision=0, minimum=0, label="Rows (0: all)", elem_id="evaluate-limit",
@@ -85,11 +87,15 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         rows = svc.compare_evaluations(jobs_of(job_id, compared), owner)
         return gr.update(value=history_table(rows), visible=bool(rows))
 
-    @checked
     def do_evaluate(job_id, choice, data_text, rows, compared, request: gr.Request):
         owner = visitor(request)
-        out = svc.evaluate_job(job_id, checkpoint(choice), (data_text or "").strip() or None, int(rows or 0) or None,
-                               "auto", owner)
+        try:
+            out = svc.evaluate_job(job_id, checkpoint(choice), (data_text or "").strip() or None,
+                                   int(rows or 0) or None, "auto", owner)
+        except (RequestError, JobError, ValueError) as exc:
+            # Under the button, where it stays (a toast alone was gone before a slow reader saw it)
+            gr.Warning("The model was not evaluated: " + "; ".join(getattr(exc, "problems", None) or [str(exc)]))
+            return f"**Not evaluated:**\n{problems_md(exc)}", gr.skip(), gr.skip()
         return describe(out), gr.update(value=examples_table(out), visible=True), listed(job_id, compared, owner)
 
     run_btn.click(do_evaluate, [selected, source, dataset, limit, others], [note, examples, history],
@@ -117,15 +123,17 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         rows = svc.compare_evaluations(job_id, owner) if labels else []
         compared = [(f"{j['job_id']} · {j['name']}", j["job_id"]) for j in svc.evaluated_jobs(owner)
                     if j["job_id"] != job_id] if labels else []
+        held_out = svc.has_held_out(job_id, owner) if labels else True
         return [gr.update(visible=bool(labels)), gr.update(choices=labels, value=labels[0] if labels else None),
                 "", gr.update(value=[], visible=False),
-                gr.update(value=history_table(rows), visible=bool(rows)), gr.update(choices=compared, value=[])]
+                gr.update(value=history_table(rows), visible=bool(rows)), gr.update(choices=compared, value=[]),
+                gr.update(label=HELD_OUT_LABEL if held_out else NO_HELD_OUT_LABEL)]
 
     def hidden() -> list:
         return [gr.update(visible=False), gr.update(choices=[], value=None), "", gr.update(value=[], visible=False),
-                gr.update(value=[], visible=False), gr.update(choices=[], value=[])]
+                gr.update(value=[], visible=False), gr.update(choices=[], value=[]), gr.update(label=HELD_OUT_LABEL)]
 
-    outputs = [box, source, note, examples, history, others]
+    outputs = [box, source, note, examples, history, others, dataset]
     # Progress on the note, not the panel's box: the page copies every component inside an event's progress
     # targets at each later render of the form (a plugin switch took ~1 s more once a job had been selected).
     selected.change(lambda job_id: hidden() if job_id is None else [gr.skip()] * len(outputs), selected, outputs,
