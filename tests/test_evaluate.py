@@ -224,3 +224,10 @@ def test_the_page_evaluates_a_job_and_keeps_a_refusal_under_the_button(trained, 
         expect(note).to_contain_text("file not found")
         page.wait_for_timeout(6_000)  # longer than a toast stays
         expect(note).to_contain_text("file not found")
+        # Export's push likewise: refused under its button, the token kept in its box for another try
+        page.locator("#job-export").get_by_text("Export the model").click()
+        page.locator("#push-token input").fill("hf_not_a_real_token")
+        page.locator("#push-job").click()
+        expect(page.locator("#export-note")).to_contain_text("Not pushed")
+        expect(page.locator("#export-note")).to_contain_text("give the Hub repo to push to")
+        expect(page.locator("#push-token input")).to_have_value("hf_not_a_real_token")

@@ -8,9 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..jobs import JobError
-from ..service import RequestError, Service
-from .common import PRIVATE, checked, problems_md, visitor
+from ..service import JobError, RequestError, Service
+from .common import PRIVATE, checked, refused, visitor
 
 FINAL_LABEL = "final model"
 HELD_OUT_LABEL, NO_HELD_OUT_LABEL = "Dataset (empty: the job's held-out rows)", "Dataset (this job kept no held-out rows)"
@@ -93,9 +92,7 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
             out = svc.evaluate_job(job_id, checkpoint(choice), (data_text or "").strip() or None,
                                    int(rows or 0) or None, "auto", owner)
         except (RequestError, JobError, ValueError) as exc:
-            # Under the button, where it stays (a toast alone was gone before a slow reader saw it)
-            gr.Warning("The model was not evaluated: " + "; ".join(getattr(exc, "problems", None) or [str(exc)]))
-            return f"**Not evaluated:**\n{problems_md(exc)}", gr.skip(), gr.skip()
+            return refused("Not evaluated", exc), gr.skip(), gr.skip()
         return describe(out), gr.update(value=examples_table(out), visible=True), listed(job_id, compared, owner)
 
     run_btn.click(do_evaluate, [selected, source, dataset, limit, others], [note, examples, history],

@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..service import Service
-from .common import PRIVATE, checked, visitor
+from ..service import JobError, RequestError, Service
+from .common import PRIVATE, refused, visitor
 
 FINAL_LABEL = "final model"
 
@@ -44,11 +44,13 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
     def checkpoint(choice: str | None) -> str:
         return "final" if choice in (None, "", FINAL_LABEL) else choice
 
-    @checked
     def do_export(job_id, choice, request: gr.Request):
         from .jobs_view import offered  # (jobs_view builds this panel)
 
-        out = svc.export_job(job_id, checkpoint(choice), visitor(request))
+        try:
+            out = svc.export_job(job_id, checkpoint(choice), visitor(request))
+        except (RequestError, JobError, ValueError) as exc:
+            return gr.skip(), refused("Not exported", exc)
         what = "LoRA adapter merged into the base" if out["kind"] == "lora" else "fully fine-tuned model"
         return (gr.update(value=offered([out["archive"]], hosted)[0], visible=True),
                 f"Exported {out['checkpoint']} ({what}, {out['dtype']}): {', '.join(out['files'])}")
@@ -57,9 +59,11 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
                      show_progress_on=export_btn, **PRIVATE)
 
     if not hosted:
-        @checked
         def do_push(job_id, choice, repo_id, secret, private_repo, request: gr.Request):
-            out = svc.push_job(job_id, repo_id, secret, checkpoint(choice), bool(private_repo), visitor(request))
+            try:
+                out = svc.push_job(job_id, repo_id, secret, checkpoint(choice), bool(private_repo), visitor(request))
+            except (RequestError, JobError, ValueError) as exc:
+                return gr.skip(), refused("Not pushed", exc)  # the token stays in its box for another try
             return "", f"Pushed {out['checkpoint']} to [{out['repo_id']}]({out['url']})"
 
         push_btn.click(do_push, [selected, source, repo, token, private], [token, note], show_progress="minimal",
