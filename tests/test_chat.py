@@ -198,7 +198,7 @@ def test_hosted_chat_is_the_visitors_jobs_and_hub_models_only(trained, monkeypat
         svc.chat_unload()
 
 
-def test_the_chat_tab_answers_one_prompt_side_by_side(app, trained, chromium):
+def test_the_chat_tab_answers_one_prompt_side_by_side(app, trained, chromium, tmp_path):
     from test_browser import FLAGS, playwright
 
     expect = playwright.expect
@@ -220,6 +220,10 @@ def test_the_chat_tab_answers_one_prompt_side_by_side(app, trained, chromium):
         max_new = page.locator("#chat-max-new input[type=number]")
         max_new.fill("24")
         max_new.press("Enter")
+        # the sliders hold the typed values before Send reads them (once, sent at once, an answer was sampled at
+        # the default temperature: "OTER 42")
+        expect(page.locator("#chat-temperature input[type=range]")).to_have_value("0")
+        expect(page.locator("#chat-max-new input[type=range]")).to_have_value("24")
         page.locator("#chat-prompt textarea").fill("What is the capital of France?")
         page.locator("#chat-send").click()
         base, tuned = page.locator("#chat-base"), page.locator("#chat-tuned")
@@ -239,4 +243,12 @@ def test_the_chat_tab_answers_one_prompt_side_by_side(app, trained, chromium):
         expect(tuned.locator(".message.bot").nth(1)).to_contain_text("OTTER")
         expect(status).to_contain_text("24 tokens")
         page.screenshot(path=str(Path(__file__).parent / "artifacts" / "chat-side-by-side.png"), full_page=True)
+        # a refused message is said under the chats and stays there, the typed message kept in its box
+        page.locator("#chat-kind").get_by_text("A model").click()
+        page.locator("#chat-model textarea, #chat-model input").first.fill(str(tmp_path / "no-such-model"))
+        page.locator("#chat-prompt textarea").fill("still here?")
+        page.locator("#chat-send").click()
+        expect(status).to_contain_text("Not sent")
+        expect(status).to_contain_text("no-such-model")
+        expect(page.locator("#chat-prompt textarea")).to_have_value("still here?")
         browser.close()

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..service import JobError, RequestError, Service
-from .common import PRIVATE, user_error, visitor
+from .common import PRIVATE, refused, user_error, visitor
 
 JOB, MODEL = "A finished job", "A model"
 FINAL_LABEL = "final model"
@@ -22,13 +22,26 @@ YIELD_EVERY_S = 0.05  # the page gets the answers so far at most this often (a t
 
 def checked_stream(fn: Callable) -> Callable:
     """common.checked for a generator: the core's input errors, raised before or while it streams, become
-    gr.Error (the page shows them; gradio_client raises AppError with the message)."""
+    gr.Error (gradio_client raises AppError with the message)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             yield from fn(*args, **kwargs)
         except (RequestError, JobError, ValueError) as exc:
             raise user_error(exc) from None
+    return wrapper
+
+
+def said_under_chats(fn: Callable) -> Callable:
+    """The page's answer: the core's input errors, raised before or while it streams, said under the chats (the
+    status line, where it stays) and as a toast; the typed message stays in its box. (Outputs: prompt, base,
+    tuned, status, conversations.)"""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except (RequestError, JobError, ValueError) as exc:
+            yield gr.skip(), gr.skip(), gr.skip(), refused("Not sent", exc), gr.skip()
     return wrapper
 
 
@@ -191,7 +204,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
     side.change(show, [kind, side], visibility, show_progress="hidden", **PRIVATE)
     job.change(checkpoints, job, checkpoint, show_progress="hidden", **PRIVATE)
 
-    @checked_stream
+    @said_under_chats
     def answer(kind_value, job_id, checkpoint_label, model_text, side_value, system_text, temp, top_p_value,
                max_new_value, device_value, text, said_before, request: gr.Request):
         owner = visitor(request)
