@@ -83,7 +83,7 @@ def checked(fn: Callable) -> Callable:
 
 def refused(what: str, exc: Exception) -> str:
     """An action's refusal, said twice: a toast now, and the markdown returned to go under its button, where it
-    stays (a toast alone was gone before a slow reader saw it). `what`: "The model was not evaluated"."""
+    stays (a toast alone was gone before a slow reader saw it). `what`: "Not evaluated"."""
     problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
     gr.Warning(f"{what}: " + "; ".join(get_service().hide_paths(p) for p in problems))
     return f"**{what}:**\n{problems_md(exc)}"

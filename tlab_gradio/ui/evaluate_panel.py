@@ -12,7 +12,8 @@ from ..service import JobError, RequestError, Service
 from .common import PRIVATE, checked, refused, visitor
 
 FINAL_LABEL = "final model"
-HELD_OUT_LABEL, NO_HELD_OUT_LABEL = "Dataset (empty: the job's held-out rows)", "Dataset (this job kept no held-out rows)"
+HELD_OUT_LABEL = "Dataset (empty: the job's held-out rows)"
+NO_HELD_OUT_LABEL = "Dataset (this job kept no held-out rows)"
 EXAMPLE_COLUMNS = ["prompt", "reference", "answer", "score"]
 METRIC_NAMES = {"eval_loss": "eval loss", "perplexity": "perplexity", "exact_match": "exact match",
                 "accuracy": "accuracy", "eval_reward": "reward (weighted)"}
