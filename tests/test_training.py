@@ -152,6 +152,7 @@ def test_stop_ends_every_rank_within_seconds(home):
     raw = (Path(stopped.job_dir) / "log.txt").read_text()
     assert "SignalException" in raw or "SIGTERM" in raw  # kept on disk
     assert "num_cpu_threads_per_process` was set" not in raw and "FutureWarning" not in raw
+    assert "Loading weights" not in raw and "%|" not in raw  # no \r-redrawn progress bars either
 
 
 def test_a_failing_trainer_is_failed_with_its_error_and_survives_a_restart(home, tiny_model_dir, tmp_path):

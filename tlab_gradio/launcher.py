@@ -164,6 +164,7 @@ def child_env(tag: str | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"  # the log is tailed live
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # \r-redrawn bars make an unreadable log
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" and "Writing model shards"
     if tag:
         env[JOB_TAG] = tag  # inherited by the launcher's ranks and their children: job_processes finds them
     return env
