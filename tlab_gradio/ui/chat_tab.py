@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..service import JobError, RequestError, Service
-from .common import PRIVATE, refused, user_error, visitor
+from ..service import RequestError, Service
+from .common import PRIVATE, USER_ERRORS, refused, user_error, visitor
 
 JOB, MODEL = "A finished job", "A model"
 FINAL_LABEL = "final model"
@@ -27,7 +27,7 @@ def checked_stream(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             yield from fn(*args, **kwargs)
-        except (RequestError, JobError, ValueError) as exc:
+        except USER_ERRORS as exc:
             raise user_error(exc) from None
     return wrapper
 
@@ -40,7 +40,7 @@ def said_under_chats(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             yield from fn(*args, **kwargs)
-        except (RequestError, JobError, ValueError) as exc:
+        except USER_ERRORS as exc:
             yield gr.skip(), gr.skip(), gr.skip(), refused("Not sent", exc), gr.skip()
     return wrapper
 
@@ -190,7 +190,7 @@ def build(svc: Service, demo: gr.Blocks, hosted: bool) -> None:
             return gr.update(choices=[], value=None)
         try:
             labels = [FINAL_LABEL if c == "final" else c for c in svc.export_choices(job_id, visitor(request))]
-        except (RequestError, JobError, ValueError):
+        except USER_ERRORS:
             labels = []
         return gr.update(choices=labels, value=labels[0] if labels else None)
 

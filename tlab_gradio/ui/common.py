@@ -61,6 +61,14 @@ def visitor(request: gr.Request | None) -> str | None:
             f"session:{request.session_hash}" if request.session_hash else None)
 
 
+# The core's errors about what a user asked for (anything else is a bug and stays a traceback)
+USER_ERRORS = (RequestError, JobError, ValueError)
+
+
+def problems_of(exc: Exception) -> list[str]:
+    return exc.problems if isinstance(exc, RequestError) else [str(exc)]
+
+
 def user_error(exc: Exception) -> gr.Error:
     """A gr.Error whose message a page user and a gradio_client script both see."""
     if isinstance(exc, RequestError):
@@ -76,7 +84,7 @@ def checked(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (RequestError, JobError, ValueError) as exc:
+        except USER_ERRORS as exc:
             raise user_error(exc) from None
     return wrapper
 
@@ -84,15 +92,13 @@ def checked(fn: Callable) -> Callable:
 def refused(what: str, exc: Exception) -> str:
     """An action's refusal, said twice: a toast now, and the markdown returned to go under its button, where it
     stays (a toast alone was gone before a slow reader saw it). `what`: "Not evaluated"."""
-    problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
-    gr.Warning(f"{what}: " + "; ".join(get_service().hide_paths(p) for p in problems))
+    gr.Warning(f"{what}: " + "; ".join(get_service().hide_paths(p) for p in problems_of(exc)))
     return f"**{what}:**\n{problems_md(exc)}"
 
 
 def problems_md(exc: Exception) -> str:
-    problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
     hide = get_service().hide_paths  # hosted: no server path
-    return "\n".join(f'- <span class="tl-warn">✗</span> {html.escape(hide(p))}' for p in problems)
+    return "\n".join(f'- <span class="tl-warn">✗</span> {html.escape(hide(p))}' for p in problems_of(exc))
 
 
 def duration(seconds: float | None) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..service import JobError, RequestError, Service
-from .common import PRIVATE, checked, refused, visitor
+from ..service import Service
+from .common import PRIVATE, USER_ERRORS, checked, refused, visitor
 
 FINAL_LABEL = "final model"
 HELD_OUT_LABEL = "Dataset (empty: the job's held-out rows)"
@@ -92,7 +92,7 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         try:
             out = svc.evaluate_job(job_id, checkpoint(choice), (data_text or "").strip() or None,
                                    int(rows or 0) or None, "auto", owner)
-        except (RequestError, JobError, ValueError) as exc:
+        except USER_ERRORS as exc:
             return refused("Not evaluated", exc), gr.skip(), gr.skip()
         return describe(out), gr.update(value=examples_table(out), visible=True), listed(job_id, compared, owner)
 

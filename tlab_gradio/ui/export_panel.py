@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..service import JobError, RequestError, Service
-from .common import PRIVATE, refused, visitor
+from ..service import Service
+from .common import PRIVATE, USER_ERRORS, refused, visitor
 
 FINAL_LABEL = "final model"
 
@@ -49,7 +49,7 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
 
         try:
             out = svc.export_job(job_id, checkpoint(choice), visitor(request))
-        except (RequestError, JobError, ValueError) as exc:
+        except USER_ERRORS as exc:
             return gr.skip(), refused("Not exported", exc)
         what = "LoRA adapter merged into the base" if out["kind"] == "lora" else "fully fine-tuned model"
         return (gr.update(value=offered([out["archive"]], hosted)[0], visible=True),
@@ -62,7 +62,7 @@ def build(svc: Service, hosted: bool, selected: gr.State) -> Panel:
         def do_push(job_id, choice, repo_id, secret, private_repo, request: gr.Request):
             try:
                 out = svc.push_job(job_id, repo_id, secret, checkpoint(choice), bool(private_repo), visitor(request))
-            except (RequestError, JobError, ValueError) as exc:
+            except USER_ERRORS as exc:
                 return gr.skip(), refused("Not pushed", exc)  # the token stays in its box for another try
             return "", f"Pushed {out['checkpoint']} to [{out['repo_id']}]({out['url']})"
 
